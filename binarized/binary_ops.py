@@ -1,0 +1,124 @@
+"""Binarization functions with straight-through gradients.
+
+All functions are pure `keras.ops` code: they run in eager and graph mode, on
+any Keras backend, on tensors and on Keras Variables.
+
+The binarizer is the deterministic sign of the BNN paper (Hubara, Courbariaux,
+Soudry, El-Yaniv and Bengio, "Binarized Neural Networks", NIPS 2016,
+arXiv:1602.02830), with the clipped straight-through estimator of its eq. 4.
+"""
+
+import keras
+from keras import ops
+
+
+def _straight_through(x, hard, grad_mask=None):
+    """Returns `hard` in the forward pass and passes the gradient to `x`.
+
+    The value is exactly `hard`: `stop_gradient(x) + (x - stop_gradient(x))`
+    is `x` plus an exact zero, so no rounding error reaches the forward pass.
+
+    Args:
+        x: Tensor that receives the gradient.
+        hard: Tensor with the forward values; no gradient flows through it.
+        grad_mask: Optional tensor or float multiplying the incoming
+            gradient.
+    """
+    x_const = ops.stop_gradient(x)
+    delta = x - x_const
+    if grad_mask is not None:
+        delta = delta * grad_mask
+    return ops.stop_gradient(hard) + delta
+
+
+def hard_sigmoid(x):
+    """Piecewise-linear sigmoid: `clip((x + 1) / 2, 0, 1)`.
+
+    Args:
+        x: Input tensor.
+
+    Returns:
+        Tensor of the same shape with values in [0, 1].
+    """
+    x = ops.convert_to_tensor(x)
+    return ops.clip((x + 1.0) / 2.0, 0.0, 1.0)
+
+
+def round_through(x):
+    """Rounds to the nearest integer, with an identity gradient.
+
+    Forward: `round(x)` (half to even, as `keras.ops.round`).
+    Gradient: 1 everywhere (straight-through).
+
+    Args:
+        x: Input tensor.
+    """
+    x = ops.convert_to_tensor(x)
+    return _straight_through(x, ops.round(x))
+
+
+def _unit_mask(x):
+    """1 where |x| <= 1, else 0: the BNN paper's gradient cancellation."""
+    return ops.cast(ops.less_equal(ops.abs(x), 1.0), x.dtype)
+
+
+def binary_sigmoid(x):
+    """Deterministic binary sigmoid.
+
+    Forward: 1 where x >= 0, else 0.
+    Gradient: that of `hard_sigmoid`, 0.5 where |x| <= 1, else 0.
+
+    Args:
+        x: Input tensor.
+    """
+    x = ops.convert_to_tensor(x)
+    hard = ops.cast(ops.greater_equal(x, 0.0), x.dtype)
+    return _straight_through(x, hard, 0.5 * _unit_mask(x))
+
+
+@keras.saving.register_keras_serializable(package="binarized")
+def binary_tanh(x):
+    """Deterministic binary tanh, the sign function of the BNN paper.
+
+    Forward: +1 where x >= 0 and -1 where x < 0. It never returns 0, also not
+    at exactly 0 (unlike `keras.ops.sign`).
+    Gradient: the straight-through estimator of eq. 4 of Hubara et al. 2016
+    (arXiv:1602.02830), 1 where |x| <= 1 and 0 where |x| > 1.
+
+    Args:
+        x: Input tensor.
+
+    Returns:
+        Tensor of ±1 values, of the dtype of `x`.
+    """
+    x = ops.convert_to_tensor(x)
+    hard = ops.where(ops.greater_equal(x, 0.0), 1.0, -1.0)
+    return _straight_through(x, ops.cast(hard, x.dtype), _unit_mask(x))
+
+
+def binarize(W, H=1.0):
+    """Binarizes weights to ±H: `H * binary_tanh(W / H)`.
+
+    Forward: +H where W >= 0, -H where W < 0.
+    Gradient: 1 where |W| <= H, else 0 (Hubara et al. 2016, eq. 4).
+
+    Args:
+        W: Latent float weights (tensor or Keras Variable).
+        H: Positive float, the magnitude of the binary values.
+    """
+    W = ops.convert_to_tensor(W)
+    return H * binary_tanh(W / H)
+
+
+def scale_gradient(x, multiplier):
+    """Identity in the forward pass; multiplies the gradient by `multiplier`.
+
+    With plain SGD this scales the update of `x` by `multiplier`, which is
+    how the binary layers apply a per-kernel learning-rate multiplier.
+
+    Args:
+        x: Input tensor.
+        multiplier: Python float.
+    """
+    x = ops.convert_to_tensor(x)
+    return _straight_through(x, x, multiplier)

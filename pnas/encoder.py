@@ -1,0 +1,402 @@
+"""The search space of binary cells and the LSTM surrogate that ranks them.
+
+A cell is a list of blocks; a block is `(input1, op1, input2, op2)`. Input 0
+is the cell input and input k >= 1 the output of block k-1 of the same cell.
+Operators are indices into `StateSpace.operators`.
+
+Internally a child is a flat tuple of ints `(in1, op1, in2, op2, in1, ...)`.
+The original research code represented each of those entries as a `1 x size`
+one-hot array holding `index + 1` at the chosen index; `encode` / `decode`
+and the representation strings keep that format so that strings copied from
+the original logs still decode.
+"""
+
+import csv
+import itertools
+import logging
+import os
+import re
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+_ARRAY_RE = re.compile(r"\[\[([^\[\]]*)\]\]")
+
+
+class RepresentationError(ValueError):
+    """A representation string that is malformed or does not fit the space."""
+
+
+class StateSpace:
+    """The search space of PNAS over binary operators.
+
+    Args:
+        B: Maximum number of blocks in a cell.
+        operators: List of operator names (see `pnas.model.OPERATORS`).
+        input_lookback_depth: Earlier cells a block may read. Only 0 (the cell
+            input alone) is supported.
+        input_lookforward_depth: How many earlier blocks of the same cell a
+            new block may read (0: every block reads the cell input).
+    """
+
+    def __init__(self, B, operators, input_lookback_depth=0, input_lookforward_depth=0):
+        if isinstance(B, bool) or not isinstance(B, int) or B < 1:
+            raise ValueError(f"`B` must be an int >= 1, received B={B!r}.")
+        if not operators:
+            raise ValueError(f"`operators` must be a non-empty list, received operators={operators!r}.")
+        if len(set(operators)) != len(operators):
+            raise ValueError(f"`operators` has duplicates: {operators!r}.")
+        if input_lookback_depth != 0:
+            raise ValueError(
+                "`input_lookback_depth` must be 0 (reading earlier cells is not supported), "
+                f"received input_lookback_depth={input_lookback_depth!r}."
+            )
+        if (
+            isinstance(input_lookforward_depth, bool)
+            or not isinstance(input_lookforward_depth, int)
+            or input_lookforward_depth < 0
+        ):
+            raise ValueError(
+                "`input_lookforward_depth` must be an int >= 0, "
+                f"received input_lookforward_depth={input_lookforward_depth!r}."
+            )
+        self.B = B
+        self.operators = list(operators)
+        self.input_lookback_depth = input_lookback_depth
+        self.input_lookforward_depth = input_lookforward_depth
+        # One-hot sizes of the two kinds of state, as in the original.
+        self.input_size = B
+        self.op_size = len(self.operators)
+
+    # ------------------------------------------------------------------ space
+    def block_inputs(self, position):
+        """Inputs a block at 0-based `position` in its cell may read."""
+        return [0] + list(range(1, min(position, self.input_lookforward_depth) + 1))
+
+    def new_blocks(self, position):
+        """All canonical blocks for 0-based `position`."""
+        inputs = self.block_inputs(position)
+        operands = list(itertools.product(inputs, range(self.op_size)))
+        return [
+            a + b for a, b in itertools.combinations_with_replacement(operands, 2)
+        ]
+
+    def canonical(self, child):
+        """The canonical form of a child: one form per distinct network.
+
+        The two operands of a block commute (their outputs are concatenated),
+        so each block is sorted. When no block reads another block's output,
+        blocks commute too, and they are sorted.
+        """
+        blocks = []
+        for i in range(0, len(child), 4):
+            a, b = tuple(child[i : i + 2]), tuple(child[i + 2 : i + 4])
+            blocks.append(min(a, b) + max(a, b))
+        if all(block[0] == 0 and block[2] == 0 for block in blocks):
+            blocks.sort()
+        return tuple(itertools.chain.from_iterable(blocks))
+
+    def initial_children(self):
+        """The distinct 1-block children."""
+        return [self.canonical(block) for block in self.new_blocks(0)]
+
+    def expand(self, children):
+        """Appends every possible block to every child; distinct results in order."""
+        seen, expanded = set(), []
+        for child in children:
+            position = len(child) // 4
+            for block in self.new_blocks(position):
+                new = self.canonical(tuple(child) + block)
+                if new not in seen:
+                    seen.add(new)
+                    expanded.append(new)
+        return expanded
+
+    def stage_sizes(self, K):
+        """The number of children trained at each b = 1..B with beam size K."""
+        children = self.initial_children()
+        sizes = [len(children)]
+        for _ in range(1, self.B):
+            children = self.expand(children)
+            if K is not None:
+                # Any K children of the expansion give a beam of the same
+                # size; take the first to count what the next expansion holds.
+                children = children[:K]
+            sizes.append(len(children))
+        return sizes
+
+    def print_state_space(self):
+        """Prints the states and their values."""
+        print("*" * 40, "STATE SPACE", "*" * 40)
+        print(f"Block inputs: {list(range(self.input_size))} (0 = cell input, k = block k-1)")
+        print(f"Input lookforward depth: {self.input_lookforward_depth}")
+        for i, op in enumerate(self.operators):
+            print(f"Operator {i}: {op}")
+        print()
+
+    def print_total_models(self, K):
+        """Prints and returns the number of children the search will train."""
+        sizes = self.stage_sizes(K)
+        for b, size in enumerate(sizes, start=1):
+            print(f"Children trained at b = {b}: {size}")
+        total = sum(sizes)
+        print(f"Total number of children to train: {total}")
+        return total
+
+    # --------------------------------------------------------------- encoding
+    def encode(self, child):
+        """Child tuple -> the original list of `1 x size` arrays (index + 1)."""
+        arrays = []
+        for i, value in enumerate(child):
+            size = self.input_size if i % 2 == 0 else self.op_size
+            array = np.zeros((1, size), dtype=np.float32)
+            array[0, value] = value + 1
+            arrays.append(array)
+        return arrays
+
+    def decode(self, arrays):
+        """The original arrays (or any one-hot like arrays) -> child tuple (argmax)."""
+        return tuple(int(np.argmax(np.asarray(a).ravel())) for a in arrays)
+
+    def parse(self, child):
+        """Child tuple -> `[input1, 'op1', input2, 'op2', ...]`."""
+        return [v if i % 2 == 0 else self.operators[v] for i, v in enumerate(child)]
+
+    def unparse(self, architecture):
+        """`[input1, 'op1', ...]` -> child tuple."""
+        return tuple(v if i % 2 == 0 else self.operators.index(v) for i, v in enumerate(architecture))
+
+    def representation_string(self, child):
+        """The arrays printed by numpy and joined by single spaces."""
+        return " ".join(str(a) for a in self.encode(child))
+
+    def from_representation_string(self, text):
+        """Parses a representation string; raises `RepresentationError`.
+
+        The string must hold 4 * b arrays, 1 <= b <= B, alternating input
+        arrays of size B and operator arrays of size len(operators), each
+        with exactly one non-zero entry.
+        """
+        expected = (
+            f'expected 4*b arrays (1 <= b <= {self.B}) alternating inputs of size {self.input_size} '
+            f"and operators of size {self.op_size}, e.g. "
+            f'"{self.representation_string((0, 0, 0, 0))}"'
+        )
+        text = str(text).strip().strip('"').strip("'")
+        groups = _ARRAY_RE.findall(text)
+        leftover = _ARRAY_RE.sub("", text).strip()
+        if not groups or leftover:
+            raise RepresentationError(f"malformed representation string {text!r}: {expected}")
+        if len(groups) % 4 or len(groups) // 4 > self.B:
+            raise RepresentationError(
+                f"representation string has {len(groups)} arrays: {expected}"
+            )
+        child = []
+        for i, group in enumerate(groups):
+            try:
+                values = np.array([float(v) for v in group.split()])
+            except ValueError:
+                raise RepresentationError(f"malformed array [[{group}]]: {expected}") from None
+            size = self.input_size if i % 2 == 0 else self.op_size
+            if values.size != size or np.count_nonzero(values) != 1:
+                kind = "input" if i % 2 == 0 else "operator"
+                raise RepresentationError(
+                    f"array {i + 1} [[{group}]] is not a one-hot {kind} array of size {size}: {expected}"
+                )
+            child.append(int(np.argmax(values)))
+        position_inputs = [
+            (i // 4, v) for i, v in enumerate(child) if i % 2 == 0
+        ]
+        for position, value in position_inputs:
+            if value not in self.block_inputs(position):
+                raise RepresentationError(
+                    f"block {position + 1} reads input {value}, but with "
+                    f"input_lookforward_depth={self.input_lookforward_depth} it may read "
+                    f"{self.block_inputs(position)}"
+                )
+        return tuple(child)
+
+
+def tokens(state_space, child):
+    """Child tuple -> LSTM token ids: inputs 1..B, operators B+1..B+n_ops (0 pads)."""
+    return [
+        v + 1 if i % 2 == 0 else state_space.input_size + v + 1 for i, v in enumerate(child)
+    ]
+
+
+class Encoder:
+    """The PNAS surrogate: embedding -> LSTM -> Dense(1, sigmoid).
+
+    It learns to predict a child's reward from its token sequence and ranks
+    the expansions of the beam. Children of every size are trained together:
+    shorter sequences are padded and masked.
+
+    Args:
+        state_space: The `StateSpace`.
+        K: Beam size kept by `update_step` (None keeps all).
+        controller_cells: LSTM units.
+        regularization: L2 strength on the encoder's weights.
+        epochs: Epochs per `train_step`.
+        embedding_dim: Size of the token embedding.
+        weights_path: Where weights are saved after each `train_step`
+            (None: not saved).
+        scores_dir: Where `update_step` writes `scores_{b}.csv` (None: not written).
+        restore: Load `weights_path` at construction when it exists.
+        ensemble: Number of encoders; with n > 1 each trains on a different
+            (n-1)/n of the data and their predictions are averaged.
+        learning_rate: Adam learning rate.
+    """
+
+    def __init__(
+        self,
+        state_space,
+        K=None,
+        controller_cells=100,
+        regularization=0.0,
+        epochs=15,
+        embedding_dim=20,
+        weights_path=None,
+        scores_dir=None,
+        restore=False,
+        ensemble=1,
+        learning_rate=2e-3,
+    ):
+        import keras
+
+        self.state_space = state_space
+        self.K = K
+        self.epochs = epochs
+        self.weights_path = weights_path
+        self.scores_dir = scores_dir
+        self.children = state_space.initial_children()
+        self.history = []  # (child, reward) pairs seen so far
+        self.last_scores = None  # predicted rewards of the current beam
+        vocab = state_space.input_size + state_space.op_size + 1
+        reg = keras.regularizers.L2(regularization) if regularization else None
+        self.models = []
+        for _ in range(ensemble):
+            model = keras.Sequential(
+                [
+                    keras.Input((None,), dtype="int32"),
+                    keras.layers.Embedding(vocab, embedding_dim, mask_zero=True, embeddings_regularizer=reg),
+                    keras.layers.LSTM(controller_cells, kernel_regularizer=reg, recurrent_regularizer=reg),
+                    keras.layers.Dense(1, activation="sigmoid", kernel_regularizer=reg),
+                ]
+            )
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
+            self.models.append(model)
+        if restore and weights_path and os.path.exists(weights_path):
+            self.load_weights(weights_path)
+            logger.info("Restored encoder weights from %s", weights_path)
+
+    # ------------------------------------------------------------ persistence
+    def _weight_files(self, path):
+        if len(self.models) == 1:
+            return [path]
+        stem = path[: -len(".weights.h5")]
+        return [f"{stem}.{i}.weights.h5" for i in range(len(self.models))]
+
+    def save_weights(self, path):
+        """Saves the weights atomically (temporary file, then `os.replace`)."""
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        for model, target in zip(self.models, self._weight_files(path)):
+            tmp = target[: -len(".weights.h5")] + ".tmp.weights.h5"
+            model.save_weights(tmp)
+            os.replace(tmp, target)
+
+    def load_weights(self, path):
+        for model, source in zip(self.models, self._weight_files(path)):
+            # Build the optimizer first so that its saved state (Adam's
+            # moments) is restored too and training continues exactly.
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(source)
+
+    # ------------------------------------------------------------------ steps
+    def _batch(self, children):
+        length = max(len(c) for c in children)
+        x = np.zeros((len(children), length), dtype=np.int32)
+        for row, child in enumerate(children):
+            ids = tokens(self.state_space, child)
+            x[row, : len(ids)] = ids
+        return x
+
+    def get_actions(self, top_k=None):
+        """The children of the current beam (at most `top_k`), as tuples."""
+        return list(self.children if top_k is None else self.children[:top_k])
+
+    def train_step(self, rewards, children=None):
+        """Trains on every (child, reward) seen so far; returns the loss.
+
+        Args:
+            rewards: Rewards of `children` (default: the current beam).
+            children: The children the rewards belong to.
+        """
+        children = self.children if children is None else children
+        if len(rewards) != len(children):
+            raise ValueError(f"got {len(rewards)} rewards for {len(children)} children")
+        self.history.extend(zip(children, (float(r) for r in rewards)))
+        x = self._batch([c for c, _ in self.history])
+        y = np.array([r for _, r in self.history], dtype=np.float32)
+        losses = []
+        n = len(self.models)
+        for i, model in enumerate(self.models):
+            # Ensemble member i leaves out every n-th sample, starting at i.
+            keep = np.arange(len(y)) % n != i if n > 1 else np.ones(len(y), bool)
+            batch_size = max(1, min(128, int(keep.sum())))
+            hist = model.fit(x[keep], y[keep], epochs=self.epochs, batch_size=batch_size, shuffle=True, verbose=0)
+            losses.append(hist.history["loss"][-1])
+        if self.weights_path:
+            self.save_weights(self.weights_path)
+        return float(np.mean(losses))
+
+    def predict(self, children, batch_size=1024):
+        """Predicted rewards of `children`, in batched `predict` calls."""
+        if not children:
+            return np.zeros((0,), np.float32)
+        x = self._batch(children)
+        preds = [m.predict(x, batch_size=batch_size, verbose=0)[:, 0] for m in self.models]
+        return np.mean(preds, axis=0)
+
+    def update_step(self, accept=None):
+        """Expands the beam by one block, ranks it and keeps the top `K`.
+
+        Writes every scored expansion to `scores_dir/scores_{b}.csv`, best first.
+
+        Args:
+            accept: Optional predicate on a child; children it rejects are
+                skipped, so the next ones in rank order fill the beam.
+
+        Returns:
+            The new beam.
+        """
+        candidates = self.state_space.expand(self.children)
+        scores = self.predict(candidates)
+        # Stable sort: ties keep expansion order, so the ranking is reproducible.
+        order = np.argsort(-scores, kind="stable")
+        ranked = [(candidates[i], float(scores[i])) for i in order]
+        beam, beam_scores = [], []
+        for child, score in ranked:
+            if self.K is not None and len(beam) >= self.K:
+                break
+            if accept is None or accept(child):
+                beam.append(child)
+                beam_scores.append(score)
+        if self.scores_dir:
+            self._write_scores(ranked, len(candidates[0]) // 4)
+        self.children = beam
+        self.last_scores = beam_scores
+        return beam
+
+    def _write_scores(self, ranked, b):
+        os.makedirs(self.scores_dir, exist_ok=True)
+        path = os.path.join(self.scores_dir, f"scores_{b}.csv")
+        tmp = path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["rank", "predicted_reward", "architecture", "representation_string"])
+            for rank, (child, score) in enumerate(ranked, start=1):
+                writer.writerow(
+                    [rank, f"{score:.6f}", self.state_space.parse(child), self.state_space.representation_string(child)]
+                )
+        os.replace(tmp, path)

@@ -1,0 +1,174 @@
+"""Builds a child CNN of binary cells from an architecture.
+
+An architecture is `[input1, 'op1', input2, 'op2', ...]`, one group of four
+per block. Every cell of the network uses the same blocks; cell i has
+`num_cell_filters[i]` filters and halves the spatial size (stride 2).
+"""
+
+import keras
+
+from binarized.binary_layers import (
+    BinaryConv2D,
+    BinaryDense,
+    BinarySeparableConv2D,
+    DropoutNoScale,
+)
+from binarized.binary_ops import binary_tanh
+
+# name -> (kind, kernel size)
+OPERATORS = {
+    "3x3 sep-bconv": ("sep", 3),
+    "5x5 sep-bconv": ("sep", 5),
+    "7x7 sep-bconv": ("sep", 7),
+    "3x3 bconv": ("conv", 3),
+    "5x5 bconv": ("conv", 5),
+    "7x7 bconv": ("conv", 7),
+    "1x7-7x1 bconv": ("factorized", 7),
+    "3x3 maxpool": ("maxpool", 3),
+    "3x3 avgpool": ("avgpool", 3),
+    "linear": ("linear", 1),
+}
+
+# BatchNorm after every binary layer (the original's settings).
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-6
+
+
+def check_operators(operators):
+    """Raises ValueError naming any unknown operator and listing the valid ones."""
+    unknown = [op for op in operators if op not in OPERATORS]
+    if unknown:
+        raise ValueError(
+            f"unknown operator(s) {unknown}; valid operators are {list(OPERATORS)}"
+        )
+
+
+def _bn_sign(x, name):
+    x = keras.layers.BatchNormalization(axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+    return keras.layers.Activation(binary_tanh, name=f"{name}_sign")(x)
+
+
+def _operator(x, op, filters, stride, name, binary_kwargs):
+    """Applies operator `op` to `x` with the given stride."""
+    kind, size = OPERATORS[op]
+    if kind == "conv":
+        x = BinaryConv2D(filters, size, strides=stride, padding="same", name=name, **binary_kwargs)(x)
+        return _bn_sign(x, name)
+    if kind == "sep":
+        x = BinarySeparableConv2D(filters, size, strides=stride, padding="same", name=name, **binary_kwargs)(x)
+        return _bn_sign(x, name)
+    if kind == "factorized":
+        x = BinaryConv2D(filters, (1, size), strides=(1, stride), padding="same", name=f"{name}_1x7", **binary_kwargs)(x)
+        x = _bn_sign(x, f"{name}_1x7")
+        x = BinaryConv2D(filters, (size, 1), strides=(stride, 1), padding="same", name=f"{name}_7x1", **binary_kwargs)(x)
+        return _bn_sign(x, f"{name}_7x1")
+    if kind == "maxpool":
+        return keras.layers.MaxPooling2D(size, strides=stride, padding="same", name=name)(x)
+    if kind == "avgpool":
+        return keras.layers.AveragePooling2D(size, strides=stride, padding="same", name=name)(x)
+    # 'linear': identity where the shape is kept, else a strided binary 1x1 projection.
+    if stride == 1:
+        return x
+    x = BinaryConv2D(filters, 1, strides=stride, padding="same", name=name, **binary_kwargs)(x)
+    return _bn_sign(x, name)
+
+
+def _cell(x, actions, filters, cell_index, binary_kwargs):
+    """One cell: each block applies its two operators and concatenates them."""
+    blocks = []
+    for b in range(len(actions) // 4):
+        outputs = []
+        for j in (0, 2):
+            source = actions[4 * b + j]
+            op = actions[4 * b + j + 1]
+            # Only the cell input is at the previous resolution.
+            inp, stride = (x, 2) if source == 0 else (blocks[source - 1], 1)
+            name = f"c{cell_index}_b{b}_{'left' if j == 0 else 'right'}"
+            outputs.append(_operator(inp, op, filters, stride, name, binary_kwargs))
+        blocks.append(keras.layers.Concatenate(name=f"c{cell_index}_b{b}")(outputs))
+    if len(blocks) == 1:
+        return blocks[0]
+    return keras.layers.Concatenate(name=f"c{cell_index}")(blocks)
+
+
+def count_mul_ops(model):
+    """Multiply-accumulates of the binary conv and dense layers, per image."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, BinaryDense):
+            total += int(layer.input.shape[-1]) * layer.units
+        elif isinstance(layer, BinarySeparableConv2D):
+            _, h, w, c_in = layer.input.shape
+            _, h_out, w_out, _ = layer.output.shape
+            kh, kw = layer.kernel_size
+            depth = c_in * layer.depth_multiplier
+            total += h_out * w_out * (kh * kw * depth + depth * layer.filters)
+        elif isinstance(layer, BinaryConv2D):
+            c_in = layer.input.shape[-1]
+            _, h_out, w_out, _ = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += h_out * w_out * kh * kw * c_in * layer.filters
+    return int(total)
+
+
+def model_fn(
+    actions,
+    epochs=None,
+    num_cells=3,
+    num_cell_filters=(16, 24, 32),
+    dense_layers=(32, 10),
+    dropout=(False, 0.2, 0.5),
+    binary_kwargs=None,
+):
+    """Builds the child network of an architecture.
+
+    Args:
+        actions: `[input1, 'op1', input2, 'op2', ...]`.
+        epochs: Unused; kept for the original signature.
+        num_cells: Number of stacked cells.
+        num_cell_filters: Filters of each cell (one entry per cell).
+        dense_layers: Units of the dense head; the last is the class count.
+        dropout: `(enabled, input_rate, hidden_rate)`: `DropoutNoScale` on
+            the flattened features and between the dense layers.
+        binary_kwargs: Extra arguments for every binary layer (e.g. `H`,
+            `kernel_lr_multiplier`).
+
+    Returns:
+        `(keras.Model, mul_ops)`.
+    """
+    del epochs
+    if len(actions) == 0 or len(actions) % 4:
+        raise ValueError(f"`actions` must hold 4 entries per block, received {actions!r}")
+    check_operators(actions[1::2])
+    if len(num_cell_filters) != num_cells:
+        raise ValueError(
+            f"len(num_cell_filters)={len(num_cell_filters)} must equal num_cells={num_cells}"
+        )
+    for i in range(0, len(actions), 2):
+        source, block = actions[i], i // 4
+        if not isinstance(source, int) or source < 0 or source > block:
+            raise ValueError(
+                f"block {block + 1} reads input {source!r}; it may read 0 (the cell input) "
+                f"or 1..{block} (earlier blocks)"
+            )
+    binary_kwargs = dict(binary_kwargs or {})
+    use_dropout, drop_input, drop_hidden = dropout
+
+    inputs = keras.Input((28, 28, 1), name="image")
+    x = inputs
+    for c in range(num_cells):
+        x = _cell(x, actions, num_cell_filters[c], c, binary_kwargs)
+    x = keras.layers.Flatten(name="flatten")(x)
+    if use_dropout:
+        x = DropoutNoScale(drop_input, name="drop_input")(x)
+    for i, units in enumerate(dense_layers):
+        x = BinaryDense(units, name=f"dense{i}", **binary_kwargs)(x)
+        x = keras.layers.BatchNormalization(
+            axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"dense{i}_bn"
+        )(x)
+        if i < len(dense_layers) - 1:
+            x = keras.layers.Activation(binary_tanh, name=f"dense{i}_sign")(x)
+            if use_dropout:
+                x = DropoutNoScale(drop_hidden, name=f"drop_hidden{i}")(x)
+    model = keras.Model(inputs, x, name="child")
+    return model, count_mul_ops(model)

@@ -1,0 +1,138 @@
+"""Command-line overrides and validation of the train.py settings."""
+
+import ast
+import os
+
+from pnas.model import OPERATORS
+
+
+class SettingsError(ValueError):
+    """A setting or override that cannot be used; the message says how to fix it."""
+
+
+def _type_ok(value, default, name, nullable):
+    if value is None:
+        return default is None or name in nullable
+    if default is None:
+        # Settings whose default is None (off) take an int or a float.
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def apply_overrides(defaults, args, nullable=()):
+    """Applies `--NAME=value` overrides to a copy of `defaults`.
+
+    Each value is a Python literal. For text settings a value that is no
+    literal is taken as the text itself, so that
+    `--REPRESENTATION_STRING="[[1. 0. 0.]] ..."` works after the shell
+    removed its quotes.
+
+    Args:
+        defaults: dict of the settings' default values.
+        args: list of `--NAME=value` strings.
+        nullable: names that may also be set to None.
+
+    Returns:
+        (settings, names overridden).
+
+    Raises:
+        SettingsError: an unknown name, a value that is no literal, or a
+            value of the wrong type.
+    """
+    settings = dict(defaults)
+    overridden = []
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise SettingsError(f"cannot read argument {arg!r}: overrides take the form --NAME=value, e.g. --B=2")
+        name, text = arg[2:].split("=", 1)
+        if name not in defaults:
+            raise SettingsError(
+                f"unknown setting {name!r}; the settings are: {', '.join(sorted(defaults))}"
+            )
+        default = defaults[name]
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            if isinstance(default, str):
+                value = text
+            else:
+                raise SettingsError(
+                    f"--{name}={text} is not a Python literal; write e.g. --{name}={default!r}"
+                ) from None
+        if isinstance(default, str) and not isinstance(value, str):
+            value = text
+        if not _type_ok(value, default, name, nullable):
+            raise SettingsError(
+                f"--{name} must be of type {type(default).__name__} like its default {default!r}, "
+                f"received {value!r} ({type(value).__name__})"
+            )
+        if isinstance(default, float) and isinstance(value, int):
+            value = float(value)
+        settings[name] = value
+        overridden.append(name)
+    return settings, overridden
+
+
+def validate(settings):
+    """Checks the search settings; raises `SettingsError` with the fix."""
+    s = settings
+    unknown = [op for op in s["operators"] if op not in OPERATORS]
+    if unknown:
+        raise SettingsError(f"unknown operator(s) {unknown} in operators; valid operators are {list(OPERATORS)}")
+    if not s["operators"]:
+        raise SettingsError("operators is empty; give at least one of " + str(list(OPERATORS)))
+    if len(set(s["operators"])) != len(s["operators"]):
+        raise SettingsError(f"operators has duplicates: {s['operators']}; list each operator once")
+    for name in ("B", "K_", "NUM_CELLS", "MAX_EPOCHS", "BATCHSIZE", "NUM_EPOCHS", "RNN_TRAINING_EPOCHS",
+                 "CONTROLLER_CELLS", "MAX_CONSECUTIVE_FAILURES"):
+        if s[name] < 1:
+            raise SettingsError(f"{name} must be >= 1, received {name}={s[name]}")
+    if s["INPUT_LOOKFORWARD_DEPTH"] < 0:
+        raise SettingsError(f"INPUT_LOOKFORWARD_DEPTH must be >= 0, received {s['INPUT_LOOKFORWARD_DEPTH']}")
+    if len(s["NUM_CELL_FILTERS"]) != s["NUM_CELLS"]:
+        raise SettingsError(
+            f"NUM_CELL_FILTERS has {len(s['NUM_CELL_FILTERS'])} entries but NUM_CELLS={s['NUM_CELLS']}; "
+            "give one filter count per cell"
+        )
+    if any(not isinstance(f, int) or f < 1 for f in s["NUM_CELL_FILTERS"]):
+        raise SettingsError(f"NUM_CELL_FILTERS must hold positive ints, received {s['NUM_CELL_FILTERS']}")
+    if not s["DENSE_LAYERS"] or any(not isinstance(u, int) or u < 1 for u in s["DENSE_LAYERS"]):
+        raise SettingsError(f"DENSE_LAYERS must be a list of positive ints, received {s['DENSE_LAYERS']}")
+    if s["DENSE_LAYERS"][-1] != 10:
+        raise SettingsError(
+            f"the last DENSE_LAYERS entry is the number of MNIST classes and must be 10, received {s['DENSE_LAYERS']}"
+        )
+    dropout = s["DROPOUT"]
+    if len(dropout) != 3 or not isinstance(dropout[0], bool) or not all(0 <= r < 1 for r in dropout[1:]):
+        raise SettingsError(f"DROPOUT must be (bool, input rate, hidden rate) with rates in [0, 1), received {dropout}")
+    if s["TRAIN_SIZE"] is not None and (not isinstance(s["TRAIN_SIZE"], int) or s["TRAIN_SIZE"] < 1):
+        raise SettingsError(f"TRAIN_SIZE must be None or an int >= 1, received {s['TRAIN_SIZE']}")
+    if not str(s["EXPERIMENT_NAME"]).strip() or os.sep in s["EXPERIMENT_NAME"]:
+        raise SettingsError(f"EXPERIMENT_NAME must be a plain file name, received {s['EXPERIMENT_NAME']!r}")
+
+
+def check_writable(paths):
+    """Raises `SettingsError` for an output path that cannot be created or written.
+
+    Creates nothing: it looks at the nearest existing ancestor of each path.
+    """
+    for path in paths:
+        path = os.path.abspath(path)
+        probe = path
+        while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+            probe = os.path.dirname(probe)
+        if probe != path and not os.path.isdir(probe):
+            raise SettingsError(
+                f"cannot write {path}: {probe} is a file, not a folder; move it away or run from another folder"
+            )
+        folder = probe if os.path.isdir(probe) else os.path.dirname(probe)
+        if not os.access(folder, os.W_OK | os.X_OK) or (probe == path and not os.access(path, os.W_OK)):
+            raise SettingsError(
+                f"cannot write {path}: {probe} is not writable; fix its permissions or run from a writable folder"
+            )

@@ -1,0 +1,218 @@
+"""Progressive NAS over binarized CNN cells on MNIST.
+
+    python train.py                      # run (or resume) the architecture search
+    python train.py -ta True             # train REPRESENTATION_STRING to convergence
+    python train.py --B=2 --K_=4 ...     # override any constant below (Python literals)
+"""
+
+import os
+
+# Keep TensorFlow's C++ log lines out of the user's terminal.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+
+# ------- Experiment Settings -------
+EXPERIMENT_NAME = "default"  # Names the files under architectures/, logs/, weights/, scores/
+SEED = 0  # Seeds every child's and the encoder's training; same SEED on CPU -> same search
+OVERWRITE = False  # True: discard a saved search of the same EXPERIMENT_NAME instead of resuming it
+VERBOSE = 2  # Keras fit output per child: 0 silent, 1 per-batch progress bar, 2 one line per epoch
+# -----------------------------------
+
+# -------Controller Training Settings-------
+B = 3  # Maximum number of blocks in the cell
+K_ = 128  # Number of children to be trained for each block size (beam width)
+REGULARIZATION = 0  # L2 regularization strength on the RNN controller (encoder) weights
+CONTROLLER_CELLS = 100  # Number of cells (units) in the RNN controller
+RNN_TRAINING_EPOCHS = 15  # Number of training epochs during each run of the encoder training
+RESTORE_CONTROLLER = True  # Start a new search from the encoder weights of an earlier run, when present
+INPUT_LOOKFORWARD_DEPTH = 0  # Earlier blocks of the same cell a block may read (0: cell input only)
+MAX_CONSECUTIVE_FAILURES = 3  # Stop the search after this many failed children in a row
+# ------------------------------------------
+
+# ------- Common Settings --------
+DROP_INPUT = 0.2  # Dropout rate on the flattened features entering the dense head
+DROP_HIDDEN = 0.5  # Dropout rate between the hidden dense layers
+DROPOUT = (False, DROP_INPUT, DROP_HIDDEN)  # (enabled, input rate, hidden rate); only in the dense head
+MAX_EPOCHS = 20  # Maximum number of epochs to train each child network
+BATCHSIZE = 128  # Batch size while training child networks
+NUM_CELLS = 3  # Number of cells stacked in each architecture; each halves the image size
+NUM_CELL_FILTERS = [16, 24, 32]  # Number of filters of each operator in each cell (one entry per cell)
+DENSE_LAYERS = [32, 10]  # Units of the binary dense head; the last must be 10 (the classes)
+USE_EXPANSION = False  # True: train on expanded MNIST (each image plus 4 rotated and shifted copies)
+TRAIN_SIZE = None  # Train on the first TRAIN_SIZE of the 55,000 training images only (None: all)
+operators = ['3x3 sep-bconv', '5x5 sep-bconv', '1x7-7x1 bconv',
+             '3x3 bconv']  # Operations of the search space (all are defined in pnas/model.py)
+# --------------------------------
+
+# -------Architecture Training Settings-----
+NUM_EPOCHS = 200  # Epochs of the -ta training
+REPRESENTATION_STRING = "[[1. 0. 0.]] [[1. 0. 0. 0.]] [[1. 0. 0.]] [[1. 0. 0. 0.]]"  # Architecture to train with -ta True
+LOAD_SAVED = False  # Continue the -ta training from its saved best weights
+# ------------------------------------------
+
+SETTINGS = [
+    "EXPERIMENT_NAME", "SEED", "OVERWRITE", "VERBOSE",
+    "B", "K_", "REGULARIZATION", "CONTROLLER_CELLS", "RNN_TRAINING_EPOCHS", "RESTORE_CONTROLLER",
+    "INPUT_LOOKFORWARD_DEPTH", "MAX_CONSECUTIVE_FAILURES",
+    "DROP_INPUT", "DROP_HIDDEN", "DROPOUT", "MAX_EPOCHS", "BATCHSIZE", "NUM_CELLS", "NUM_CELL_FILTERS",
+    "DENSE_LAYERS", "USE_EXPANSION", "TRAIN_SIZE", "operators",
+    "NUM_EPOCHS", "REPRESENTATION_STRING", "LOAD_SAVED",
+]
+NULLABLE = {"TRAIN_SIZE"}
+
+
+def fail(message):
+    """One clear line on stderr and exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_args(argv):
+    from pnas.settings import SettingsError, apply_overrides, validate
+
+    parser = argparse.ArgumentParser(
+        description="Progressive NAS over binarized CNN cells on MNIST.",
+        epilog="Override any constant of train.py as --NAME=value (a Python literal), e.g. --B=2 --TRAIN_SIZE=1000.",
+    )
+    parser.add_argument(
+        "-ta", "--train_architecture", default="False", choices=["True", "False"],
+        help="True: train REPRESENTATION_STRING for NUM_EPOCHS instead of searching",
+    )
+    args, overrides = parser.parse_known_args(argv)
+    defaults = {name: globals()[name] for name in SETTINGS}
+    try:
+        settings, overridden = apply_overrides(defaults, overrides, NULLABLE)
+        if "DROPOUT" not in overridden:
+            # DROPOUT is built from the rates: keep it in step with their overrides.
+            settings["DROPOUT"] = (settings["DROPOUT"][0], settings["DROP_INPUT"], settings["DROP_HIDDEN"])
+        settings["DROPOUT"] = tuple(settings["DROPOUT"])
+        validate(settings)
+    except SettingsError as exc:
+        fail(str(exc))
+    return args.train_architecture == "True", settings
+
+
+def print_settings(settings):
+    print("Settings:")
+    for name in SETTINGS:
+        print(f"  {name} = {settings[name]!r}")
+
+
+def load_dataset(settings):
+    from mnist.download_mnist import MnistUnavailableError
+    from mnist.mnist_data import MnistFormatError, get_dataset
+
+    try:
+        return get_dataset(settings["USE_EXPANSION"], train_size=settings["TRAIN_SIZE"], seed=settings["SEED"])
+    except (MnistUnavailableError, MnistFormatError) as exc:
+        fail(" ".join(str(exc).split()))
+    except ValueError as exc:
+        fail(f"cannot load MNIST with these settings: {exc}")
+
+
+def save_settings(settings, path):
+    from pnas.search import write_atomic
+
+    write_atomic(path, json.dumps(settings, indent=2, default=list) + "\n")
+
+
+def search(settings):
+    from pnas.search import Search, SearchAborted, SearchConfigError, SearchPaths
+    from pnas.settings import SettingsError, check_writable
+
+    paths = SearchPaths(settings["EXPERIMENT_NAME"])
+    try:
+        check_writable(paths.outputs())
+    except SettingsError as exc:
+        fail(str(exc))
+    dataset = load_dataset(settings)
+    try:
+        runner = Search(settings, dataset, paths)
+    except SearchConfigError as exc:
+        fail(str(exc))
+    runner.state_space.print_state_space()
+    runner.state_space.print_total_models(settings["K_"])
+    save_settings(settings, paths.settings)
+    try:
+        records = runner.run()
+    except KeyboardInterrupt:
+        print("\nInterrupted: every finished child is saved. Rerun the same command to resume.", file=sys.stderr)
+        sys.exit(130)
+    except SearchAborted as exc:
+        fail(str(exc))
+    trained = [r for r in records if r["status"] == "ok"]
+    print(f"Search finished: {len(records)} children; architectures in {paths.architectures}")
+    if trained:
+        best = max(trained, key=lambda r: r["reward"])
+        print(f"Best reward {best['reward']:.4f} (test accuracy {best['test_accuracy']:.4f}): {best['architecture']}")
+        print(f'Retrain it: python train.py -ta True --REPRESENTATION_STRING="{best["representation_string"]}"')
+
+
+def train_architecture(settings):
+    from pnas.encoder import RepresentationError, StateSpace
+    from pnas.manager import ChildTrainingError, NetworkManager
+    from pnas.model import model_fn
+    from pnas.search import SearchPaths
+    from pnas.settings import SettingsError, check_writable
+
+    state_space = StateSpace(settings["B"], settings["operators"], 0, settings["INPUT_LOOKFORWARD_DEPTH"])
+    try:
+        child = state_space.from_representation_string(settings["REPRESENTATION_STRING"])
+    except RepresentationError as exc:
+        fail(f"REPRESENTATION_STRING: {exc}")
+    paths = SearchPaths(settings["EXPERIMENT_NAME"])
+    weights_dir = os.path.join(paths.weights_dir, settings["EXPERIMENT_NAME"])
+    try:
+        check_writable([weights_dir, paths.exp_log_dir])
+    except SettingsError as exc:
+        fail(str(exc))
+    if settings["LOAD_SAVED"] and not os.path.exists(os.path.join(weights_dir, "best.weights.h5")):
+        fail(f"LOAD_SAVED=True but {weights_dir}/best.weights.h5 does not exist; train once without LOAD_SAVED")
+    architecture = state_space.parse(child)
+    print(f"Training architecture {architecture} for {settings['NUM_EPOCHS']} epochs")
+    dataset = load_dataset(settings)
+    import keras
+
+    keras.utils.set_random_seed(settings["SEED"])
+    manager = NetworkManager(
+        dataset,
+        exp_name=settings["EXPERIMENT_NAME"],
+        epochs=settings["NUM_EPOCHS"],
+        batchsize=settings["BATCHSIZE"],
+        weights_dir=paths.weights_dir,
+        log_dir=paths.log_dir,
+        verbose=settings["VERBOSE"],
+    )
+    save_settings(settings, os.path.join(paths.exp_log_dir, "train_architecture_settings.json"))
+    model_path = os.path.join(weights_dir, "model.keras")
+    try:
+        result = manager.train_child(
+            model_fn, architecture, settings["NUM_CELLS"], settings["NUM_CELL_FILTERS"], settings["DENSE_LAYERS"],
+            load_saved=settings["LOAD_SAVED"], dropout=settings["DROPOUT"], name="best", model_path=model_path,
+        )
+    except KeyboardInterrupt:
+        print(f"\nInterrupted: the best weights so far are in {weights_dir}/best.weights.h5 "
+              "(continue with --LOAD_SAVED=True).", file=sys.stderr)
+        sys.exit(130)
+    except ChildTrainingError as exc:
+        fail(f"training diverged: {exc}")
+    print(f"Best validation accuracy {result['reward']:.4f} at epoch {result['best_epoch']}")
+    print(f"Test accuracy {result['test_accuracy']:.4f}")
+    print(f"Binary multiply-accumulates {result['mul_ops']}, parameters {result['params']}, {result['seconds']:.0f}s")
+    print(f"Saved {weights_dir}/best.weights.h5 and {model_path}")
+
+
+def main(argv=None):
+    train_arch, settings = parse_args(sys.argv[1:] if argv is None else argv)
+    print_settings(settings)
+    if train_arch:
+        train_architecture(settings)
+    else:
+        search(settings)
+
+
+if __name__ == "__main__":
+    main()
