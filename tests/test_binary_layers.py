@@ -52,7 +52,8 @@ def _latent(rng, shape, h):
 
 
 def _np(x):
-    return keras.ops.convert_to_numpy(x)
+    # Variable.numpy() avoids a NumPy 2 copy-keyword DeprecationWarning inside Keras.
+    return x.numpy() if isinstance(x, keras.Variable) else keras.ops.convert_to_numpy(x)
 
 
 # --- binary layer == float layer on sign(weights) ---------------------------

@@ -170,11 +170,11 @@ def test_ops_train_inside_model_fit(run_eagerly):
             keras.layers.BatchNormalization(),
         ]
     )
-    before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
+    before = [w.numpy().copy() for w in model.trainable_weights]
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="squared_hinge", run_eagerly=run_eagerly)
     history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
-    after = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    after = [w.numpy() for w in model.trainable_weights]
     # Both latent kernels moved: the gradient got through binary_tanh and binarize.
     kernels = [i for i, w in enumerate(model.trainable_weights) if "kernel" in w.path]
     assert len(kernels) == 2

@@ -1,0 +1,121 @@
+"""How reliably a child's reward measures its architecture.
+
+Trains a fixed reference set of architectures on full MNIST, MAX_EPOCHS each,
+with several seeds, exactly as the search trains a child (NetworkManager),
+and prints the validation accuracy per epoch, the reward (best validation
+accuracy), the spread of the reward across seeds and the largest
+epoch-to-epoch drop of validation accuracy after epoch 1.
+
+    python bench/child_quality.py [--epochs 3] [--seeds 3] [--config '{"H": 1.0}'] [--jsonl out.jsonl]
+
+`--config` overrides the child-training settings of train.py for an
+experiment: H, KERNEL_LR_MULTIPLIER, LR_START, LR_END, LOSS, DENSE_LAYERS,
+NUM_CELL_FILTERS, BN_MOMENTUM, FLOAT_TWIN.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import pnas.model  # noqa: E402
+import train  # noqa: E402
+from mnist.mnist_data import get_dataset  # noqa: E402
+from pnas.manager import NetworkManager  # noqa: E402
+
+# The bench keeps no weights: each process writes its own scratch folder.
+WEIGHTS_DIR = tempfile.mkdtemp(prefix="child_quality_")
+
+REFERENCE = [
+    [0, "3x3 bconv", 0, "3x3 bconv"],
+    [0, "3x3 sep-bconv", 0, "3x3 sep-bconv"],
+    [0, "5x5 sep-bconv", 0, "1x7-7x1 bconv"],
+    [0, "3x3 sep-bconv", 0, "3x3 bconv", 0, "5x5 sep-bconv", 0, "3x3 bconv"],
+]
+
+
+def child_settings(overrides):
+    """train.py's child-training settings, with the experiment's overrides."""
+    settings = {
+        "H": train.BINARY_H,
+        "KERNEL_LR_MULTIPLIER": train.KERNEL_LR_MULTIPLIER,
+        "LR_START": train.LR_START,
+        "LR_END": train.LR_END,
+        "LOSS": train.LOSS,
+        "DENSE_LAYERS": train.DENSE_LAYERS,
+        "NUM_CELL_FILTERS": train.NUM_CELL_FILTERS,
+        "BN_MOMENTUM": pnas.model.BN_MOMENTUM,
+        "FLOAT_TWIN": False,
+    }
+    unknown = set(overrides) - set(settings)
+    if unknown:
+        sys.exit(f"error: unknown --config keys {sorted(unknown)}; known: {sorted(settings)}")
+    settings.update(overrides)
+    return settings
+
+
+def train_one(dataset, actions, seed, epochs, s):
+    pnas.model.BN_MOMENTUM = s["BN_MOMENTUM"]
+    keras.utils.set_random_seed(seed)
+    manager = NetworkManager(
+        dataset, exp_name="child_quality", epochs=epochs, batchsize=train.BATCHSIZE,
+        weights_dir=WEIGHTS_DIR, log_dir=None, verbose=0,
+        initial_lr=s["LR_START"], final_lr=s["LR_END"], loss=s["LOSS"],
+        binary_kwargs={"H": s["H"], "kernel_lr_multiplier": s["KERNEL_LR_MULTIPLIER"]},
+    )
+    model_fn = pnas.model.model_fn
+    if s["FLOAT_TWIN"]:
+        def model_fn(*args, **kwargs):
+            return pnas.model.model_fn(*args, float_twin=True, **kwargs)
+    return manager.train_child(
+        model_fn, actions, len(s["NUM_CELL_FILTERS"]), s["NUM_CELL_FILTERS"], s["DENSE_LAYERS"],
+        dropout=train.DROPOUT, name="child_quality",
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--config", default="{}", help="JSON object of settings to override")
+    parser.add_argument("--archs", default=None, help="comma-separated indices into the reference set")
+    parser.add_argument("--jsonl", default=None, help="also append one JSON record per run here")
+    args = parser.parse_args()
+    s = child_settings(json.loads(args.config))
+    archs = REFERENCE if args.archs is None else [REFERENCE[int(i)] for i in args.archs.split(",")]
+    dataset = get_dataset(verbose=False)
+    print(f"keras {keras.__version__} ({keras.backend.backend()}), {args.epochs} epochs, seeds 0..{args.seeds - 1}")
+    print("settings:", json.dumps(s))
+    rows = []
+    for actions in archs:
+        rewards, drops = [], []
+        for seed in range(args.seeds):
+            r = train_one(dataset, actions, seed, args.epochs, s)
+            val = r["val_accuracy"]
+            drop = max([0.0] + [val[i - 1] - val[i] for i in range(1, len(val))])
+            rewards.append(r["reward"])
+            drops.append(drop)
+            print(f"{actions} seed {seed}: val {' '.join(f'{v:.4f}' for v in val)} | reward {r['reward']:.4f} "
+                  f"test {r['test_accuracy']:.4f} | {r['seconds']:.0f}s", flush=True)
+            if args.jsonl:
+                with open(args.jsonl, "a") as f:
+                    f.write(json.dumps({"actions": actions, "seed": seed, "settings": s, **r}) + "\n")
+        rows.append((actions, np.mean(rewards), np.min(rewards), 100 * (np.max(rewards) - np.min(rewards)),
+                     100 * np.max(drops)))
+    print()
+    print(f"{'architecture':75} {'mean':>6} {'min':>6} {'spread':>7} {'max drop':>9}")
+    for actions, mean, low, spread, drop in rows:
+        print(f"{str(actions):75} {mean:6.4f} {low:6.4f} {spread:6.2f}p {drop:8.2f}p")
+    print("targets: reward >= 0.97, spread <= 0.5 points, drop after epoch 1 <= 2 points")
+
+
+if __name__ == "__main__":
+    main()

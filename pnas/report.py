@@ -1,0 +1,194 @@
+"""Plots and a summary of a search, from its JSON-lines records alone.
+
+    python -m pnas.report EXPERIMENT_NAME [--root DIR]
+
+Reads `architectures/{EXPERIMENT_NAME}.jsonl` and writes, under
+`logs/{EXPERIMENT_NAME}/`: rewards.png (reward of every child by stage, with
+the best so far), predicted_vs_actual.png (the encoder's prediction against
+the reward, per stage), pareto.png (reward against mul_ops with the Pareto
+front) and summary.txt.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+
+def load_records(path):
+    """The child records of a search, in training order."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def spearman(predicted, actual):
+    """Spearman rank correlation; None when it is undefined (< 2 points or a constant)."""
+    from scipy.stats import spearmanr
+
+    if len(predicted) < 2 or len(set(predicted)) < 2 or len(set(actual)) < 2:
+        return None
+    return float(spearmanr(predicted, actual).statistic)
+
+
+def stage_spearman(records):
+    """{stage: Spearman of predicted vs actual reward} for stages with predictions."""
+    result = {}
+    for stage in sorted({r["stage"] for r in records}):
+        pairs = [
+            (r["predicted_reward"], r["reward"])
+            for r in records
+            if r["stage"] == stage and r.get("predicted_reward") is not None and r["status"] == "ok"
+        ]
+        if pairs:
+            result[stage] = spearman([p for p, _ in pairs], [a for _, a in pairs])
+    return result
+
+
+def pareto_front(records):
+    """Records not dominated in (higher reward, fewer mul_ops), by mul_ops."""
+    front, best = [], -math.inf
+    for r in sorted(records, key=lambda r: (r["mul_ops"], -r["reward"])):
+        if r["reward"] > best:
+            front.append(r)
+            best = r["reward"]
+    return front
+
+
+def _trained(records):
+    return [r for r in records if r["status"] == "ok"]
+
+
+def plot_all(records, out_dir):
+    """Writes the three PNG plots; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    trained = _trained(records)
+    stages = sorted({r["stage"] for r in records})
+    colors = {b: plt.cm.viridis(i / max(1, len(stages) - 1)) for i, b in enumerate(stages)}
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for b in stages:
+        rs = [r for r in trained if r["stage"] == b]
+        ax.scatter([r["sr_no"] for r in rs], [r["reward"] for r in rs], s=14, color=colors[b], label=f"b = {b}")
+    if trained:
+        best = np.maximum.accumulate([r["reward"] for r in trained])
+        ax.step([r["sr_no"] for r in trained], best, where="post", color="black", lw=1, label="best so far")
+    ax.set_xlabel("child (training order)")
+    ax.set_ylabel("reward (best validation accuracy)")
+    ax.set_title("Reward of every child")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    paths.append(os.path.join(out_dir, "rewards.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    rho = stage_spearman(records)
+    for b in stages:
+        rs = [r for r in trained if r["stage"] == b and r.get("predicted_reward") is not None]
+        if rs:
+            label = f"b = {b}, Spearman {rho[b]:.2f}" if rho.get(b) is not None else f"b = {b}"
+            ax.scatter([r["predicted_reward"] for r in rs], [r["reward"] for r in rs], s=14, color=colors[b], label=label)
+    ax.set_xlabel("predicted reward (encoder)")
+    ax.set_ylabel("actual reward")
+    ax.set_title("Encoder prediction against reward")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(os.path.join(out_dir, "predicted_vs_actual.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for b in stages:
+        rs = [r for r in trained if r["stage"] == b]
+        ax.scatter([r["mul_ops"] for r in rs], [r["reward"] for r in rs], s=14, color=colors[b], label=f"b = {b}")
+    front = pareto_front(trained)
+    if front:
+        ax.step([r["mul_ops"] for r in front], [r["reward"] for r in front], where="post", color="red", lw=1)
+        ax.scatter([r["mul_ops"] for r in front], [r["reward"] for r in front], s=40, facecolors="none",
+                   edgecolors="red", label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("mul_ops (binary multiply-accumulates per image)")
+    ax.set_ylabel("reward")
+    ax.set_title("Accuracy against cost")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    paths.append(os.path.join(out_dir, "pareto.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def summary_text(records, top=5, retrain_args=()):
+    """The top architectures, the predictor quality and the command to retrain the best.
+
+    Args:
+        records: The child records.
+        top: How many architectures to list.
+        retrain_args: `--NAME=value` arguments the retrain command repeats
+            (the search's overrides that shape a child).
+    """
+    trained = _trained(records)
+    lines = [f"{len(records)} children: {len(trained)} trained, "
+             f"{sum(r['status'] == 'failed' for r in records)} failed, "
+             f"{sum(r['status'] == 'over_budget' for r in records)} over the op budget"]
+    rho = stage_spearman(records)
+    for b, value in rho.items():
+        if value is not None:
+            lines.append(f"Encoder Spearman rank correlation at b = {b}: {value:.3f}")
+    if not trained:
+        return "\n".join(lines) + "\n"
+    lines.append(f"Top {min(top, len(trained))} architectures:")
+    lines.append(f"{'#':>4} {'reward':>7} {'test':>7} {'mul_ops':>10} {'packed KiB':>10}  architecture")
+    ranked = sorted(trained, key=lambda r: -r["reward"])[:top]
+    for r in ranked:
+        packed = r.get("footprint", {}).get("packed_kib", float("nan"))
+        lines.append(f"{r['sr_no']:>4} {r['reward']:7.4f} {r['test_accuracy']:7.4f} {r['mul_ops']:>10} "
+                     f"{packed:>10.2f}  {r['architecture']}")
+    lines.append("Retrain the best:")
+    extra = "".join(f" {arg}" for arg in retrain_args)
+    lines.append(f'python train.py -ta True{extra} --REPRESENTATION_STRING="{ranked[0]["representation_string"]}"')
+    return "\n".join(lines) + "\n"
+
+
+def report(exp_name, root="."):
+    """Regenerates the plots and summary.txt of a search; returns the summary text."""
+    records = load_records(os.path.join(root, "architectures", f"{exp_name}.jsonl"))
+    out_dir = os.path.join(root, "logs", exp_name)
+    settings_path = os.path.join(out_dir, "settings.json")
+    retrain = []
+    if os.path.exists(settings_path):
+        with open(settings_path) as f:
+            retrain = json.load(f).get("RETRAIN_ARGS", [])
+    plot_all(records, out_dir)
+    text = summary_text(records, retrain_args=retrain)
+    with open(os.path.join(out_dir, "summary.txt"), "w") as f:
+        f.write(text)
+    return text
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Plots and summary of a search, from its records.")
+    parser.add_argument("experiment_name")
+    parser.add_argument("--root", default=".", help="folder holding architectures/ and logs/")
+    args = parser.parse_args(argv)
+    path = os.path.join(args.root, "architectures", f"{args.experiment_name}.jsonl")
+    if not os.path.exists(path):
+        print(f"error: no records at {path}; run the search first or pass --root", file=sys.stderr)
+        return 2
+    print(report(args.experiment_name, args.root), end="")
+    print(f"Plots written to {os.path.join(args.root, 'logs', args.experiment_name)}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""Tests for pnas/encoder.py: the search space, its encodings and the LSTM surrogate."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import csv  # noqa: E402
+import itertools  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+from pnas.encoder import Encoder, RepresentationError, StateSpace  # noqa: E402
+
+# The operators of train.py, which the original research code's logs were written with.
+DEFAULT_OPS = ["3x3 sep-bconv", "5x5 sep-bconv", "1x7-7x1 bconv", "3x3 bconv"]
+TWO_OPS = ["3x3 bconv", "3x3 maxpool"]
+
+
+def _raw_children(space, blocks):
+    """Every child of `blocks` blocks, canonical or not, that the space allows."""
+    per_block = []
+    for position in range(blocks):
+        operands = list(itertools.product(space.block_inputs(position), range(space.op_size)))
+        per_block.append([a + b for a in operands for b in operands])
+    return [sum(combo, ()) for combo in itertools.product(*per_block)]
+
+
+def _random_child(space, rng, blocks):
+    child = []
+    for position in range(blocks):
+        for _ in range(2):
+            child += [int(rng.choice(space.block_inputs(position))), int(rng.integers(space.op_size))]
+    return tuple(child)
+
+
+# ------------------------------------------------------------------- counts
+def test_default_space_trains_193_children_with_beam_128(capsys):
+    space = StateSpace(3, DEFAULT_OPS)
+    assert space.stage_sizes(128) == [10, 55, 128]
+    assert space.print_total_models(128) == 193
+    assert "Total number of children to train: 193" in capsys.readouterr().out
+
+
+def test_default_space_without_beam_has_220_distinct_three_block_cells():
+    # With every block reading the cell input, a cell is a multiset of 3 blocks
+    # out of the 10 distinct blocks: C(10 + 2, 3) = 220.
+    assert StateSpace(3, DEFAULT_OPS).stage_sizes(None) == [10, 55, 220]
+
+
+def test_two_operators_give_three_initial_children():
+    space = StateSpace(2, TWO_OPS)
+    assert space.initial_children() == [(0, 0, 0, 0), (0, 0, 0, 1), (0, 1, 0, 1)]
+
+
+def _network(child):
+    """An order-free description of a cell: the multiset of its blocks as expressions.
+
+    Faithful while at most one block can be read (input_lookforward_depth <= 1):
+    then no two readable blocks can have the same expression.
+    """
+    expressions = []
+    for i in range(0, len(child), 4):
+        in1, op1, in2, op2 = child[i : i + 4]
+        operands = [(op, "x" if k == 0 else expressions[k - 1]) for k, op in ((in1, op1), (in2, op2))]
+        expressions.append(tuple(sorted(operands, key=repr)))
+    return tuple(sorted(expressions, key=repr))
+
+
+@pytest.mark.parametrize("lookforward, operators", [(0, DEFAULT_OPS), (1, DEFAULT_OPS), (2, DEFAULT_OPS[:3])])
+def test_expand_yields_exactly_the_distinct_canonical_children(lookforward, operators):
+    space = StateSpace(3, operators, input_lookforward_depth=lookforward)
+    children = space.initial_children()
+    for blocks in (2, 3):
+        children = space.expand(children)
+        assert len(set(children)) == len(children)
+        assert all(space.canonical(c) == c for c in children)
+        raw = _raw_children(space, blocks)
+        # Brute force: the canonical forms of every raw child of this size...
+        assert set(children) == {space.canonical(c) for c in raw}
+        if lookforward <= 1:
+            # ...are one per distinct network.
+            assert len(children) == len({_network(c) for c in raw})
+
+
+def test_lookforward_expansion_reaches_cells_whose_read_block_is_not_the_smallest():
+    space = StateSpace(3, DEFAULT_OPS, input_lookforward_depth=1)
+    # Block 3 reads block 1 = (0, 0, 0, 1); block 2 = (0, 0, 0, 0) sorts before it,
+    # so the 2-block prefix is not in canonical (sorted) order.
+    child = (0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0)
+    assert space.canonical(child) == child
+    assert child in space.expand(space.expand(space.initial_children()))
+
+
+def test_canonical_identifies_reorderings_of_blocks_that_no_block_reads():
+    space = StateSpace(3, DEFAULT_OPS, input_lookforward_depth=1)
+    reads_first = (1, 2, 0, 0)  # reads block 1
+    forms = {
+        space.canonical((0, 3, 0, 3) + reads_first + (0, 1, 0, 1)),
+        space.canonical((0, 3, 0, 3) + (0, 1, 0, 1) + reads_first),
+    }
+    assert len(forms) == 1
+
+
+def test_canonical_treats_swapped_operands_as_equal():
+    space = StateSpace(3, DEFAULT_OPS)
+    assert space.canonical((0, 3, 0, 0)) == space.canonical((0, 0, 0, 3)) == (0, 0, 0, 3)
+
+
+def test_canonical_treats_permuted_flat_blocks_as_equal():
+    space = StateSpace(3, DEFAULT_OPS)
+    blocks = [(0, 3, 0, 1), (0, 2, 0, 2), (0, 0, 0, 3)]
+    forms = {space.canonical(sum(p, ())) for p in itertools.permutations(blocks)}
+    assert forms == {(0, 0, 0, 3, 0, 1, 0, 3, 0, 2, 0, 2)}
+
+
+def test_canonical_keeps_the_order_of_blocks_that_read_block_outputs():
+    space = StateSpace(2, DEFAULT_OPS, input_lookforward_depth=1)
+    # Block 2 reads block 1's output: swapping the blocks would change the network.
+    child = (0, 1, 0, 1, 1, 0, 0, 0)
+    assert space.canonical(child) == (0, 1, 0, 1, 0, 0, 1, 0)
+    # Sorted, the blocks would read as a different network.
+    assert space.canonical(child) != (0, 0, 1, 0, 0, 1, 0, 1)
+    # Flat cells are still sorted under the same depth.
+    assert space.canonical((0, 1, 0, 1, 0, 0, 0, 0)) == (0, 0, 0, 0, 0, 1, 0, 1)
+
+
+# ----------------------------------------------------------------- encoding
+@pytest.mark.parametrize("lookforward", [0, 1])
+def test_encodings_round_trip_for_random_children(lookforward):
+    space = StateSpace(3, DEFAULT_OPS, input_lookforward_depth=lookforward)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        child = _random_child(space, rng, int(rng.integers(1, 4)))
+        arrays = space.encode(child)
+        assert [a.shape for a in arrays] == [(1, 3) if i % 2 == 0 else (1, 4) for i in range(len(child))]
+        assert all(a[0, v] == v + 1 and np.count_nonzero(a) == 1 for a, v in zip(arrays, child))
+        assert space.decode(arrays) == child
+        assert space.unparse(space.parse(child)) == child
+        text = space.representation_string(child)
+        assert space.from_representation_string(text) == child
+        assert space.from_representation_string(f'"{text}"') == child
+
+
+def test_original_representation_strings_decode():
+    space = StateSpace(3, DEFAULT_OPS)
+    child = space.from_representation_string("[[1. 0. 0.]] [[0. 0. 0. 4.]] [[1. 0. 0.]] [[1. 0. 0. 0.]]")
+    assert space.parse(child) == [0, "3x3 bconv", 0, "3x3 sep-bconv"]
+    child = space.from_representation_string("[[1. 0. 0.]] [[1. 0. 0. 0.]] [[1. 0. 0.]] [[1. 0. 0. 0.]]")
+    assert space.parse(child) == [0, "3x3 sep-bconv", 0, "3x3 sep-bconv"]
+
+
+def test_representation_string_prints_index_plus_one():
+    space = StateSpace(3, DEFAULT_OPS)
+    assert space.representation_string((0, 2, 0, 3)) == "[[1. 0. 0.]] [[0. 0. 3. 0.]] [[1. 0. 0.]] [[0. 0. 0. 4.]]"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "garbage",
+        "[[1. 0. 0.]] [[1. 0. 0. 0.]] [[1. 0. 0.]] [[1. 0. 0. 0.]] trailing",
+        "[[1. 0. 0.]] [[1. 0. 0. 0.]] [[1. 0. 0.]]",  # 3 arrays: not a whole block
+        " ".join(["[[1. 0. 0.]] [[1. 0. 0. 0.]]"] * 8),  # 4 blocks > B = 3
+        "[[1. 0.]] [[1. 0. 0. 0.]] [[1. 0.]] [[1. 0. 0. 0.]]",  # inputs of size 2, not B = 3
+        "[[1. 0. 0.]] [[1. 0. 0.]] [[1. 0. 0.]] [[1. 0. 0.]]",  # operators of size 3, not 4
+        "[[0. 0. 0.]] [[1. 0. 0. 0.]] [[1. 0. 0.]] [[1. 0. 0. 0.]]",  # no non-zero entry
+        "[[1. 2. 0.]] [[1. 0. 0. 0.]] [[1. 0. 0.]] [[1. 0. 0. 0.]]",  # two non-zero entries
+        "[[a b c]] [[1. 0. 0. 0.]] [[1. 0. 0.]] [[1. 0. 0. 0.]]",
+        "[[0. 2. 0.]] [[1. 0. 0. 0.]] [[1. 0. 0.]] [[1. 0. 0. 0.]]",  # block 1 reads block 1
+    ],
+)
+def test_bad_representation_strings_raise(text):
+    space = StateSpace(3, DEFAULT_OPS)
+    with pytest.raises(RepresentationError):
+        space.from_representation_string(text)
+
+
+def test_representation_error_is_a_value_error():
+    assert issubclass(RepresentationError, ValueError)
+
+
+# ------------------------------------------------------------------ encoder
+def _synthetic_reward(child):
+    """Mostly the fraction of operators that are op 0, plus smaller terms."""
+    ops = np.array(child[1::2])
+    return 0.1 + 0.6 * np.mean(ops == 0) + 0.2 * np.mean(ops == 1) + 0.02 * len(child) / 4
+
+
+def test_encoder_learns_to_rank_a_synthetic_reward():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    space = StateSpace(2, DEFAULT_OPS)
+    one_block = space.initial_children()
+    two_block = space.expand(one_block)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(two_block))
+    held_out = [two_block[i] for i in order[:15]]
+    train = one_block + [two_block[i] for i in order[15:]]
+    encoder = Encoder(space, controller_cells=16, epochs=20, learning_rate=3e-2)
+    encoder.train_step([_synthetic_reward(c) for c in train], children=train)
+    predicted = encoder.predict(held_out)
+    rho = spearmanr(predicted, [_synthetic_reward(c) for c in held_out]).statistic
+    assert rho > 0.8, (rho, predicted)
+
+
+def test_predict_is_one_batched_call_and_masks_padding(monkeypatch):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    space = StateSpace(3, DEFAULT_OPS)
+    encoder = Encoder(space, controller_cells=8, epochs=1)
+    # Children of 1, 2 and 3 blocks in one batch: the shorter ones are padded.
+    children = space.initial_children()[:4] + space.expand(space.initial_children()[:2])[:4]
+    children += space.expand(children[4:6])[:4]
+    alone = np.array([encoder.predict([c])[0] for c in children])
+    model = encoder.models[0]
+    calls = []
+    original = model.predict
+
+    def recording_predict(x, **kwargs):
+        calls.append((np.asarray(x).shape, kwargs.get("batch_size")))
+        return original(x, **kwargs)
+
+    monkeypatch.setattr(model, "predict", recording_predict)
+    together = encoder.predict(children, batch_size=5)
+    assert calls == [((len(children), 12), 5)]
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+
+
+def test_update_step_keeps_top_k_and_writes_scores(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    space = StateSpace(3, DEFAULT_OPS)
+    encoder = Encoder(space, K=3, controller_cells=8, epochs=2, scores_dir=str(tmp_path))
+    encoder.train_step([_synthetic_reward(c) for c in encoder.children])
+    candidates = space.expand(encoder.children)
+    predicted = dict(zip(candidates, encoder.predict(candidates)))
+
+    beam = encoder.update_step()
+
+    ranked = sorted(candidates, key=lambda c: -predicted[c])
+    assert len(beam) == 3
+    assert [predicted[c] for c in beam] == pytest.approx([predicted[c] for c in ranked[:3]], abs=1e-6)
+    assert encoder.last_scores == pytest.approx([predicted[c] for c in beam], abs=1e-6)
+    assert encoder.get_actions() == beam
+    with open(tmp_path / "scores_2.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(candidates) == 55
+    assert [int(r["rank"]) for r in rows] == list(range(1, 56))
+    scores = [float(r["predicted_reward"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert [space.from_representation_string(r["representation_string"]) for r in rows[:3]] == beam
+    assert rows[0]["architecture"] == str(space.parse(beam[0]))
+
+    # The next stage writes its own file and again keeps K.
+    assert len(encoder.update_step()) == 3
+    assert (tmp_path / "scores_3.csv").exists()
+
+
+def test_update_step_skips_rejected_children():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    space = StateSpace(2, DEFAULT_OPS)
+    encoder = Encoder(space, K=4, controller_cells=8, epochs=1)
+    beam = encoder.update_step(accept=lambda c: 3 not in c[1::2])
+    assert len(beam) == 4
+    assert all(3 not in c[1::2] for c in beam)

