@@ -318,12 +318,17 @@ class Encoder:
             )
             model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
             self.models.append(model)
-        if restore and weights_path and os.path.exists(weights_path):
+        if restore and weights_path and self.has_weights(weights_path):
             self.load_weights(weights_path)
             logger.info("Restored encoder weights from %s", weights_path)
 
     # ------------------------------------------------------------ persistence
-    def _weight_files(self, path):
+    def has_weights(self, path):
+        """Whether every weights file of this encoder (one per ensemble member) exists at `path`."""
+        return all(os.path.exists(f) for f in self.weight_files(path))
+
+    def weight_files(self, path):
+        """The files `save_weights(path)` writes: `path`, or one per ensemble member."""
         if len(self.models) == 1:
             return [path]
         stem = path[: -len(".weights.h5")]
@@ -332,13 +337,13 @@ class Encoder:
     def save_weights(self, path):
         """Saves the weights atomically (temporary file, then `os.replace`)."""
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        for model, target in zip(self.models, self._weight_files(path)):
+        for model, target in zip(self.models, self.weight_files(path)):
             tmp = target[: -len(".weights.h5")] + ".tmp.weights.h5"
             model.save_weights(tmp)
             os.replace(tmp, target)
 
     def load_weights(self, path):
-        for model, source in zip(self.models, self._weight_files(path)):
+        for model, source in zip(self.models, self.weight_files(path)):
             # Build the optimizer first so that its saved state (Adam's
             # moments) is restored too and training continues exactly.
             model.optimizer.build(model.trainable_variables)

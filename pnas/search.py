@@ -257,10 +257,11 @@ class Search:
         if self.state.resumed or not self.settings["RESTORE_CONTROLLER"]:
             return
         self.state.data["encoder_restored"] = False
-        if not os.path.exists(self.paths.encoder_weights):
+        encoder = self._new_encoder()
+        if not encoder.has_weights(self.paths.encoder_weights):
             return
         try:
-            self._new_encoder().load_weights(self.paths.encoder_weights)
+            encoder.load_weights(self.paths.encoder_weights)
         except Exception as exc:  # e.g. saved with other operators or CONTROLLER_CELLS
             print(
                 f"Warning: RESTORE_CONTROLLER: {self.paths.encoder_weights} does not fit these settings "
@@ -268,7 +269,9 @@ class Search:
             )
             return
         os.makedirs(os.path.dirname(self.paths.stage_encoder_weights(0)), exist_ok=True)
-        shutil.copyfile(self.paths.encoder_weights, self.paths.stage_encoder_weights(0))
+        sources = encoder.weight_files(self.paths.encoder_weights)
+        for source, target in zip(sources, encoder.weight_files(self.paths.stage_encoder_weights(0))):
+            shutil.copyfile(source, target)
         self.state.data["encoder_restored"] = True
         print(f"Restored the encoder from {self.paths.encoder_weights}")
 
