@@ -33,6 +33,8 @@ INPUT_LOOKFORWARD_DEPTH = 0  # Earlier blocks of the same cell a block may read 
 MAX_CONSECUTIVE_FAILURES = 3  # Stop the search after this many failed children in a row
 MAX_MUL_OPS = None  # Op budget: children with more binary multiply-accumulates are skipped (None: off)
 ENCODER_ENSEMBLE = 1  # Encoders averaged for ranking; with n > 1 each trains on a different (n-1)/n
+CHILDREN_PER_PROCESS = 10  # Children trained per worker process before it is replaced (0: in this process);
+                           # TensorFlow leaks ~30 MB per trained model, which a fresh process returns
 # ------------------------------------------
 
 # ------- Common Settings --------
@@ -68,6 +70,7 @@ SETTINGS = [
     "EXPERIMENT_NAME", "SEED", "OVERWRITE", "VERBOSE",
     "B", "K_", "REGULARIZATION", "CONTROLLER_CELLS", "RNN_TRAINING_EPOCHS", "RESTORE_CONTROLLER",
     "INPUT_LOOKFORWARD_DEPTH", "MAX_CONSECUTIVE_FAILURES", "MAX_MUL_OPS", "ENCODER_ENSEMBLE",
+    "CHILDREN_PER_PROCESS",
     "DROP_INPUT", "DROP_HIDDEN", "DROPOUT", "MAX_EPOCHS", "BATCHSIZE", "NUM_CELLS", "NUM_CELL_FILTERS",
     "DENSE_LAYERS", "USE_EXPANSION", "TRAIN_SIZE", "operators",
     "BINARY_H", "KERNEL_LR_MULTIPLIER", "LR_START", "LR_END", "LOSS",
@@ -246,35 +249,12 @@ def train_architecture(settings):
     print(f"Saved {weights_dir}/best.weights.h5 and {model_path}")
 
 
-def import_keras_quietly():
-    """Imports Keras with TensorFlow's start-up lines kept off stderr.
-
-    TensorFlow logs through absl before it reads TF_CPP_MIN_LOG_LEVEL, so
-    its oneDNN and CUDA notices reach stderr whatever the level, and would
-    bury this script's one-line errors. They are shown if the import fails.
-    """
-    import tempfile
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import keras  # noqa: F401
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def main(argv=None):
     # Library warnings (e.g. a corrupt MNIST file being replaced) join the
     # progress on stdout: stderr is kept for the one-line errors.
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stdout)
+    from pnas.worker import import_keras_quietly
+
     import_keras_quietly()
     train_arch, settings = parse_args(sys.argv[1:] if argv is None else argv)
     print_settings(settings)

@@ -1,10 +1,12 @@
 """Process memory across consecutive child trainings.
 
-Trains N children one after another through NetworkManager, as the search
-does, and prints the resident set size (RSS) after each and its growth. The
-goal: at most 100 MB of growth across 50 children.
+Trains N children one after another as the search does: in worker processes
+replaced every CHILDREN_PER_PROCESS children (pnas/worker.py), and, for
+comparison, all in this process (--children-per-process 0). Prints the
+resident set size (RSS) of the search process and of the worker after each
+child. The goal: at most 100 MB of growth across 50 children.
 
-    python bench/memory_growth.py [--children 50] [--train-size 512] [--epochs 1]
+    python bench/memory_growth.py [--children 50] [--children-per-process 10] [--train-size 512]
 """
 
 import argparse
@@ -19,13 +21,14 @@ from mnist.mnist_data import get_dataset  # noqa: E402
 from pnas.encoder import StateSpace  # noqa: E402
 from pnas.manager import NetworkManager  # noqa: E402
 from pnas.model import model_fn  # noqa: E402
+from pnas.worker import ChildWorker  # noqa: E402
 
 OPERATORS = ["3x3 sep-bconv", "5x5 sep-bconv", "1x7-7x1 bconv", "3x3 bconv"]
 
 
-def rss_mb():
-    """Current resident set size of this process, in MB (Linux /proc)."""
-    with open("/proc/self/statm") as f:
+def rss_mb(pid="self"):
+    """Current resident set size of a process, in MB (Linux /proc)."""
+    with open(f"/proc/{pid}/statm") as f:
         pages = int(f.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
@@ -35,26 +38,40 @@ def main():
     parser.add_argument("--children", type=int, default=50)
     parser.add_argument("--train-size", type=int, default=512)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--children-per-process", type=int, default=10,
+                        help="as CHILDREN_PER_PROCESS in train.py; 0 trains every child in this process")
     args = parser.parse_args()
     dataset = get_dataset(train_size=args.train_size, val_size=500, test_size=500, verbose=False)
     space = StateSpace(2, OPERATORS)
     # Alternate 1- and 2-block cells so that every child is a new graph.
     children = space.initial_children() + space.expand(space.initial_children())
     with tempfile.TemporaryDirectory() as tmp:
-        manager = NetworkManager(dataset, exp_name="memory", epochs=args.epochs, weights_dir=tmp,
-                                 log_dir=os.path.join(tmp, "logs"), verbose=0)
+        kwargs = dict(exp_name="memory", epochs=args.epochs, weights_dir=tmp, log_dir=os.path.join(tmp, "logs"),
+                      verbose=0)
+        worker = ChildWorker(dataset, kwargs, args.children_per_process) if args.children_per_process else None
+        manager = None if worker else NetworkManager(dataset, **kwargs)
         start = rss_mb()
-        samples = []
+        samples, worker_samples = [], []
         for i in range(args.children):
-            child = children[i % len(children)]
-            manager.train_child(model_fn, space.parse(child), 3, [16, 24, 32], [32, 10])
+            child_kwargs = dict(actions=space.parse(children[i % len(children)]), num_cells=3,
+                                num_cell_filters=[16, 24, 32], dense_layers=[32, 10])
+            if worker:
+                worker.train(i, **child_kwargs)
+                worker_samples.append(rss_mb(worker.pid))
+            else:
+                manager.train_child(model_fn, **child_kwargs)
             samples.append(rss_mb())
-            print(f"child {i + 1:3d}: RSS {samples[-1]:8.1f} MB", flush=True)
-    warm = samples[min(4, len(samples) - 1)]
-    print(f"RSS before the first child {start:.1f} MB, after child 1 {samples[0]:.1f} MB, "
-          f"after child {len(samples)} {samples[-1]:.1f} MB")
-    print(f"growth over {len(samples)} children: {samples[-1] - samples[0]:.1f} MB "
-          f"(from child 5 on: {samples[-1] - warm:.1f} MB); goal <= 100 MB")
+            extra = f", worker {worker_samples[-1]:8.1f} MB" if worker else ""
+            print(f"child {i + 1:3d}: search process {samples[-1]:8.1f} MB{extra}", flush=True)
+        if worker:
+            worker.close()
+    mode = f"a worker process per {args.children_per_process} children" if worker else "one process"
+    print(f"{mode}: search process RSS {start:.1f} MB before the first child, {samples[0]:.1f} MB after it, "
+          f"{samples[-1]:.1f} MB after child {len(samples)}")
+    print(f"growth of the search process over {len(samples)} children: {samples[-1] - samples[0]:.1f} MB; "
+          "goal <= 100 MB")
+    if worker:
+        print(f"largest worker RSS {max(worker_samples):.1f} MB (first child {worker_samples[0]:.1f} MB)")
 
 
 if __name__ == "__main__":

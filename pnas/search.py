@@ -20,6 +20,7 @@ from pnas import report
 from pnas.encoder import Encoder, StateSpace
 from pnas.manager import NetworkManager
 from pnas.model import model_fn
+from pnas.worker import ChildFailed, ChildWorker
 
 logger = logging.getLogger(__name__)
 
@@ -220,8 +221,7 @@ class Search:
         self.state = SearchState.load_or_create(
             paths.state, search_config(settings), overwrite=settings["OVERWRITE"]
         )
-        self.manager = NetworkManager(
-            dataset,
+        manager_kwargs = dict(
             exp_name=settings["EXPERIMENT_NAME"],
             epochs=settings["MAX_EPOCHS"],
             batchsize=settings["BATCHSIZE"],
@@ -230,6 +230,10 @@ class Search:
             verbose=settings["VERBOSE"],
             **manager_settings(settings),
         )
+        if settings["CHILDREN_PER_PROCESS"]:
+            self.manager, self.worker = None, ChildWorker(dataset, manager_kwargs, settings["CHILDREN_PER_PROCESS"])
+        else:
+            self.manager, self.worker = NetworkManager(dataset, **manager_kwargs), None
         self.consecutive_failures = 0
         self.start_time = time.time()
         self._mul_ops = {}
@@ -351,18 +355,22 @@ class Search:
 
     # -------------------------------------------------------------------- run
     def run_child(self, child, sr_no):
+        """Trains one child, in the worker process unless CHILDREN_PER_PROCESS is 0."""
         s = self.settings
-        keras.utils.set_random_seed(_seed(s["SEED"], 2, sr_no))
-        return self.manager.train_child(
-            model_fn,
-            self.state_space.parse(child),
-            s["NUM_CELLS"],
-            s["NUM_CELL_FILTERS"],
-            s["DENSE_LAYERS"],
+        seed = _seed(s["SEED"], 2, sr_no)
+        kwargs = dict(
+            actions=self.state_space.parse(child),
+            num_cells=s["NUM_CELLS"],
+            num_cell_filters=s["NUM_CELL_FILTERS"],
+            dense_layers=s["DENSE_LAYERS"],
             dropout=tuple(s["DROPOUT"]),
             name="child",
             log_name=f"child_{sr_no:04d}",
         )
+        if self.worker is not None:
+            return self.worker.train(seed, **kwargs)
+        keras.utils.set_random_seed(seed)
+        return self.manager.train_child(model_fn, **kwargs)
 
     # ----------------------------------------------------------------- record
     def record(self, b, child, sr_no, result=None, error=None, trace=None):
@@ -430,6 +438,13 @@ class Search:
 
     def run(self):
         """Runs (or resumes) the search; returns the finished child records."""
+        try:
+            return self._run()
+        finally:
+            if self.worker is not None:
+                self.worker.close()
+
+    def _run(self):
         s = self.settings
         if self.state.data["finished"]:
             print("This search has already finished; use --OVERWRITE=True or a new EXPERIMENT_NAME to run it again.")
@@ -465,9 +480,11 @@ class Search:
                     raise
                 except Exception as exc:  # a failing child must not end the search
                     logger.debug("Child %s failed", child, exc_info=True)
-                    record = self.record(
-                        b, child, sr_no, error=f"{type(exc).__name__}: {exc}", trace=traceback.format_exc()
-                    )
+                    if isinstance(exc, ChildFailed):
+                        error, trace = exc.error, exc.trace
+                    else:
+                        error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
+                    record = self.record(b, child, sr_no, error=error, trace=trace)
                     self.consecutive_failures += 1
                     print(f"  FAILED: {record['error']}")
                     if self.consecutive_failures >= s["MAX_CONSECUTIVE_FAILURES"]:

@@ -100,6 +100,8 @@ def validate(settings):
                  "CONTROLLER_CELLS", "MAX_CONSECUTIVE_FAILURES", "ENCODER_ENSEMBLE"):
         if s[name] < 1:
             raise SettingsError(f"{name} must be >= 1, received {name}={s[name]}")
+    if s["CHILDREN_PER_PROCESS"] < 0:
+        raise SettingsError(f"CHILDREN_PER_PROCESS must be >= 0, received {s['CHILDREN_PER_PROCESS']}")
     if s["MAX_MUL_OPS"] is not None and not s["MAX_MUL_OPS"] > 0:
         raise SettingsError(f"MAX_MUL_OPS must be None or > 0, received {s['MAX_MUL_OPS']}")
     if s["INPUT_LOOKFORWARD_DEPTH"] < 0:

@@ -141,7 +141,8 @@ def test_a_diverging_child_fails_alone_in_a_search(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Search, "run_child", run_child)
     paths = SearchPaths("tiny", root=str(tmp_path))
-    records = Search(_settings(B=1), _dataset(), paths).run()
+    # In this process, so that the test can poison the manager's data.
+    records = Search(_settings(B=1, CHILDREN_PER_PROCESS=0), _dataset(), paths).run()
     assert records[0]["status"] == "failed"
     assert records[0]["error"].startswith("ChildTrainingError")
     assert [r["status"] for r in records[1:]] == ["ok", "ok"]
