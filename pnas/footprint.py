@@ -35,12 +35,12 @@ def _macs(layer):
         return in_shape[-1] * layer.units
 
 
-def _binary_outputs(model):
+def _binary_outputs(model, parents):
     """Names of the layers whose outputs are ±1."""
     binary = set()
     for layer in model.layers:
         kind = type(layer).__name__
-        inbound = [node.operation.name for node in _inbound(layer)]
+        inbound = parents[layer.name]
         if kind == "Activation" and layer.activation is binary_tanh:
             binary.add(layer.name)
         elif kind in _KEEPS_BINARY and kind != "InputLayer" and inbound and all(n in binary for n in inbound):
@@ -48,18 +48,23 @@ def _binary_outputs(model):
     return binary
 
 
-def _inbound(layer):
-    """The layers feeding `layer` in a functional model."""
-    parents = []
-    for node in layer._inbound_nodes:
-        for tensor in node.input_tensors:
-            parents.append(tensor._keras_history)
+def _parents(model):
+    """{layer name: names of the layers feeding it} of a functional model.
+
+    Every layer of a child is called once, so its `output` identifies it.
+    """
+    producer = {id(layer.output): layer.name for layer in model.layers}
+    parents = {}
+    for layer in model.layers:
+        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        parents[layer.name] = [producer[id(t)] for t in inputs if id(t) in producer and producer[id(t)] != layer.name]
     return parents
 
 
 def layer_footprint(model):
     """One dict per layer: name, type, output shape, 1-bit and 32-bit params, MACs."""
-    binary_inputs = _binary_outputs(model)
+    parents_of = _parents(model)
+    binary_inputs = _binary_outputs(model, parents_of)
     rows = []
     for layer in model.layers:
         if type(layer).__name__ == "InputLayer":
@@ -71,7 +76,7 @@ def layer_footprint(model):
             one_bit = 0
         float_params = sum(w.numpy().size for w in weights) - one_bit
         macs = _macs(layer)
-        parents = [h.operation.name for h in _inbound(layer)]
+        parents = parents_of[layer.name]
         binary_input = bool(parents) and all(p in binary_inputs for p in parents)
         binary_macs = macs if isinstance(layer, BINARY_LAYERS) and binary_input else 0
         rows.append(
