@@ -53,9 +53,12 @@ operators = ['3x3 sep-bconv', '5x5 sep-bconv', '1x7-7x1 bconv',
 # --------------------------------
 
 # ------- Child Training Settings --------
-BINARY_H = 'Glorot'  # Binary weights are ±H; latent weights start in and are clipped to [-H, H]
+BINARY_H = 'Glorot'  # Binary weights are ±H; latent weights start in and are clipped to [-H, H].
+                     # 'Glorot' (the BNN paper's): with H=1 Adam's small steps rarely flip a sign and
+                     # 1-block children reached only 0.63-0.75 after 3 epochs (README, Child training)
 KERNEL_LR_MULTIPLIER = 'Glorot'  # Scales the latent kernels' gradient (no effect with Adam)
-LR_START = 1e-2  # Adam learning rate at a child's first step (1e-3 learned too slowly; see README)
+LR_START = 1e-2  # Adam learning rate at a child's first step; 1e-3 (the original's) gave 1.5-4 points
+                 # lower rewards after 3 epochs (README, Child training)
 LR_END = 1e-4  # ... decaying exponentially to this at its last step
 LOSS = 'squared_hinge'  # 'squared_hinge' (the original's, labels ±1) or 'crossentropy'
 # ----------------------------------------
