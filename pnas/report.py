@@ -61,6 +61,17 @@ def _trained(records):
     return [r for r in records if r["status"] == "ok"]
 
 
+def _save(fig, out_dir, name):
+    """Writes `fig` as out_dir/name, closes it and returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_all(records, out_dir):
     """Writes the three PNG plots; returns their paths."""
     import matplotlib
@@ -85,10 +96,7 @@ def plot_all(records, out_dir):
     ax.set_ylabel("reward (best validation accuracy)")
     ax.set_title("Reward of every child")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "rewards.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir, "rewards.png"))
 
     fig, ax = plt.subplots(figsize=(5, 5))
     rho = stage_spearman(records)
@@ -102,10 +110,7 @@ def plot_all(records, out_dir):
     ax.set_title("Encoder prediction against reward")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "predicted_vs_actual.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir, "predicted_vs_actual.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for b in stages:
@@ -121,10 +126,7 @@ def plot_all(records, out_dir):
     ax.set_ylabel("reward")
     ax.set_title("Accuracy against cost")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "pareto.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir, "pareto.png"))
     return paths
 
 

@@ -28,6 +28,7 @@ from pnas import footprint, report  # noqa: E402
 from pnas.encoder import Encoder, StateSpace  # noqa: E402
 from pnas.model import model_fn  # noqa: E402
 from pnas.search import Search, SearchAborted, SearchPaths  # noqa: E402
+from _synthetic import synthetic_dataset  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = REPO_ROOT / "train.py"
@@ -184,20 +185,7 @@ def _settings(**overrides):
     return settings
 
 
-def _dataset(n_train=64, n_val=64, n_test=32, seed=0):
-    """Learnable synthetic images: the class sets the brightness of one row band."""
-    rng = np.random.default_rng(seed)
-
-    def split(n):
-        labels = rng.integers(0, 10, n)
-        x = rng.uniform(-1, -0.5, size=(n, 28, 28, 1)).astype(np.float32)
-        for i, label in enumerate(labels):
-            x[i, 2 * label + 4 : 2 * label + 6] = 1.0
-        y = -np.ones((n, 10), np.float32)
-        y[np.arange(n), labels] = 1.0
-        return x, y
-
-    return [a for n in (n_train, n_val, n_test) for a in split(n)]
+_dataset = synthetic_dataset
 
 
 def _jsonl(path):

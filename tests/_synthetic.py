@@ -1,0 +1,23 @@
+"""Learnable synthetic MNIST-shaped data for the search tests."""
+
+import numpy as np
+
+
+def synthetic_dataset(n_train=64, n_val=64, n_test=32, seed=0):
+    """Learnable synthetic images: the class sets the brightness of one row band.
+
+    Returns:
+        `[x_train, y_train, x_val, y_val, x_test, y_test]`, images in [-1, 1], labels ±1.
+    """
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        labels = rng.integers(0, 10, n)
+        x = rng.uniform(-1, -0.5, size=(n, 28, 28, 1)).astype(np.float32)
+        for i, label in enumerate(labels):
+            x[i, 2 * label + 4 : 2 * label + 6] = 1.0
+        y = -np.ones((n, 10), np.float32)
+        y[np.arange(n), labels] = 1.0
+        return x, y
+
+    return [a for n in (n_train, n_val, n_test) for a in split(n)]
