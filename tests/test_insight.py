@@ -28,7 +28,7 @@ from pnas import footprint, report  # noqa: E402
 from pnas.encoder import Encoder, StateSpace  # noqa: E402
 from pnas.model import model_fn  # noqa: E402
 from pnas.search import Search, SearchAborted, SearchPaths  # noqa: E402
-from _synthetic import synthetic_dataset  # noqa: E402
+from _search_helpers import synthetic_dataset, tiny_settings  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = REPO_ROOT / "train.py"
@@ -160,29 +160,7 @@ def test_footprint_a_maxpool_of_the_image_keeps_real_values_downstream():
 
 
 # ---------------------------------------------------------- in-process search
-TINY = {
-    "EXPERIMENT_NAME": "tiny",
-    "operators": OPS,
-    "B": 2,
-    "K_": 2,
-    "MAX_EPOCHS": 1,
-    "BATCHSIZE": 32,
-    "NUM_CELLS": 1,
-    "NUM_CELL_FILTERS": [4],
-    "DENSE_LAYERS": [10],
-    "RNN_TRAINING_EPOCHS": 2,
-    "CONTROLLER_CELLS": 8,
-    "VERBOSE": 0,
-}
-
-
-def _settings(**overrides):
-    settings = {name: getattr(train, name) for name in train.SETTINGS}
-    settings.update(TINY)
-    settings.update(overrides)
-    settings["DROPOUT"] = tuple(settings["DROPOUT"])
-    settings["RETRAIN_ARGS"] = []
-    return settings
+_settings = tiny_settings
 
 
 _dataset = synthetic_dataset

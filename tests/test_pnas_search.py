@@ -13,30 +13,9 @@ import train  # noqa: E402
 from pnas.manager import ChildTrainingError, NetworkManager  # noqa: E402
 from pnas.model import model_fn  # noqa: E402
 from pnas.search import Search, SearchAborted, SearchPaths  # noqa: E402
-from _synthetic import synthetic_dataset  # noqa: E402
+from _search_helpers import synthetic_dataset, tiny_settings  # noqa: E402
 
-TINY = {
-    "EXPERIMENT_NAME": "tiny",
-    "operators": ["3x3 bconv", "3x3 maxpool"],
-    "B": 2,
-    "K_": 2,
-    "MAX_EPOCHS": 1,
-    "BATCHSIZE": 32,
-    "NUM_CELLS": 1,
-    "NUM_CELL_FILTERS": [4],
-    "DENSE_LAYERS": [10],
-    "RNN_TRAINING_EPOCHS": 2,
-    "CONTROLLER_CELLS": 8,
-    "VERBOSE": 0,
-}
-
-
-def _settings(**overrides):
-    settings = {name: getattr(train, name) for name in train.SETTINGS}
-    settings.update(TINY)
-    settings.update(overrides)
-    settings["DROPOUT"] = tuple(settings["DROPOUT"])
-    return settings
+_settings = tiny_settings
 
 
 _dataset = synthetic_dataset
