@@ -19,7 +19,7 @@ _KEEPS_BINARY = ("Concatenate", "MaxPooling2D", "Flatten", "Reshape", "InputLaye
 _MAC_LAYERS = ("BinaryConv2D", "BinarySeparableConv2D", "BinaryDense", "Conv2D", "SeparableConv2D", "Dense")
 
 
-def _macs(layer):
+def layer_macs(layer):
     """Multiply-accumulates of one image through a conv or dense layer."""
     if type(layer).__name__ not in _MAC_LAYERS:
         return 0
@@ -75,7 +75,7 @@ def layer_footprint(model):
         else:
             one_bit = 0
         float_params = sum(w.numpy().size for w in weights) - one_bit
-        macs = _macs(layer)
+        macs = layer_macs(layer)
         parents = parents_of[layer.name]
         binary_input = bool(parents) and all(p in binary_inputs for p in parents)
         binary_macs = macs if isinstance(layer, BINARY_LAYERS) and binary_input else 0

@@ -14,6 +14,7 @@ from binarized.binary_layers import (
     DropoutNoScale,
 )
 from binarized.binary_ops import binary_tanh
+from pnas.footprint import BINARY_LAYERS, layer_macs
 
 # name -> (kind, kernel size)
 OPERATORS = {
@@ -128,22 +129,7 @@ def _cell(x, actions, filters, cell_index, layers):
 
 def count_mul_ops(model):
     """Multiply-accumulates of the binary conv and dense layers, per image."""
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, BinaryDense):
-            total += int(layer.input.shape[-1]) * layer.units
-        elif isinstance(layer, BinarySeparableConv2D):
-            _, h, w, c_in = layer.input.shape
-            _, h_out, w_out, _ = layer.output.shape
-            kh, kw = layer.kernel_size
-            depth = c_in * layer.depth_multiplier
-            total += h_out * w_out * (kh * kw * depth + depth * layer.filters)
-        elif isinstance(layer, BinaryConv2D):
-            c_in = layer.input.shape[-1]
-            _, h_out, w_out, _ = layer.output.shape
-            kh, kw = layer.kernel_size
-            total += h_out * w_out * kh * kw * c_in * layer.filters
-    return int(total)
+    return int(sum(layer_macs(layer) for layer in model.layers if isinstance(layer, BINARY_LAYERS)))
 
 
 def model_fn(
