@@ -35,6 +35,8 @@ MAX_MUL_OPS = None  # Op budget: children with more binary multiply-accumulates 
 ENCODER_ENSEMBLE = 1  # Encoders averaged for ranking; with n > 1 each trains on a different (n-1)/n
 CHILDREN_PER_PROCESS = 10  # Children trained per worker process before it is replaced (0: in this process);
                            # TensorFlow leaks ~30 MB per trained model, which a fresh process returns
+PARALLEL_CHILDREN = 1  # Children trained side by side, each in a worker with its share of the CPU cores;
+                       # 2 on a 2-core CPU trains small children ~1.4x faster (README, "A full search on a CPU")
 # ------------------------------------------
 
 # ------- Common Settings --------
@@ -48,6 +50,8 @@ NUM_CELL_FILTERS = [16, 24, 32]  # Number of filters of each operator in each ce
 DENSE_LAYERS = [32, 10]  # Units of the binary dense head; the last must be 10 (the classes)
 USE_EXPANSION = False  # True: train on expanded MNIST (each image plus 4 rotated and shifted copies)
 TRAIN_SIZE = None  # Train on the first TRAIN_SIZE of the 55,000 training images only (None: all)
+TEST_CHILDREN = True  # Evaluate every child on the 10,000 test images too (the summary's test column);
+                      # False saves ~1-3 s per child, which matters in a proxy search (README, "A full search on a CPU")
 operators = ['3x3 sep-bconv', '5x5 sep-bconv', '1x7-7x1 bconv',
              '3x3 bconv']  # Operations of the search space (all are defined in pnas/model.py)
 # --------------------------------
@@ -73,9 +77,9 @@ SETTINGS = [
     "EXPERIMENT_NAME", "SEED", "OVERWRITE", "VERBOSE",
     "B", "K_", "REGULARIZATION", "CONTROLLER_CELLS", "RNN_TRAINING_EPOCHS", "RESTORE_CONTROLLER",
     "INPUT_LOOKFORWARD_DEPTH", "MAX_CONSECUTIVE_FAILURES", "MAX_MUL_OPS", "ENCODER_ENSEMBLE",
-    "CHILDREN_PER_PROCESS",
+    "CHILDREN_PER_PROCESS", "PARALLEL_CHILDREN",
     "DROP_INPUT", "DROP_HIDDEN", "DROPOUT", "MAX_EPOCHS", "BATCHSIZE", "NUM_CELLS", "NUM_CELL_FILTERS",
-    "DENSE_LAYERS", "USE_EXPANSION", "TRAIN_SIZE", "operators",
+    "DENSE_LAYERS", "USE_EXPANSION", "TRAIN_SIZE", "TEST_CHILDREN", "operators",
     "BINARY_H", "KERNEL_LR_MULTIPLIER", "LR_START", "LR_END", "LOSS",
     "NUM_EPOCHS", "REPRESENTATION_STRING", "LOAD_SAVED",
 ]

@@ -57,6 +57,11 @@ def pareto_front(records):
     return front
 
 
+def accuracy(value):
+    """An accuracy with 4 decimals, or '-' for one not measured (TEST_CHILDREN=False)."""
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _trained(records):
     return [r for r in records if r["status"] == "ok"]
 
@@ -154,7 +159,7 @@ def summary_text(records, top=5, retrain_args=()):
     ranked = sorted(trained, key=lambda r: -r["reward"])[:top]
     for r in ranked:
         packed = r.get("footprint", {}).get("packed_kib", float("nan"))
-        lines.append(f"{r['sr_no']:>4} {r['reward']:7.4f} {r['test_accuracy']:7.4f} {r['mul_ops']:>10} "
+        lines.append(f"{r['sr_no']:>4} {r['reward']:7.4f} {accuracy(r['test_accuracy']):>7} {r['mul_ops']:>10} "
                      f"{packed:>10.2f}  {r['architecture']}")
     lines.append("Retrain the best:")
     extra = "".join(f" {arg}" for arg in retrain_args)

@@ -8,6 +8,7 @@ line lost or duplicated.
 
 import json
 import logging
+import multiprocessing.connection
 import os
 import shutil
 import time
@@ -228,13 +229,22 @@ class Search:
             weights_dir=paths.weights_dir,
             log_dir=paths.log_dir,
             verbose=settings["VERBOSE"],
+            evaluate_test=settings["TEST_CHILDREN"],
             **manager_settings(settings),
         )
         if settings["CHILDREN_PER_PROCESS"]:
-            self.manager, self.worker = None, ChildWorker(dataset, manager_kwargs, settings["CHILDREN_PER_PROCESS"])
+            n = settings["PARALLEL_CHILDREN"]
+            # Side by side, each worker gets its share of the cores.
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            threads = max(1, cores // n) if n > 1 else None
+            self.manager = None
+            self.workers = [
+                ChildWorker(dataset, manager_kwargs, settings["CHILDREN_PER_PROCESS"], threads) for _ in range(n)
+            ]
         else:
-            self.manager, self.worker = NetworkManager(dataset, **manager_kwargs), None
+            self.manager, self.workers = NetworkManager(dataset, **manager_kwargs), []
         self.consecutive_failures = 0
+        self.trained_now = 0
         self.start_time = time.time()
         self._mul_ops = {}
 
@@ -354,21 +364,25 @@ class Search:
         return beam
 
     # -------------------------------------------------------------------- run
-    def run_child(self, child, sr_no):
-        """Trains one child, in the worker process unless CHILDREN_PER_PROCESS is 0."""
+    def child_job(self, child, sr_no, slot=0):
+        """The seed and `train_child` arguments of child number `sr_no`, trained by worker `slot`."""
         s = self.settings
-        seed = _seed(s["SEED"], 2, sr_no)
         kwargs = dict(
             actions=self.state_space.parse(child),
             num_cells=s["NUM_CELLS"],
             num_cell_filters=s["NUM_CELL_FILTERS"],
             dense_layers=s["DENSE_LAYERS"],
             dropout=tuple(s["DROPOUT"]),
-            name="child",
+            name="child" if slot == 0 else f"child{slot}",
             log_name=f"child_{sr_no:04d}",
         )
-        if self.worker is not None:
-            return self.worker.train(seed, **kwargs)
+        return _seed(s["SEED"], 2, sr_no), kwargs
+
+    def run_child(self, child, sr_no):
+        """Trains one child, in the worker process unless CHILDREN_PER_PROCESS is 0."""
+        seed, kwargs = self.child_job(child, sr_no)
+        if self.workers:
+            return self.workers[0].train(seed, **kwargs)
         keras.utils.set_random_seed(seed)
         return self.manager.train_child(model_fn, **kwargs)
 
@@ -441,8 +455,83 @@ class Search:
         try:
             return self._run()
         finally:
-            if self.worker is not None:
-                self.worker.close()
+            for worker in self.workers:
+                worker.close()
+
+    def _finish(self, b, child, sr_no, result=None, exc=None):
+        """Records a trained child, or a failed one (`exc`); aborts after too many failures in a row."""
+        if exc is not None:
+            logger.debug("Child %s failed", child, exc_info=exc)
+            if isinstance(exc, ChildFailed):
+                error, trace = exc.error, exc.trace
+            else:
+                error, trace = f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc))
+            record = self.record(b, child, sr_no, error=error, trace=trace)
+            self.consecutive_failures += 1
+            print(f"  FAILED: {record['error']}")
+            if self.consecutive_failures >= self.settings["MAX_CONSECUTIVE_FAILURES"]:
+                raise SearchAborted(
+                    f"{self.consecutive_failures} children failed in a row (last: {record['error']}); "
+                    "fix the cause and rerun the same command to retry them and resume"
+                ) from exc
+            return
+        self.consecutive_failures = 0
+        record = self.record(b, child, sr_no, result=result)
+        print(
+            f"  {'' if len(self.workers) < 2 else f'#{sr_no} '}reward {record['reward']:.4f}, "
+            f"test {report.accuracy(record['test_accuracy'])}, "
+            f"mul_ops {record['mul_ops']}, {record['footprint']['packed_kib']:.1f} KiB packed, "
+            f"{record['seconds']:.1f}s"
+        )
+
+    def _train_one_by_one(self, b, beam, done, total):
+        for i, child in enumerate(beam, start=1):
+            if child in done:
+                continue
+            sr_no = len(self.state.records()) + 1
+            print(f"{self._progress(b, i, len(beam), sr_no, total, self.trained_now)} {self.state_space.parse(child)}")
+            try:
+                result = self.run_child(child, sr_no)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # a failing child must not end the search
+                self.trained_now += 1
+                self._finish(b, child, sr_no, exc=exc)
+                continue
+            self.trained_now += 1
+            self._finish(b, child, sr_no, result=result)
+
+    def _train_side_by_side(self, b, beam, done, total):
+        """Trains PARALLEL_CHILDREN children at a time; records them in beam order.
+
+        Child number `sr_no` gets the same seed as in a one-by-one search, so
+        the results differ from one only by the threads' arithmetic.
+        """
+        todo = [(i, child) for i, child in enumerate(beam, start=1) if child not in done]
+        next_sr = next_record = len(self.state.records()) + 1
+        running, finished = {}, {}  # worker -> (child, sr_no); sr_no -> (child, result, exc)
+        while todo or running:
+            for slot, worker in enumerate(self.workers):
+                if todo and worker not in running:
+                    i, child = todo.pop(0)
+                    print(f"{self._progress(b, i, len(beam), next_sr, total, self.trained_now)} "
+                          f"{self.state_space.parse(child)}")
+                    seed, kwargs = self.child_job(child, next_sr, slot)
+                    worker.submit(seed, **kwargs)
+                    running[worker] = (child, next_sr)
+                    next_sr += 1
+            ready = multiprocessing.connection.wait([w.conn for w in running])
+            for worker in [w for w in running if w.conn in ready]:
+                child, sr_no = running.pop(worker)
+                try:
+                    finished[sr_no] = (child, worker.result(), None)
+                except ChildFailed as exc:
+                    finished[sr_no] = (child, None, exc)
+                self.trained_now += 1
+            while next_record in finished:  # in order, so that a resume finds a prefix of the beam
+                child, result, exc = finished.pop(next_record)
+                self._finish(b, child, next_record, result, exc)
+                next_record += 1
 
     def _run(self):
         s = self.settings
@@ -459,7 +548,6 @@ class Search:
         done = self.state.finished_children()
         if done:
             print(f"Resuming: {len(done)} children already trained.")
-        trained_now = 0
         last_stage = s["B"]
         for b in range(1, s["B"] + 1):
             beam = self.decide(b)
@@ -469,39 +557,10 @@ class Search:
                 last_stage = b - 1
                 break
             print(f"---- B= {b}: {len(beam)} children ----")
-            for i, child in enumerate(beam, start=1):
-                if child in done:
-                    continue
-                sr_no = len(self.state.records()) + 1
-                print(f"{self._progress(b, i, len(beam), sr_no, total, trained_now)} {self.state_space.parse(child)}")
-                try:
-                    result = self.run_child(child, sr_no)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:  # a failing child must not end the search
-                    logger.debug("Child %s failed", child, exc_info=True)
-                    if isinstance(exc, ChildFailed):
-                        error, trace = exc.error, exc.trace
-                    else:
-                        error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
-                    record = self.record(b, child, sr_no, error=error, trace=trace)
-                    self.consecutive_failures += 1
-                    print(f"  FAILED: {record['error']}")
-                    if self.consecutive_failures >= s["MAX_CONSECUTIVE_FAILURES"]:
-                        raise SearchAborted(
-                            f"{self.consecutive_failures} children failed in a row (last: {record['error']}); "
-                            "fix the cause and rerun the same command to retry them and resume"
-                        ) from exc
-                    continue
-                finally:
-                    trained_now += 1
-                self.consecutive_failures = 0
-                record = self.record(b, child, sr_no, result=result)
-                print(
-                    f"  reward {record['reward']:.4f}, test {record['test_accuracy']:.4f}, "
-                    f"mul_ops {record['mul_ops']}, {record['footprint']['packed_kib']:.1f} KiB packed, "
-                    f"{record['seconds']:.1f}s"
-                )
+            if len(self.workers) > 1:
+                self._train_side_by_side(b, beam, done, total)
+            else:
+                self._train_one_by_one(b, beam, done, total)
             done = self.state.finished_children()
             self.end_stage(b)
         # Final encoder training, so the saved encoder has seen every stage.

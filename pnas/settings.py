@@ -102,6 +102,13 @@ def validate(settings):
             raise SettingsError(f"{name} must be >= 1, received {name}={s[name]}")
     if s["CHILDREN_PER_PROCESS"] < 0:
         raise SettingsError(f"CHILDREN_PER_PROCESS must be >= 0, received {s['CHILDREN_PER_PROCESS']}")
+    if s["PARALLEL_CHILDREN"] < 1:
+        raise SettingsError(f"PARALLEL_CHILDREN must be >= 1, received {s['PARALLEL_CHILDREN']}")
+    if s["PARALLEL_CHILDREN"] > 1 and s["CHILDREN_PER_PROCESS"] == 0:
+        raise SettingsError(
+            f"PARALLEL_CHILDREN={s['PARALLEL_CHILDREN']} trains children in worker processes; "
+            "set CHILDREN_PER_PROCESS >= 1 or PARALLEL_CHILDREN=1"
+        )
     if s["MAX_MUL_OPS"] is not None and not s["MAX_MUL_OPS"] > 0:
         raise SettingsError(f"MAX_MUL_OPS must be None or > 0, received {s['MAX_MUL_OPS']}")
     if s["INPUT_LOOKFORWARD_DEPTH"] < 0:

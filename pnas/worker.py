@@ -49,11 +49,25 @@ def import_keras_quietly():
             os.close(saved)
 
 
-def _serve(conn, dataset, manager_kwargs):
+def _limit_threads(threads):
+    """Runs TensorFlow's ops on `threads` threads (other backends: no effect)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def _serve(conn, dataset, manager_kwargs, threads=None):
     """The worker's loop: (seed, train_child kwargs) in, ('ok', result) or ('error', ...) out."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import_keras_quietly()
     import keras
+
+    if threads:
+        _limit_threads(threads)
 
     from pnas.manager import NetworkManager
     from pnas.model import model_fn
@@ -78,15 +92,19 @@ class ChildWorker:
         dataset: `[x_train, y_train, x_val, y_val, x_test, y_test]`, sent to each worker once.
         manager_kwargs: `NetworkManager` arguments other than the dataset.
         max_children: Children a worker trains before it is replaced.
+        threads: CPU threads of the worker's ops (None: the backend's default,
+            all cores). Workers that train children side by side share the cores.
     """
 
-    def __init__(self, dataset, manager_kwargs, max_children=10):
+    def __init__(self, dataset, manager_kwargs, max_children=10, threads=None):
         self.dataset = dataset
         self.manager_kwargs = manager_kwargs
         self.max_children = max_children
+        self.threads = threads
         self.process = None
         self.conn = None
         self.trained = 0
+        self.busy = False
 
     @property
     def pid(self):
@@ -96,7 +114,7 @@ class ChildWorker:
         context = multiprocessing.get_context("spawn")
         self.conn, theirs = context.Pipe()
         self.process = context.Process(
-            target=_serve, args=(theirs, self.dataset, self.manager_kwargs), daemon=True
+            target=_serve, args=(theirs, self.dataset, self.manager_kwargs, self.threads), daemon=True
         )
         self.process.start()
         theirs.close()
@@ -108,14 +126,27 @@ class ChildWorker:
         Raises:
             ChildFailed: the child raised, or the worker died.
         """
+        self.submit(seed, **kwargs)
+        return self.result()
+
+    def submit(self, seed, **kwargs):
+        """Starts training one child; `result()` waits for it."""
         if self.process is None or self.trained >= self.max_children or not self.process.is_alive():
             self.close()
             self._start()
         self.trained += 1
+        self.busy = True
         try:
             self.conn.send((seed, kwargs))
+        except (ConnectionError, BrokenPipeError):
+            pass  # result() reports the dead worker
+
+    def result(self):
+        """The result of the child of the last `submit` (see `train`)."""
+        self.busy = False
+        try:
             reply = self.conn.recv()
-        except (EOFError, ConnectionError, BrokenPipeError):
+        except (EOFError, ConnectionError, BrokenPipeError, OSError):
             self.process.join(timeout=5)
             code = self.process.exitcode
             self.close()
@@ -131,7 +162,7 @@ class ChildWorker:
         if self.process is None:
             return
         try:
-            if self.process.is_alive():
+            if self.process.is_alive() and not self.busy:  # a busy worker is abandoned
                 self.conn.send(None)
                 self.process.join(timeout=10)
         except (BrokenPipeError, ConnectionError, OSError):
@@ -141,3 +172,4 @@ class ChildWorker:
             self.process.join()
         self.conn.close()
         self.process = self.conn = None
+        self.busy = False

