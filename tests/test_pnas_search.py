@@ -136,12 +136,13 @@ def test_the_same_seed_gives_the_same_search(tmp_path):
 
 
 def test_children_side_by_side_give_the_search_of_one_by_one(tmp_path, capsys):
-    """Two workers, one thread each: the same children, numbers and order as one worker."""
+    """Two workers, one thread each: the same children, numbers and order as one by one."""
     dataset = _dataset()
     runs = {}
     for parallel in (1, 2):
         paths = SearchPaths("tiny", root=str(tmp_path / str(parallel)))
-        settings = _settings(B=1, CHILDREN_PER_PROCESS=3, PARALLEL_CHILDREN=parallel, TEST_CHILDREN=parallel == 1)
+        settings = _settings(B=1, CHILDREN_PER_PROCESS=3 if parallel > 1 else 0, PARALLEL_CHILDREN=parallel,
+                             TEST_CHILDREN=parallel == 1)
         runs[parallel] = (Search(settings, dataset, paths).run(), _read_records(paths))
     (one, one_log), (two, two_log) = runs[1], runs[2]
     assert len(one) == 3 and all(r["status"] == "ok" for r in one + two)
