@@ -48,8 +48,7 @@ def budget(spec):
     unknown = set(spec) - {"TRAIN_SIZE", "MAX_EPOCHS"}
     if unknown:
         sys.exit(f"error: unknown budget keys {sorted(unknown)}; a budget has TRAIN_SIZE and MAX_EPOCHS")
-    b = {"TRAIN_SIZE": train.TRAIN_SIZE, "MAX_EPOCHS": train.MAX_EPOCHS, **spec}
-    return b
+    return {"TRAIN_SIZE": train.TRAIN_SIZE, "MAX_EPOCHS": train.MAX_EPOCHS, **spec}
 
 
 def label(b):

@@ -490,16 +490,15 @@ class Search:
                 continue
             sr_no = len(self.state.records()) + 1
             print(f"{self._progress(b, i, len(beam), sr_no, total, self.trained_now)} {self.state_space.parse(child)}")
+            result = error = None
             try:
                 result = self.run_child(child, sr_no)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # a failing child must not end the search
-                self.trained_now += 1
-                self._finish(b, child, sr_no, exc=exc)
-                continue
+                error = exc
             self.trained_now += 1
-            self._finish(b, child, sr_no, result=result)
+            self._finish(b, child, sr_no, result, error)
 
     def _train_side_by_side(self, b, beam, done, total):
         """Trains PARALLEL_CHILDREN children at a time; records them in beam order.
