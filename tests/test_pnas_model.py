@@ -118,3 +118,26 @@ def test_mul_ops_of_factorized_pooling_and_identity_operators():
     model, mul_ops = model_fn(actions, num_cells=1, num_cell_filters=[F], dense_layers=[10])
     assert model.output_shape == (None, 10)
     assert mul_ops == block1 + block2 + dense == 79968
+
+
+def test_calibrate_batchnorm_makes_inference_match_the_calibration_batch():
+    from pnas.manager import calibrate_batchnorm
+
+    keras.utils.set_random_seed(0)
+    actions = [0, "3x3 sep-bconv", 0, "1x7-7x1 bconv"]
+    model, _ = model_fn(actions, num_cells=2, num_cell_filters=[4, 6], dense_layers=[8, 10],
+                        dropout=(True, 0.2, 0.5))
+    x, _ = _synthetic_batch(64)
+    # Fresh moving statistics (mean 0, variance 1) do not describe x.
+    assert not np.allclose(model(x, training=False), model(x, training=True), atol=1e-3)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    drops = [layer for layer in model.layers if hasattr(layer, "rate")]
+    calibrate_batchnorm(model, x)
+    # Momentum and dropout are restored for training.
+    assert [n.momentum for n in norms] == [0.9] * len(norms)
+    assert sorted(d.rate for d in drops) == [0.2, 0.5]
+    # Inference now normalises every layer with the batch's own statistics, as training mode does
+    # (compared without dropout, which training mode would apply).
+    for layer in drops:
+        layer.rate = 0.0
+    np.testing.assert_allclose(model(x, training=False), model(x, training=True), atol=1e-3)
