@@ -132,10 +132,12 @@ def test_calibrate_batchnorm_makes_inference_match_the_calibration_batch():
     assert not np.allclose(model(x, training=False), model(x, training=True), atol=1e-3)
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     drops = [layer for layer in model.layers if hasattr(layer, "rate")]
+    momenta, rates = [n.momentum for n in norms], [d.rate for d in drops]
+    assert sorted(rates) == [0.2, 0.5]
     calibrate_batchnorm(model, x)
     # Momentum and dropout are restored for training.
-    assert [n.momentum for n in norms] == [0.9] * len(norms)
-    assert sorted(d.rate for d in drops) == [0.2, 0.5]
+    assert [n.momentum for n in norms] == momenta
+    assert [d.rate for d in drops] == rates
     # Inference now normalises every layer with the batch's own statistics, as training mode does
     # (compared without dropout, which training mode would apply).
     for layer in drops:
