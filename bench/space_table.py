@@ -1,0 +1,165 @@
+"""Trains every cell of the default search space and tabulates the rewards.
+
+With train.py's 4 default operators, INPUT_LOOKFORWARD_DEPTH = 0 and B = 3
+there are 10 + 55 + 220 = 285 distinct cells (canonical forms). This script
+trains each of them exactly as the search trains a child (the same
+`NetworkManager`, the same model, train.py's child-training settings, side
+by side in replaceable worker processes) and appends one CSV row per
+(cell, seed) as soon as it finishes:
+
+    architecture, representation_string, b, seed, reward, test_accuracy, mul_ops, seconds
+
+`seed` is the Keras seed of the training (weights, dropout, batch order).
+Rows already in the file are skipped, so a killed run resumes where it was.
+
+    python bench/space_table.py                       # proxy: 5,000 images x 1 epoch
+    python bench/space_table.py --budget reference --max-b 2    # all 55,000 images x 3 epochs
+
+Order of the proxy run: seed 0 of b = 1 and 2, seed 1 of b = 1 and 2, seed 0
+of b = 3, seed 1 of b = 3 (the three-block cells in a fixed shuffled order,
+so that a partial table is a uniform sample). `bench/surrogate_eval.py` reads
+the table.
+"""
+
+import argparse
+import csv
+import multiprocessing.connection
+import os
+import random
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import train  # noqa: E402
+from pnas.space_table import COLUMNS, BUDGETS, all_cells, read_table, row_key  # noqa: E402
+
+
+def plan(state_space, seeds, max_b, shuffle_seed=0):
+    """The (child, seed) jobs in the order described in the module docstring."""
+    cells = all_cells(state_space, max_b)
+    small = [c for b in range(1, min(max_b, 2) + 1) for c in cells[b]]
+    large = list(cells.get(3, []))
+    random.Random(shuffle_seed).shuffle(large)
+    jobs = []
+    for seed in seeds:
+        jobs += [(c, seed) for c in small]
+    for seed in seeds:
+        jobs += [(c, seed) for c in large]
+    return jobs
+
+
+def append_row(path, row):
+    """Appends one row and forces it to disk, so a kill loses at most the child in training."""
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _hms(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="proxy",
+                        help="proxy: TRAIN_SIZE 5000, 1 epoch; reference: all 55,000 images, 3 epochs")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1 proxy; 0 reference)")
+    parser.add_argument("--max-b", type=int, default=3, choices=[1, 2, 3], help="largest block count to train")
+    parser.add_argument("--parallel", type=int, default=2, help="children trained side by side (one thread each)")
+    parser.add_argument("--limit", type=int, default=None, help="stop after this many new rows")
+    parser.add_argument("--out", default=None, help="CSV path (default: bench/results/space_{budget}.csv)")
+    args = parser.parse_args()
+    budget = BUDGETS[args.budget]
+    seeds = [int(s) for s in (args.seeds or ("0,1" if args.budget == "proxy" else "0")).split(",")]
+    out = args.out or os.path.join(ROOT, "bench", "results", f"space_{args.budget}.csv")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+
+    from pnas.worker import ChildWorker, ChildFailed, import_keras_quietly
+
+    import_keras_quietly()
+    from mnist.mnist_data import get_dataset
+    from pnas.encoder import StateSpace
+    from pnas.search import manager_settings
+
+    settings = {name: getattr(train, name) for name in train.SETTINGS}
+    state_space = StateSpace(3, train.operators, 0, 0)
+    done = {row_key(r) for r in read_table(out, repair=True)}
+    jobs = [(c, s) for c, s in plan(state_space, seeds, args.max_b)
+            if (state_space.representation_string(c), s) not in done]
+    if args.limit is not None:
+        jobs = jobs[: args.limit]
+    print(f"{args.budget} budget (TRAIN_SIZE {budget['TRAIN_SIZE']}, {budget['MAX_EPOCHS']} epochs), "
+          f"seeds {seeds}, b <= {args.max_b}: {len(done)} rows in {out}, {len(jobs)} to train", flush=True)
+    if not jobs:
+        return
+    dataset = get_dataset(train.USE_EXPANSION, train_size=budget["TRAIN_SIZE"], seed=train.SEED, verbose=False)
+    manager_kwargs = dict(
+        exp_name="space_table", epochs=budget["MAX_EPOCHS"], batchsize=train.BATCHSIZE,
+        weights_dir=tempfile.mkdtemp(prefix="space_table_"), log_dir=None, verbose=0, evaluate_test=True,
+        **manager_settings(settings),
+    )
+    threads = 1 if args.parallel > 1 else None
+    workers = [ChildWorker(dataset, manager_kwargs, train.CHILDREN_PER_PROCESS, threads)
+               for _ in range(args.parallel)]
+    start, finished, failed = time.time(), 0, 0
+    seconds_by_b = {}
+    running, todo = {}, list(jobs)
+    try:
+        while todo or running:
+            for slot, worker in enumerate(workers):
+                if todo and worker not in running:
+                    child, seed = todo.pop(0)
+                    worker.submit(
+                        seed, actions=state_space.parse(child), num_cells=train.NUM_CELLS,
+                        num_cell_filters=train.NUM_CELL_FILTERS, dense_layers=train.DENSE_LAYERS,
+                        dropout=tuple(train.DROPOUT), name=f"child{slot}",
+                    )
+                    running[worker] = (child, seed)
+            ready = multiprocessing.connection.wait([w.conn for w in running])
+            for worker in [w for w in running if w.conn in ready]:
+                child, seed = running.pop(worker)
+                b = len(child) // 4
+                try:
+                    result = worker.result()
+                except ChildFailed as exc:
+                    failed += 1
+                    print(f"FAILED b={b} seed={seed} {state_space.parse(child)}: {exc.error}", flush=True)
+                    continue
+                append_row(out, {
+                    "architecture": state_space.parse(child),
+                    "representation_string": state_space.representation_string(child),
+                    "b": b,
+                    "seed": seed,
+                    "reward": f"{result['reward']:.4f}",
+                    "test_accuracy": f"{result['test_accuracy']:.4f}",
+                    "mul_ops": result["mul_ops"],
+                    "seconds": f"{result['seconds']:.1f}",
+                })
+                finished += 1
+                seconds_by_b.setdefault(b, []).append(result["seconds"])
+                elapsed = time.time() - start
+                left = len(todo) + len(running)
+                eta = elapsed / finished * left
+                print(f"[{finished}/{len(jobs)} | elapsed {_hms(elapsed)} | ETA {_hms(eta)}] b={b} seed={seed} "
+                      f"reward {result['reward']:.4f} test {result['test_accuracy']:.4f} "
+                      f"{result['seconds']:.1f}s {state_space.parse(child)}", flush=True)
+    finally:
+        for worker in workers:
+            worker.close()
+    per_b = ", ".join(f"b={b} {sum(s) / len(s):.1f}" for b, s in sorted(seconds_by_b.items()))
+    print(f"Done: {finished} rows written, {failed} failed, total {_hms(time.time() - start)} "
+          f"(seconds per child, {args.parallel} side by side: {per_b})")
+
+
+if __name__ == "__main__":
+    main()

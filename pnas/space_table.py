@@ -1,0 +1,138 @@
+"""The exhaustive table of a search space's rewards, and reading it back.
+
+`bench/space_table.py` trains every cell of a small search space and writes
+one CSV row per (cell, seed); `bench/surrogate_eval.py` measures surrogates
+and searches against it without training anything.
+"""
+
+import ast
+import csv
+import os
+
+import numpy as np
+
+COLUMNS = ["architecture", "representation_string", "b", "seed", "reward", "test_accuracy", "mul_ops", "seconds"]
+
+# Training budgets of the table: the CPU search's proxy, and a reference.
+BUDGETS = {
+    "proxy": {"TRAIN_SIZE": 5000, "MAX_EPOCHS": 1},
+    "reference": {"TRAIN_SIZE": None, "MAX_EPOCHS": 3},
+}
+
+
+class TableError(ValueError):
+    """A table file that cannot be read as a space table."""
+
+
+def all_cells(state_space, max_b=None):
+    """Every distinct (canonical) cell of `state_space`, by block count: `{b: [child, ...]}`."""
+    max_b = state_space.B if max_b is None else max_b
+    cells = {1: state_space.initial_children()}
+    for b in range(2, max_b + 1):
+        cells[b] = state_space.expand(cells[b - 1])
+    return cells
+
+
+def row_key(row):
+    return row["representation_string"], row["seed"]
+
+
+def read_table(path, repair=False):
+    """Reads a space table; returns its rows with typed values (missing file: no rows).
+
+    Args:
+        path: The CSV file.
+        repair: When the last line is cut short (a run killed while
+            writing), drop it from the file so that appending resumes cleanly.
+
+    Raises:
+        TableError: the header is not `COLUMNS`, or a row does not parse.
+    """
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        text = f.read()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        if repair:
+            with open(path, "w", newline="") as f:
+                f.write(text)
+    lines = text.splitlines()
+    if not lines:
+        return []
+    reader = csv.DictReader(lines)
+    if reader.fieldnames != COLUMNS:
+        raise TableError(f"{path}: header {reader.fieldnames} is not {COLUMNS}; is it a space table?")
+    rows = []
+    for n, row in enumerate(reader, start=2):
+        try:
+            rows.append({
+                "architecture": ast.literal_eval(row["architecture"]),
+                "representation_string": row["representation_string"],
+                "b": int(row["b"]),
+                "seed": int(row["seed"]),
+                "reward": float(row["reward"]),
+                "test_accuracy": float(row["test_accuracy"]) if row["test_accuracy"] else None,
+                "mul_ops": int(row["mul_ops"]),
+                "seconds": float(row["seconds"]),
+            })
+        except (TypeError, ValueError, SyntaxError) as exc:
+            raise TableError(f"{path}, line {n}: cannot parse {row}: {exc}") from None
+    return rows
+
+
+class SpaceTable:
+    """Rewards of cells, looked up by child tuple.
+
+    Args:
+        rows: Rows as `read_table` returns them.
+        state_space: The `StateSpace` the rows' architectures belong to;
+            each architecture is mapped to its canonical child tuple.
+    """
+
+    def __init__(self, rows, state_space):
+        self.state_space = state_space
+        self.rewards = {}  # child -> {seed: reward}
+        for row in rows:
+            child = state_space.canonical(state_space.unparse(row["architecture"]))
+            self.rewards.setdefault(child, {})[row["seed"]] = row["reward"]
+
+    @classmethod
+    def load(cls, path, state_space):
+        return cls(read_table(path), state_space)
+
+    def __contains__(self, child):
+        return tuple(child) in self.rewards
+
+    def __len__(self):
+        return len(self.rewards)
+
+    def children(self, b=None, seed=None):
+        """Cells in the table (with `b` blocks, with a reward for `seed`), sorted."""
+        return sorted(
+            c for c, r in self.rewards.items()
+            if (b is None or len(c) // 4 == b) and (seed is None or seed in r)
+        )
+
+    def reward(self, child, seed=0):
+        """The reward of `child` trained with `seed` (KeyError when missing)."""
+        return self.rewards[tuple(child)][seed]
+
+    def mean_reward(self, child):
+        """The mean over the seeds in the table."""
+        return float(np.mean(list(self.rewards[tuple(child)].values())))
+
+    def ranks(self, children=None):
+        """Rank by mean reward among `children` (default: all), 1 = best; ties share the best rank."""
+        children = self.children() if children is None else children
+        means = {c: self.mean_reward(c) for c in children}
+        ordered = sorted(means.values(), reverse=True)
+        first = {}
+        for i, value in enumerate(ordered, start=1):
+            first.setdefault(value, i)
+        return {c: first[m] for c, m in means.items()}
+
+    def complete(self, b, seed=0):
+        """Whether every cell with `b` blocks has a reward for `seed`."""
+        cells = all_cells(self.state_space, b)[b]
+        return all(c in self.rewards and seed in self.rewards[c] for c in cells)
