@@ -1,7 +1,8 @@
 """The search space of binary cells and the LSTM surrogate that ranks them.
 
 A cell is a list of blocks; a block is `(input1, op1, input2, op2)`. Input 0
-is the cell input and input k >= 1 the output of block k-1 of the same cell.
+is the cell input and input k >= 1 the output of block k-1 of the same cell;
+with `input_lookback_depth=-1`, input -1 is the previous cell's input.
 Operators are indices into `StateSpace.operators`.
 
 Internally a child is a flat tuple of ints `(in1, op1, in2, op2, in1, ...)`.
@@ -31,13 +32,19 @@ class RepresentationError(ValueError):
 class StateSpace:
     """The search space of PNAS over binary operators.
 
+    Block inputs are numbered as in the original: -1 is the previous cell's
+    input (only with input_lookback_depth=-1), 0 the cell input and k >= 1
+    the output of the cell's k-th block. The one-hot index of input value v
+    is `v - input_lookback_depth`, so with lookback 0 value and index agree.
+
     Args:
         B: Maximum number of blocks in a cell.
         operators: List of operator names (see `pnas.model.OPERATORS`).
-        input_lookback_depth: Earlier cells a block may read. Only 0 (the cell
-            input alone) is supported.
+        input_lookback_depth: 0: a block reads the cell input and earlier
+            blocks; -1: it may also read the previous cell's input (the PNAS
+            paper's cell and the original's default).
         input_lookforward_depth: How many earlier blocks of the same cell a
-            new block may read (0: every block reads the cell input).
+            new block may read (0: none, None: all of them).
     """
 
     def __init__(self, B, operators, input_lookback_depth=0, input_lookforward_depth=0):
@@ -47,32 +54,39 @@ class StateSpace:
             raise ValueError(f"`operators` must be a non-empty list, received operators={operators!r}.")
         if len(set(operators)) != len(operators):
             raise ValueError(f"`operators` has duplicates: {operators!r}.")
-        if input_lookback_depth != 0:
-            raise ValueError(
-                "`input_lookback_depth` must be 0 (reading earlier cells is not supported), "
-                f"received input_lookback_depth={input_lookback_depth!r}."
-            )
         if (
+            isinstance(input_lookback_depth, bool)
+            or not isinstance(input_lookback_depth, int)
+            or input_lookback_depth not in (0, -1)
+        ):
+            raise ValueError(
+                "`input_lookback_depth` must be 0 (the cell input) or -1 (also the previous cell's "
+                f"input), received input_lookback_depth={input_lookback_depth!r}."
+            )
+        if input_lookforward_depth is not None and (
             isinstance(input_lookforward_depth, bool)
             or not isinstance(input_lookforward_depth, int)
             or input_lookforward_depth < 0
         ):
             raise ValueError(
-                "`input_lookforward_depth` must be an int >= 0, "
+                "`input_lookforward_depth` must be None or an int >= 0, "
                 f"received input_lookforward_depth={input_lookforward_depth!r}."
             )
         self.B = B
         self.operators = list(operators)
         self.input_lookback_depth = input_lookback_depth
         self.input_lookforward_depth = input_lookforward_depth
-        # One-hot sizes of the two kinds of state, as in the original.
-        self.input_size = B
+        # The input values and the one-hot sizes of the two kinds of state, as in the original.
+        self.input_values = list(range(input_lookback_depth, B))
+        self.input_size = len(self.input_values)
         self.op_size = len(self.operators)
 
     # ------------------------------------------------------------------ space
     def block_inputs(self, position):
-        """Inputs a block at 0-based `position` in its cell may read."""
-        return [0] + list(range(1, min(position, self.input_lookforward_depth) + 1))
+        """Input values a block at 0-based `position` in its cell may read."""
+        depth = self.input_lookforward_depth
+        readable = position if depth is None else min(position, depth)
+        return list(range(self.input_lookback_depth, readable + 1))
 
     def new_blocks(self, position):
         """All canonical blocks for 0-based `position`."""
@@ -88,14 +102,50 @@ class StateSpace:
         The two operands of a block commute (their outputs are concatenated),
         so each block is sorted. Blocks commute too, as long as every block
         still reads the same blocks: when no block reads another block's
-        output the blocks are sorted, else the form is the smallest over the
-        block orders that the input_lookforward_depth allows, with the
-        inputs renumbered to follow their blocks.
+        output (the cell's inputs, -1 and 0, are not renumbered) the blocks
+        are sorted, else the form is the smallest over the block orders that
+        the input_lookforward_depth allows, with the inputs renumbered to
+        follow their blocks.
         """
         blocks = [tuple(child[i : i + 4]) for i in range(0, len(child), 4)]
-        if all(block[0] == 0 and block[2] == 0 for block in blocks):
+        if all(block[0] <= 0 and block[2] <= 0 for block in blocks):
             return tuple(itertools.chain.from_iterable(sorted(_sort_operands(b) for b in blocks)))
-        return min(tuple(itertools.chain.from_iterable(o)) for o in self._orders(blocks))
+        smallest = self._smallest_order(blocks, {})
+        if smallest is None:
+            raise ValueError(f"no block order of {tuple(child)} is allowed in this space")
+        return smallest
+
+    def _smallest_order(self, blocks, position_of):
+        """The smallest allowed order of the blocks not in `position_of`, flattened.
+
+        Equal to the minimum over `_orders`, without listing every order:
+        blocks are placed one at a time, trying the smallest (renumbered,
+        sorted) first. Only blocks that renumber to the same tuple need all
+        to be tried, as what reads them may then renumber differently.
+        Returns None when no allowed order is left.
+        """
+        position = len(position_of)
+        if position == len(blocks):
+            return ()
+        allowed = self.block_inputs(position)
+        options = {}
+        for old, (in1, op1, in2, op2) in enumerate(blocks):
+            if old in position_of or any(k > 0 and k - 1 not in position_of for k in (in1, in2)):
+                continue
+            in1, in2 = (k if k <= 0 else position_of[k - 1] + 1 for k in (in1, in2))
+            if in1 in allowed and in2 in allowed:
+                options.setdefault(_sort_operands((in1, op1, in2, op2)), []).append(old)
+        for block in sorted(options):
+            rests = []
+            for old in options[block]:
+                position_of[old] = position
+                rest = self._smallest_order(blocks, position_of)
+                del position_of[old]
+                if rest is not None:
+                    rests.append(rest)
+            if rests:
+                return block + min(rests)
+        return None
 
     def _orders(self, blocks):
         """Every allowed order of `blocks`, inputs renumbered, operands sorted."""
@@ -105,7 +155,7 @@ class StateSpace:
             renumbered = []
             for position, old in enumerate(order):
                 in1, op1, in2, op2 = blocks[old]
-                in1, in2 = (0 if k == 0 else position_of[k - 1] + 1 for k in (in1, in2))
+                in1, in2 = (k if k <= 0 else position_of[k - 1] + 1 for k in (in1, in2))
                 if in1 not in self.block_inputs(position) or in2 not in self.block_inputs(position):
                     break
                 renumbered.append(_sort_operands((in1, op1, in2, op2)))
@@ -120,14 +170,16 @@ class StateSpace:
     def expand(self, children):
         """Appends every possible block to every child; distinct results in order.
 
-        With input_lookforward_depth > 0 a new block may read only the first
-        blocks, so it is appended to every allowed order of the child: the
-        canonical order alone would leave some networks out.
+        With a limited input_lookforward_depth > 0 a new block may read only
+        the first blocks, so it is appended to every allowed order of the
+        child: the canonical order alone would leave some networks out. With
+        0 or None every order gives the same networks, so the child's own
+        order is enough.
         """
         seen, expanded = set(), []
         for child in children:
             position = len(child) // 4
-            if self.input_lookforward_depth == 0:
+            if self.input_lookforward_depth in (0, None):
                 orders = [tuple(child)]
             else:
                 blocks = [tuple(child[i : i + 4]) for i in range(0, len(child), 4)]
@@ -153,10 +205,18 @@ class StateSpace:
             sizes.append(len(children))
         return sizes
 
+    def input_name(self, value):
+        """What block input `value` reads, in words."""
+        if value == -1:
+            return "the previous cell's input"
+        return "the cell input" if value == 0 else f"block {value}"
+
     def print_state_space(self):
         """Prints the states and their values."""
         print("*" * 40, "STATE SPACE", "*" * 40)
-        print(f"Block inputs: {list(range(self.input_size))} (0 = cell input, k = block k-1)")
+        meanings = "-1 = previous cell's input, " if self.input_lookback_depth else ""
+        print(f"Block inputs: {self.input_values} ({meanings}0 = cell input, k >= 1 = block k)")
+        print(f"Input lookback depth: {self.input_lookback_depth}")
         print(f"Input lookforward depth: {self.input_lookforward_depth}")
         for i, op in enumerate(self.operators):
             print(f"Operator {i}: {op}")
@@ -172,19 +232,24 @@ class StateSpace:
         return total
 
     # --------------------------------------------------------------- encoding
+    def input_index(self, value):
+        """One-hot index (0-based) of input value `value`."""
+        return value - self.input_lookback_depth
+
     def encode(self, child):
         """Child tuple -> the original list of `1 x size` arrays (index + 1)."""
         arrays = []
         for i, value in enumerate(child):
-            size = self.input_size if i % 2 == 0 else self.op_size
+            index, size = (self.input_index(value), self.input_size) if i % 2 == 0 else (value, self.op_size)
             array = np.zeros((1, size), dtype=np.float32)
-            array[0, value] = value + 1
+            array[0, index] = index + 1
             arrays.append(array)
         return arrays
 
     def decode(self, arrays):
         """The original arrays (or any one-hot like arrays) -> child tuple (argmax)."""
-        return tuple(int(np.argmax(np.asarray(a).ravel())) for a in arrays)
+        indices = [int(np.argmax(np.asarray(a).ravel())) for a in arrays]
+        return tuple(v + self.input_lookback_depth if i % 2 == 0 else v for i, v in enumerate(indices))
 
     def parse(self, child):
         """Child tuple -> `[input1, 'op1', input2, 'op2', ...]`."""
@@ -202,8 +267,9 @@ class StateSpace:
         """Parses a representation string; raises `RepresentationError`.
 
         The string must hold 4 * b arrays, 1 <= b <= B, alternating input
-        arrays of size B and operator arrays of size len(operators), each
-        with exactly one non-zero entry.
+        arrays of size `input_size` (B, or B + 1 with input_lookback_depth=-1)
+        and operator arrays of size len(operators), each with exactly one
+        non-zero entry.
         """
         expected = (
             f'expected 4*b arrays (1 <= b <= {self.B}) alternating inputs of size {self.input_size} '
@@ -219,7 +285,7 @@ class StateSpace:
             raise RepresentationError(
                 f"representation string has {len(groups)} arrays: {expected}"
             )
-        child = []
+        indices = []
         for i, group in enumerate(groups):
             try:
                 values = np.array([float(v) for v in group.split()])
@@ -231,18 +297,18 @@ class StateSpace:
                 raise RepresentationError(
                     f"array {i + 1} [[{group}]] is not a one-hot {kind} array of size {size}: {expected}"
                 )
-            child.append(int(np.argmax(values)))
-        position_inputs = [
-            (i // 4, v) for i, v in enumerate(child) if i % 2 == 0
-        ]
-        for position, value in position_inputs:
+            indices.append(int(np.argmax(values)))
+        child = tuple(v + self.input_lookback_depth if i % 2 == 0 else v for i, v in enumerate(indices))
+        for i in range(0, len(child), 2):
+            position, value = i // 4, child[i]
             if value not in self.block_inputs(position):
                 raise RepresentationError(
-                    f"block {position + 1} reads input {value}, but with "
+                    f"block {position + 1} reads input {value} ({self.input_name(value)}), but with "
+                    f"input_lookback_depth={self.input_lookback_depth} and "
                     f"input_lookforward_depth={self.input_lookforward_depth} it may read "
                     f"{self.block_inputs(position)}"
                 )
-        return tuple(child)
+        return child
 
 
 def _sort_operands(block):
@@ -251,34 +317,53 @@ def _sort_operands(block):
 
 
 def tokens(state_space, child):
-    """Child tuple -> LSTM token ids: inputs 1..B, operators B+1..B+n_ops (0 pads)."""
+    """Child tuple -> LSTM token ids: inputs 1..input_size (by one-hot index), then the operators (0 pads)."""
     return [
-        v + 1 if i % 2 == 0 else state_space.input_size + v + 1 for i, v in enumerate(child)
+        state_space.input_index(v) + 1 if i % 2 == 0 else state_space.input_size + v + 1
+        for i, v in enumerate(child)
     ]
 
 
 class Encoder:
-    """The PNAS surrogate: embedding -> LSTM -> Dense(1, sigmoid).
+    """The PNAS surrogate: embedding -> LSTM -> Dense(1).
 
     It learns to predict a child's reward from its token sequence and ranks
     the expansions of the beam. Children of every size are trained together:
     shorter sequences are padded and masked.
+
+    Two target recipes:
+    - 'standardize' (default): the rewards are standardised over the training
+      set (minus their mean, over their std) and regressed by a linear output;
+      predictions are mapped back to reward units. Proxy rewards of one search
+      lie within a few points of each other, so through a sigmoid (the
+      original's) the differences that decide a ranking sit in its flat tails.
+    - 'raw': the original's sigmoid output regressed on the rewards as they are.
+
+    Training follows the original's optimiser: Adam with a staircase decay of
+    the learning rate (x0.98 every 500 steps), `epochs` passes over the data
+    in mini-batches of `batch_size` (the original trained one child per step).
 
     Args:
         state_space: The `StateSpace`.
         K: Beam size kept by `update_step` (None keeps all).
         controller_cells: LSTM units.
         regularization: L2 strength on the encoder's weights.
-        epochs: Epochs per `train_step`.
+        epochs: Passes over the training data per `fit`.
         embedding_dim: Size of the token embedding.
-        weights_path: Where weights are saved after each `train_step`
+        weights_path: Where weights are saved after each `fit`
             (None: not saved).
         scores_dir: Where `update_step` writes `scores_{b}.csv` (None: not written).
         restore: Load `weights_path` at construction when it exists.
         ensemble: Number of encoders; with n > 1 each trains on a different
             (n-1)/n of the data and their predictions are averaged.
-        learning_rate: Adam learning rate.
+        learning_rate: Adam's initial learning rate.
+        batch_size: Children per gradient step (None: all in one batch).
+        targets: 'standardize' or 'raw' (see above).
+        tensorboard_dir: Write the loss and learning rate of every epoch
+            here (None: no summaries).
     """
+
+    TARGETS = ("standardize", "raw")
 
     def __init__(
         self,
@@ -292,18 +377,30 @@ class Encoder:
         scores_dir=None,
         restore=False,
         ensemble=1,
-        learning_rate=2e-3,
+        learning_rate=1e-3,
+        batch_size=1,
+        targets="standardize",
+        tensorboard_dir=None,
     ):
         import keras
 
+        if targets not in self.TARGETS:
+            raise ValueError(f"`targets` must be one of {list(self.TARGETS)}, received targets={targets!r}.")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"`batch_size` must be None or an int >= 1, received batch_size={batch_size!r}.")
         self.state_space = state_space
         self.K = K
         self.epochs = epochs
+        self.batch_size = batch_size
+        self.targets = targets
         self.weights_path = weights_path
         self.scores_dir = scores_dir
+        self.tensorboard_dir = tensorboard_dir
         self.children = state_space.initial_children()
         self.history = []  # (child, reward) pairs seen so far
         self.last_scores = None  # predicted rewards of the current beam
+        # Reward units of the standardised outputs, set by `fit`.
+        self.target_mean, self.target_std = 0.0, 1.0
         vocab = state_space.input_size + state_space.op_size + 1
         reg = keras.regularizers.L2(regularization) if regularization else None
         self.models = []
@@ -313,14 +410,22 @@ class Encoder:
                     keras.Input((None,), dtype="int32"),
                     keras.layers.Embedding(vocab, embedding_dim, mask_zero=True, embeddings_regularizer=reg),
                     keras.layers.LSTM(controller_cells, kernel_regularizer=reg, recurrent_regularizer=reg),
-                    keras.layers.Dense(1, activation="sigmoid", kernel_regularizer=reg),
+                    keras.layers.Dense(
+                        1, activation="sigmoid" if targets == "raw" else None, kernel_regularizer=reg
+                    ),
                 ]
             )
-            model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
+            schedule = keras.optimizers.schedules.ExponentialDecay(learning_rate, 500, 0.98, staircase=True)
+            model.compile(optimizer=keras.optimizers.Adam(schedule), loss="mse")
             self.models.append(model)
         if restore and weights_path and self.has_weights(weights_path):
             self.load_weights(weights_path)
             logger.info("Restored encoder weights from %s", weights_path)
+
+    @property
+    def steps(self):
+        """Gradient steps taken so far (summed over the ensemble's members), loaded weights included."""
+        return int(sum(int(m.optimizer.iterations.numpy()) for m in self.models))
 
     # ------------------------------------------------------------ persistence
     def has_weights(self, path):
@@ -351,7 +456,9 @@ class Encoder:
 
     # ------------------------------------------------------------------ steps
     def _batch(self, children):
-        length = max(len(c) for c in children)
+        # One length for every batch (the longest cell): shapes never change, so
+        # Keras traces its train and predict functions once.
+        length = max([4 * self.state_space.B] + [len(c) for c in children])
         x = np.zeros((len(children), length), dtype=np.int32)
         for row, child in enumerate(children):
             ids = tokens(self.state_space, child)
@@ -363,7 +470,7 @@ class Encoder:
         return list(self.children if top_k is None else self.children[:top_k])
 
     def train_step(self, rewards, children=None):
-        """Trains on every (child, reward) seen so far; returns the loss.
+        """Adds (child, reward) pairs to the history and fits on all of it; returns the loss.
 
         Args:
             rewards: Rewards of `children` (default: the current beam).
@@ -373,15 +480,39 @@ class Encoder:
         if len(rewards) != len(children):
             raise ValueError(f"got {len(rewards)} rewards for {len(children)} children")
         self.history.extend(zip(children, (float(r) for r in rewards)))
-        x = self._batch([c for c, _ in self.history])
-        y = np.array([r for _, r in self.history], dtype=np.float32)
+        return self.fit([c for c, _ in self.history], [r for _, r in self.history])
+
+    def fit(self, children, rewards):
+        """Trains every member for `epochs` passes over (children, rewards); returns the loss.
+
+        Training continues from the current weights and optimiser state.
+        """
+        import keras
+
+        if len(rewards) != len(children):
+            raise ValueError(f"got {len(rewards)} rewards for {len(children)} children")
+        x = self._batch(list(children))
+        y = np.asarray(rewards, dtype=np.float32)
+        if self.targets == "standardize":
+            self.target_mean = float(y.mean())
+            self.target_std = float(y.std()) if y.std() > 0 else 1.0
+            y = (y - self.target_mean) / self.target_std
         losses = []
         n = len(self.models)
         for i, model in enumerate(self.models):
             # Ensemble member i leaves out every n-th sample, starting at i.
             keep = np.arange(len(y)) % n != i if n > 1 else np.ones(len(y), bool)
-            batch_size = max(1, min(128, int(keep.sum())))
-            hist = model.fit(x[keep], y[keep], epochs=self.epochs, batch_size=batch_size, shuffle=True, verbose=0)
+            size = int(keep.sum()) if self.batch_size is None else self.batch_size
+            callbacks = []
+            if self.tensorboard_dir:
+                member = "" if n == 1 else f"member{i}"
+                callbacks.append(
+                    keras.callbacks.TensorBoard(os.path.join(self.tensorboard_dir, member), write_graph=False)
+                )
+            hist = model.fit(
+                x[keep], y[keep], epochs=self.epochs, batch_size=max(1, size), shuffle=True, verbose=0,
+                callbacks=callbacks,
+            )
             losses.append(hist.history["loss"][-1])
         if self.weights_path:
             self.save_weights(self.weights_path)
@@ -393,7 +524,7 @@ class Encoder:
             return np.zeros((0,), np.float32)
         x = self._batch(children)
         preds = [m.predict(x, batch_size=batch_size, verbose=0)[:, 0] for m in self.models]
-        return np.mean(preds, axis=0)
+        return np.mean(preds, axis=0) * self.target_std + self.target_mean
 
     def update_step(self, accept=None):
         """Expands the beam by one block, ranks it and keeps the top `K`.

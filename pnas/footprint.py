@@ -1,21 +1,28 @@
-"""Deployment footprint of a binary child, in the manner of `larq.models.summary`.
+"""Deployment footprint of a binary child, counted as `larq.models.summary` counts it.
 
 Counts, per layer and in total:
 - 1-bit parameters: the kernels of the binary layers (stored packed, 1 bit each);
-- 32-bit parameters: everything else (BatchNorm's four vectors, biases, float layers);
-- memory: 1-bit parameters / 8 plus 4 bytes per 32-bit parameter, against all
-  parameters in float32;
+- 32-bit parameters: everything else (biases, float layers), except that a
+  BatchNormalization layer counts two vectors per channel, not four: Larq's
+  `LayerProfile` drops beta when moving_mean is there and gamma when
+  moving_variance is, since at inference the four fold into one scale and one
+  offset per channel (larq/models.py, `fused_pairs`);
+- memory: 1-bit parameters / 8 plus 4 bytes per 32-bit parameter (Larq's
+  "Model size"), against the same parameters in float32 (its "Float-32
+  Equivalent");
 - MACs: a multiply-accumulate is binary (XNOR-popcount) when both the kernel and
   the layer's input are ±1, and float otherwise (a binary kernel on the
   real-valued image, or a float layer).
 """
 
+import keras
+
 from binarized.binary_layers import BinaryConv2D, BinaryDense, BinarySeparableConv2D
 from binarized.binary_ops import binary_tanh
 
 BINARY_LAYERS = (BinaryConv2D, BinaryDense, BinarySeparableConv2D)
-# Layers whose output is ±1 when every input is.
-_KEEPS_BINARY = ("Concatenate", "MaxPooling2D", "Flatten", "Reshape", "InputLayer")
+# Layers whose output is ±1 when every input is (padding adds the zeros a binary conv pads with anyway).
+_KEEPS_BINARY = ("Concatenate", "MaxPooling2D", "Flatten", "Reshape", "InputLayer", "ZeroPadding2D", "Cropping2D")
 _MAC_LAYERS = ("BinaryConv2D", "BinarySeparableConv2D", "BinaryDense", "Conv2D", "SeparableConv2D", "Dense")
 
 
@@ -33,6 +40,22 @@ def layer_macs(layer):
         return out_shape[1] * out_shape[2] * kh * kw * in_shape[-1] * layer.filters
     if isinstance(layer, BinaryDense) or type(layer).__name__ == "Dense":
         return in_shape[-1] * layer.units
+
+
+def deployed_weights(layer):
+    """The layer's weights that Larq's profile counts.
+
+    All of them, except in a BatchNormalization layer: beta is dropped when
+    moving_mean is there, then gamma when moving_variance is (Larq's
+    `fused_pairs`), which leaves two vectors per channel.
+    """
+    weights = list(layer.weights)
+    if isinstance(layer, keras.layers.BatchNormalization):
+        for dropped, kept in (("beta", "moving_mean"), ("gamma", "moving_variance")):
+            names = [w.path.split("/")[-1] for w in weights]
+            if dropped in names and kept in names:
+                weights.pop(names.index(dropped))
+    return weights
 
 
 def _binary_outputs(model, parents):
@@ -69,7 +92,7 @@ def layer_footprint(model):
     for layer in model.layers:
         if type(layer).__name__ == "InputLayer":
             continue
-        weights = layer.weights
+        weights = deployed_weights(layer)
         if isinstance(layer, BINARY_LAYERS):
             one_bit = sum(w.numpy().size for w in weights if "kernel" in w.path.split("/")[-1])
         else:

@@ -3,6 +3,15 @@
 An architecture is `[input1, 'op1', input2, 'op2', ...]`, one group of four
 per block. Every cell of the network uses the same blocks; cell i has
 `num_cell_filters[i]` filters and halves the spatial size (stride 2).
+
+A block input is 0 (the cell input), k >= 1 (the output of block k of the
+same cell) or -1 (the previous cell's input, at twice the cell input's
+resolution). As in NASNet and PNASNet, the previous cell's input is first
+brought to the cell input's resolution by a factorized reduction (see
+`_factorized_reduction`); the operators then treat it as they treat the
+cell input. The first cell has no previous cell: there input -1 reads the
+image, like input 0 (NASNet uses the cell input when there is no previous
+one).
 """
 
 import keras
@@ -109,16 +118,45 @@ def _operator(x, op, filters, stride, name, layers):
     return layers.bn_sign(x, name)
 
 
-def _cell(x, actions, filters, cell_index, layers):
-    """One cell: each block applies its two operators and concatenates them."""
+def _factorized_reduction(x, filters, name, layers):
+    """Halves the resolution of `x` without dropping pixels: NASNet's factorized reduction.
+
+    Two stride-2 binary 1x1 convolutions, each of ceil(filters / 2) filters:
+    one reads the even pixels, the other (on `x` shifted by one pixel) the
+    odd ones. Their outputs are concatenated, normalised and binarized.
+    """
+    half = -(-filters // 2)
+    even = layers.conv(half, 1, strides=2, padding="same", name=f"{name}_even")(x)
+    shifted = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name=f"{name}_pad")(x)
+    shifted = keras.layers.Cropping2D(((1, 0), (1, 0)), name=f"{name}_shift")(shifted)
+    odd = layers.conv(half, 1, strides=2, padding="same", name=f"{name}_odd")(shifted)
+    x = keras.layers.Concatenate(name=name)([even, odd])
+    return layers.bn_sign(x, name)
+
+
+def _cell(x, actions, filters, cell_index, layers, previous=None):
+    """One cell: each block applies its two operators and concatenates them.
+
+    `previous` is the previous cell's input (None in the first cell), read by
+    blocks whose input is -1.
+    """
+    if -1 in actions[0::2]:
+        if previous is None:
+            previous = x
+        elif previous.shape[1:3] != x.shape[1:3]:
+            previous = _factorized_reduction(previous, filters, f"c{cell_index}_previous", layers)
     blocks = []
     for b in range(len(actions) // 4):
         outputs = []
         for j in (0, 2):
             source = actions[4 * b + j]
             op = actions[4 * b + j + 1]
-            # Only the cell input is at the previous resolution.
-            inp, stride = (x, 2) if source == 0 else (blocks[source - 1], 1)
+            # The cell's inputs (at the cell input's resolution once the previous
+            # one is reduced) are strided; block outputs are already at the new one.
+            if source <= 0:
+                inp, stride = (x if source == 0 else previous), 2
+            else:
+                inp, stride = blocks[source - 1], 1
             name = f"c{cell_index}_b{b}_{'left' if j == 0 else 'right'}"
             outputs.append(_operator(inp, op, filters, stride, name, layers))
         blocks.append(keras.layers.Concatenate(name=f"c{cell_index}_b{b}")(outputs))
@@ -145,7 +183,8 @@ def model_fn(
     """Builds the child network of an architecture.
 
     Args:
-        actions: `[input1, 'op1', input2, 'op2', ...]`.
+        actions: `[input1, 'op1', input2, 'op2', ...]`; an input is -1 (the
+            previous cell's input), 0 (the cell input) or k (block k's output).
         epochs: Unused; kept for the original signature.
         num_cells: Number of stacked cells.
         num_cell_filters: Filters of each cell (one entry per cell).
@@ -170,18 +209,18 @@ def model_fn(
         )
     for i in range(0, len(actions), 2):
         source, block = actions[i], i // 4
-        if not isinstance(source, int) or source < 0 or source > block:
+        if isinstance(source, bool) or not isinstance(source, int) or source < -1 or source > block:
             raise ValueError(
-                f"block {block + 1} reads input {source!r}; it may read 0 (the cell input) "
-                f"or 1..{block} (earlier blocks)"
+                f"block {block + 1} reads input {source!r}; it may read -1 (the previous cell's input), "
+                f"0 (the cell input) or 1..{block} (earlier blocks)"
             )
     layers = _Layers(float_twin, binary_kwargs)
     use_dropout, drop_input, drop_hidden = dropout
 
     inputs = keras.Input((28, 28, 1), name="image")
-    x = inputs
+    x, previous = inputs, None
     for c in range(num_cells):
-        x = _cell(x, actions, num_cell_filters[c], c, layers)
+        x, previous = _cell(x, actions, num_cell_filters[c], c, layers, previous), x
     x = keras.layers.Flatten(name="flatten")(x)
     if use_dropout:
         x = DropoutNoScale(drop_input, name="drop_input")(x)

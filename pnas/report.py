@@ -151,7 +151,9 @@ def summary_text(records, top=5, retrain_args=()):
     rho = stage_spearman(records)
     for b, value in rho.items():
         if value is not None:
-            lines.append(f"Encoder Spearman rank correlation at b = {b}: {value:.3f}")
+            steps = [r["encoder_steps"] for r in records if r["stage"] == b and r.get("encoder_steps") is not None]
+            after = f" (ranked after {steps[0]} encoder gradient steps)" if steps else ""
+            lines.append(f"Encoder Spearman rank correlation at b = {b}: {value:.3f}{after}")
     if not trained:
         return "\n".join(lines) + "\n"
     lines.append(f"Top {min(top, len(trained))} architectures:")

@@ -62,6 +62,10 @@ class SearchPaths:
         self.encoder_weights = os.path.join(root, "weights", exp_name, "encoder.weights.h5")
         self.scores_dir = os.path.join(root, "scores", exp_name)
 
+    def encoder_log_dir(self, b):
+        """TensorBoard summaries of the encoder's training after stage b."""
+        return os.path.join(self.exp_log_dir, "encoder", f"b{b}")
+
     def stage_encoder_weights(self, b):
         """Encoder weights after the `train_step` of stage b (kept for resume)."""
         return os.path.join(self.exp_log_dir, "encoder", f"after_b{b}.weights.h5")
@@ -75,11 +79,21 @@ def search_config(settings):
     keys = [
         "B", "K_", "operators", "NUM_CELLS", "NUM_CELL_FILTERS", "DENSE_LAYERS", "DROPOUT",
         "MAX_EPOCHS", "BATCHSIZE", "USE_EXPANSION", "TRAIN_SIZE", "SEED", "CONTROLLER_CELLS",
-        "REGULARIZATION", "RNN_TRAINING_EPOCHS", "INPUT_LOOKFORWARD_DEPTH",
+        "REGULARIZATION", "RNN_TRAINING_EPOCHS", "INPUT_LOOKBACK_DEPTH", "INPUT_LOOKFORWARD_DEPTH",
         "BINARY_H", "KERNEL_LR_MULTIPLIER", "LR_START", "LR_END", "LOSS",
-        "MAX_MUL_OPS", "ENCODER_ENSEMBLE",
+        "MAX_MUL_OPS", "ENCODER_ENSEMBLE", "ENCODER_BATCHSIZE", "ENCODER_LR", "ENCODER_TARGETS",
     ]
     return {k: _jsonable(settings[k]) for k in keys}
+
+
+# Search settings added after version 1 of the state file, with the values
+# that earlier searches ran with.
+CONFIG_ADDED = {
+    "INPUT_LOOKBACK_DEPTH": 0,
+    "ENCODER_BATCHSIZE": None,
+    "ENCODER_LR": 2e-3,
+    "ENCODER_TARGETS": "raw",
+}
 
 
 def manager_settings(settings):
@@ -116,8 +130,18 @@ class SearchState:
     def load_or_create(cls, path, config, overwrite=False):
         state = cls(path, config)
         if os.path.exists(path) and not overwrite:
-            with open(path) as f:
-                saved = json.load(f)
+            try:
+                with open(path) as f:
+                    saved = json.load(f)
+                saved["config"], saved["children"]
+            except (ValueError, KeyError, TypeError) as exc:  # truncated, partially copied or edited by hand
+                raise SearchConfigError(
+                    f"the search state {path} is unreadable ({type(exc).__name__}); restore it from a backup, "
+                    "or start afresh with --OVERWRITE=True (or a new --EXPERIMENT_NAME)"
+                ) from None
+            # Settings added since the state was written take the values those searches ran with.
+            for key, value in CONFIG_ADDED.items():
+                saved["config"].setdefault(key, value)
             if saved.get("config") != config:
                 diff = sorted(
                     k for k in set(config) | set(saved.get("config", {}))
@@ -169,29 +193,49 @@ class SearchState:
         return [r for r in self.data["children"] if stage is None or r["stage"] == stage]
 
 
-def format_architectures(state, state_space, settings):
-    """The architectures log, in the original research code's format."""
-    lines = [
-        f"Architecture search {settings['EXPERIMENT_NAME']}: B={settings['B']}, K_={settings['K_']}, "
-        f"operators={settings['operators']}, MAX_EPOCHS={settings['MAX_EPOCHS']}"
-    ]
-    stage = None
-    for record in state.records():
-        if record["stage"] != stage:
-            stage = record["stage"]
-            lines.append(f"---- B= {stage} Architectures ----")
-        lines.append(f"Sr. No: {record['sr_no']}")
-        lines.append(f"Reward: {record['reward']:.4f}")
-        lines.append(f"Architecture: {record['architecture']}")
-        lines.append(f'Representation String: "{record["representation_string"]}"')
-    if state.data["finished"]:
-        lines.append(f"---- Search finished: {len(state.records())} architectures trained ----")
-    return "\n".join(lines) + "\n"
+# The original train.py's strings, character for character (its log was appended to as the search ran).
+ARCHITECTURES_HEADER = "All the evaluated architectures will be logged in this file. \n \n \n"
+STAGE_FINISHED = "\n \n --------------------EXPERIMENT FINISHED------------------- \n \n"
+
+
+def format_architectures(state, state_space):
+    """The architectures log, byte for byte in the original train.py's layout.
+
+    A header; per stage, `---- B= {b - 1} Architectures ---- ` (the original
+    counted stages from 0); per child, its number within the stage, its
+    reward as `str(float)`, its architecture and representation string; and
+    once every child of the stage is recorded, the original's "EXPERIMENT
+    FINISHED" line. The stage's trained and failed children come first, in
+    training order; then, once the stage is done, the candidates skipped for
+    MAX_MUL_OPS, in the order the search met them. Failed and skipped
+    children show reward 0.0. So the file only grows as the search runs, as
+    the original's did, and regenerating it from the state gives the same
+    bytes. Everything else (global index, status, test accuracy, footprint)
+    is in the JSON lines.
+    """
+    text = ARCHITECTURES_HEADER
+    for b in sorted(int(k) for k in state.data["beams"]):
+        text += "---- B= " + str(b - 1) + " Architectures ---- \n"
+        children = state.records(stage=b)
+        complete = state.data["finished"] or len(children) >= len(state.beam(b))
+        if complete:
+            children = children + [r for r in state.data["over_budget"] if r["stage"] == b]
+        for t, record in enumerate(children):
+            child = tuple(int(v) for v in record["child"])
+            reward = 0.0 if record["status"] != "ok" else float(record["reward"])
+            text += (
+                "\nSr. No: " + str(t + 1) + "\nReward: " + str(reward)
+                + "\nArchitecture: " + str(state_space.parse(child))
+                + "\nRepresentation String: " + '"' + state_space.representation_string(child) + '"' + "\n"
+            )
+        if complete:
+            text += STAGE_FINISHED
+    return text
 
 
 def write_logs(state, state_space, settings, paths):
     """Regenerates the architectures log and the JSON-lines records from the state."""
-    write_atomic(paths.architectures, format_architectures(state, state_space, settings))
+    write_atomic(paths.architectures, format_architectures(state, state_space))
     records = state.records() + state.data["over_budget"]
     write_atomic(paths.records, "".join(json.dumps(r) + "\n" for r in records))
 
@@ -211,13 +255,18 @@ class Search:
         settings: dict of the train.py constants (after overrides).
         dataset: `[x_train, y_train, x_val, y_val, x_test, y_test]`.
         paths: `SearchPaths`.
+        train_fn: Trains a child in place of the worker processes:
+            `train_fn(seed, **train_child_kwargs) -> result dict` (e.g. a
+            lookup in a table of rewards, `bench/surrogate_eval.py`).
+        plots: Redraw the plots after every stage.
     """
 
-    def __init__(self, settings, dataset, paths):
+    def __init__(self, settings, dataset, paths, train_fn=None, plots=True):
         self.settings = settings
         self.paths = paths
         self.state_space = StateSpace(
-            settings["B"], settings["operators"], 0, settings["INPUT_LOOKFORWARD_DEPTH"]
+            settings["B"], settings["operators"], settings["INPUT_LOOKBACK_DEPTH"],
+            settings["INPUT_LOOKFORWARD_DEPTH"],
         )
         self.state = SearchState.load_or_create(
             paths.state, search_config(settings), overwrite=settings["OVERWRITE"]
@@ -232,7 +281,11 @@ class Search:
             evaluate_test=settings["TEST_CHILDREN"],
             **manager_settings(settings),
         )
-        if settings["CHILDREN_PER_PROCESS"]:
+        self.train_fn = train_fn
+        self.plots = plots
+        if train_fn is not None:
+            self.manager, self.workers = None, []
+        elif settings["CHILDREN_PER_PROCESS"]:
             n = settings["PARALLEL_CHILDREN"]
             # Side by side, each worker gets its share of the cores.
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -244,12 +297,13 @@ class Search:
         else:
             self.manager, self.workers = NetworkManager(dataset, **manager_kwargs), []
         self.consecutive_failures = 0
-        self.trained_now = 0
         self.start_time = time.time()
         self._mul_ops = {}
+        self._stage_clock = {}  # b -> when this run started stage b, its children finished since, seconds
+        self._stage_sizes = None
 
     # ----------------------------------------------------------------- decide
-    def _new_encoder(self):
+    def _new_encoder(self, tensorboard_dir=None):
         s = self.settings
         return Encoder(
             self.state_space,
@@ -260,6 +314,10 @@ class Search:
             weights_path=self.paths.encoder_weights,
             scores_dir=self.paths.scores_dir,
             ensemble=s["ENCODER_ENSEMBLE"],
+            learning_rate=s["ENCODER_LR"],
+            batch_size=s["ENCODER_BATCHSIZE"],
+            targets=s["ENCODER_TARGETS"],
+            tensorboard_dir=tensorboard_dir,
         )
 
     def _adopt_earlier_encoder(self):
@@ -293,17 +351,21 @@ class Search:
         """Trains the encoder on stages 1..b, continuing from its stage b-1 weights."""
         keras.backend.clear_session(free_memory=True)
         keras.utils.set_random_seed(_seed(self.settings["SEED"], 1, b))
-        encoder = self._new_encoder()
+        encoder = self._new_encoder(tensorboard_dir=self.paths.encoder_log_dir(b))
         if b > 1 or self.state.data.get("encoder_restored"):
             encoder.load_weights(self.paths.stage_encoder_weights(b - 1))
-        previous = [r for r in self.state.records() if r["stage"] < b]
-        encoder.history = [(tuple(r["child"]), r["reward"]) for r in previous]
-        current = self.state.records(stage=b)
-        encoder.children = [tuple(r["child"]) for r in current]
-        loss = encoder.train_step([r["reward"] for r in current])
+        seen = [r for r in self.state.records() if r["stage"] <= b]
+        encoder.children = [tuple(r["child"]) for r in seen if r["stage"] == b]
+        steps_before = encoder.steps
+        loss = encoder.fit([tuple(r["child"]) for r in seen], [r["reward"] for r in seen])
         encoder.save_weights(self.paths.stage_encoder_weights(b))
-        logger.info("Encoder trained on %d children, loss %.5f", len(encoder.history), loss)
-        print(f"Encoder trained on {len(encoder.history)} children after b = {b}: loss {loss:.5f}")
+        # Cumulative: the steps behind the ranking of stage b + 1 (shown in the summary).
+        self.state.data.setdefault("encoder_steps", {})[str(b)] = encoder.steps
+        logger.info("Encoder trained on %d children, loss %.5f", len(seen), loss)
+        print(
+            f"Encoder trained on {len(seen)} children after b = {b}: {encoder.steps - steps_before} gradient steps "
+            f"({encoder.steps} in all), loss {loss:.5f}"
+        )
         return encoder
 
     def mul_ops(self, child):
@@ -381,6 +443,8 @@ class Search:
     def run_child(self, child, sr_no):
         """Trains one child, in the worker process unless CHILDREN_PER_PROCESS is 0."""
         seed, kwargs = self.child_job(child, sr_no)
+        if self.train_fn is not None:
+            return self.train_fn(seed, **kwargs)
         if self.workers:
             return self.workers[0].train(seed, **kwargs)
         keras.utils.set_random_seed(seed)
@@ -404,6 +468,9 @@ class Search:
         beam = self.state.beam(b)
         if predicted is not None:
             record["predicted_reward"] = predicted[beam.index(child)]
+            steps = self.state.data.get("encoder_steps", {}).get(str(b - 1))
+            if steps is not None:
+                record["encoder_steps"] = steps
         self.state.data["children"].append(record)
         self.state.save()
         write_logs(self.state, self.state_space, self.settings, self.paths)
@@ -421,16 +488,28 @@ class Search:
         print(f"---- B= {b}: no candidate within MAX_MUL_OPS={budget}; the search ends at b = {b - 1} ----")
 
     # ------------------------------------------------------------------- loop
-    def _progress(self, b, i, n_beam, sr_no, total, trained_now):
+    def _progress(self, b, i, n_beam, sr_no, total):
         s = self.settings
-        elapsed = time.time() - self.start_time
-        remaining = max(0, total - sr_no + 1)
-        eta = elapsed / trained_now * remaining if trained_now else None
+        now = time.time()
+        elapsed = now - self.start_time
+        self._stage_clock.setdefault(b, {"start": now, "done": 0, "seconds": 0.0})
+        if self._stage_sizes is None:
+            self._stage_sizes = self.state_space.stage_sizes(s["K_"])
+        remaining = {later: self._stage_sizes[later - 1] for later in range(b + 1, s["B"] + 1)}
+        remaining[b] = n_beam - len(self.state.records(stage=b))
+        per_child = {stage: c["seconds"] / c["done"] for stage, c in self._stage_clock.items() if c["done"]}
+        eta = estimate_eta(per_child, remaining)
         best = max((r["reward"] for r in self.state.records() if r["status"] == "ok"), default=None)
         return (
             f"[b {b}/{s['B']} | child {i}/{n_beam} | #{sr_no} of ~{total} | elapsed {_hms(elapsed)} | "
             f"ETA {_hms(eta) if eta is not None else '?'} | best {'-' if best is None else f'{best:.4f}'}]"
         )
+
+    def _tick(self, b):
+        """Counts a child of stage b as finished, for the ETA."""
+        clock = self._stage_clock[b]
+        clock["done"] += 1
+        clock["seconds"] = time.time() - clock["start"]
 
     def end_stage(self, b):
         """Predictor quality of stage b, and the plots so far."""
@@ -442,9 +521,14 @@ class Search:
                 r["stage_spearman"] = rho
             n = sum(r.get("predicted_reward") is not None and r["status"] == "ok" for r in records)
             shown = "undefined" if rho is None else f"{rho:.3f}"
-            print(f"Encoder Spearman rank correlation at b = {b}: {shown} ({n} children)")
+            steps = self.state.data.get("encoder_steps", {}).get(str(b - 1))
+            after = "" if steps is None else f", ranked after {steps} gradient steps"
+            print(f"Encoder Spearman rank correlation at b = {b}: {shown} (held out: {n} children "
+                  f"predicted before they trained{after})")
         self.state.save()
         write_logs(self.state, self.state_space, self.settings, self.paths)
+        if not self.plots:
+            return
         try:
             report.plot_all(self.state.records() + self.state.data["over_budget"], self.paths.exp_log_dir)
         except Exception as exc:  # plots are a convenience; never stop a search for them
@@ -489,7 +573,7 @@ class Search:
             if child in done:
                 continue
             sr_no = len(self.state.records()) + 1
-            print(f"{self._progress(b, i, len(beam), sr_no, total, self.trained_now)} {self.state_space.parse(child)}")
+            print(f"{self._progress(b, i, len(beam), sr_no, total)} {self.state_space.parse(child)}")
             result = error = None
             try:
                 result = self.run_child(child, sr_no)
@@ -497,7 +581,7 @@ class Search:
                 raise
             except Exception as exc:  # a failing child must not end the search
                 error = exc
-            self.trained_now += 1
+            self._tick(b)
             self._finish(b, child, sr_no, result, error)
 
     def _train_side_by_side(self, b, beam, done, total):
@@ -513,7 +597,7 @@ class Search:
             for slot, worker in enumerate(self.workers):
                 if todo and worker not in running:
                     i, child = todo.pop(0)
-                    print(f"{self._progress(b, i, len(beam), next_sr, total, self.trained_now)} "
+                    print(f"{self._progress(b, i, len(beam), next_sr, total)} "
                           f"{self.state_space.parse(child)}")
                     seed, kwargs = self.child_job(child, next_sr, slot)
                     worker.submit(seed, **kwargs)
@@ -526,7 +610,7 @@ class Search:
                     finished[sr_no] = (child, worker.result(), None)
                 except ChildFailed as exc:
                     finished[sr_no] = (child, None, exc)
-                self.trained_now += 1
+                self._tick(b)
             while next_record in finished:  # in order, so that a resume finds a prefix of the beam
                 child, result, exc = finished.pop(next_record)
                 self._finish(b, child, next_record, result, exc)
@@ -571,6 +655,35 @@ class Search:
             self.state.save()
             write_logs(self.state, self.state_space, s, self.paths)
         return self.state.records()
+
+
+def estimate_eta(per_child, remaining):
+    """Seconds until the search ends, stage by stage.
+
+    A child's cost grows with its blocks (7.7, 17.0 and 30.6 s per child at
+    b = 1, 2 and 3 in a measured CPU search), so an average over all children
+    so far, most of them small, is far too low in the last stage.
+
+    Args:
+        per_child: {b: wall-clock seconds per child of stage b}, for the stages
+            measured so far (children side by side count at their rate).
+        remaining: {b: children of stage b still to train}.
+
+    Returns:
+        The sum over stages of the children left times the seconds per child,
+        or None before anything is measured. A stage not measured yet takes
+        the nearest measured stage below it, scaled by the ratio of blocks.
+    """
+    if not per_child:
+        return None
+    eta = 0.0
+    for b, n in remaining.items():
+        if b in per_child:
+            eta += n * per_child[b]
+        else:
+            known = max((m for m in per_child if m < b), default=min(per_child))
+            eta += n * per_child[known] * b / known
+    return eta
 
 
 def _hms(seconds):

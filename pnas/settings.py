@@ -109,10 +109,23 @@ def validate(settings):
             f"PARALLEL_CHILDREN={s['PARALLEL_CHILDREN']} trains children in worker processes; "
             "set CHILDREN_PER_PROCESS >= 1 or PARALLEL_CHILDREN=1"
         )
+    if s["ENCODER_BATCHSIZE"] is not None and s["ENCODER_BATCHSIZE"] < 1:
+        raise SettingsError(f"ENCODER_BATCHSIZE must be None or >= 1, received {s['ENCODER_BATCHSIZE']}")
+    if not s["ENCODER_LR"] > 0:
+        raise SettingsError(f"ENCODER_LR must be > 0, received {s['ENCODER_LR']}")
+    if s["ENCODER_TARGETS"] not in ("standardize", "raw"):
+        raise SettingsError(f"ENCODER_TARGETS must be 'standardize' or 'raw', received {s['ENCODER_TARGETS']!r}")
     if s["MAX_MUL_OPS"] is not None and not s["MAX_MUL_OPS"] > 0:
         raise SettingsError(f"MAX_MUL_OPS must be None or > 0, received {s['MAX_MUL_OPS']}")
-    if s["INPUT_LOOKFORWARD_DEPTH"] < 0:
-        raise SettingsError(f"INPUT_LOOKFORWARD_DEPTH must be >= 0, received {s['INPUT_LOOKFORWARD_DEPTH']}")
+    if s["INPUT_LOOKBACK_DEPTH"] not in (0, -1):
+        raise SettingsError(
+            "INPUT_LOOKBACK_DEPTH must be 0 (blocks read the cell input) or -1 (also the previous cell's "
+            f"input), received {s['INPUT_LOOKBACK_DEPTH']}"
+        )
+    if s["INPUT_LOOKFORWARD_DEPTH"] is not None and s["INPUT_LOOKFORWARD_DEPTH"] < 0:
+        raise SettingsError(
+            f"INPUT_LOOKFORWARD_DEPTH must be None (no limit) or >= 0, received {s['INPUT_LOOKFORWARD_DEPTH']}"
+        )
     if len(s["NUM_CELL_FILTERS"]) != s["NUM_CELLS"]:
         raise SettingsError(
             f"NUM_CELL_FILTERS has {len(s['NUM_CELL_FILTERS'])} entries but NUM_CELLS={s['NUM_CELLS']}; "

@@ -10,6 +10,7 @@ takes its leak with it. A worker that dies (a crash, the kernel's OOM killer)
 fails its child, not the search.
 """
 
+import logging
 import multiprocessing
 import os
 import sys
@@ -47,6 +48,9 @@ def import_keras_quietly():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+    # TensorFlow's Python warnings (e.g. about retracing the encoder's predict
+    # function for each new encoder) are not the user's to act on.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def _limit_threads(threads):

@@ -178,10 +178,6 @@ def test_bad_representation_strings_raise(text):
         space.from_representation_string(text)
 
 
-def test_representation_error_is_a_value_error():
-    assert issubclass(RepresentationError, ValueError)
-
-
 # ------------------------------------------------------------------ encoder
 def _synthetic_reward(child):
     """Mostly the fraction of operators that are op 0, plus smaller terms."""

@@ -59,6 +59,7 @@ def test_unknown_operator_raises_listing_the_valid_ones():
     "actions",
     [
         [0, "3x3 bconv", 1, "3x3 bconv"],  # block 1 cannot read itself
+        [-2, "3x3 bconv", 0, "3x3 bconv"],  # -1 (the previous cell's input) is the furthest back
         [0, "3x3 bconv", 0],  # not 4 entries per block
         [],
     ],

@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import json  # noqa: E402
+import re  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -12,7 +13,8 @@ import pytest  # noqa: E402
 import train  # noqa: E402
 from pnas.manager import ChildTrainingError, NetworkManager  # noqa: E402
 from pnas.model import model_fn  # noqa: E402
-from pnas.search import Search, SearchAborted, SearchPaths  # noqa: E402
+import pnas.search  # noqa: E402
+from pnas.search import Search, SearchAborted, SearchPaths, estimate_eta  # noqa: E402
 from _search_helpers import synthetic_dataset, tiny_settings  # noqa: E402
 
 _settings = tiny_settings
@@ -53,8 +55,9 @@ def test_a_failing_child_is_recorded_and_the_search_goes_on(tmp_path, monkeypatc
     assert [r["status"] for r in records] == ["ok", "failed", "ok", "ok", "ok"]
     assert _read_records(paths) == records
     text = open(paths.architectures).read()
-    assert "Sr. No: 2\nReward: 0.0000\n" in text
-    assert text.rstrip().endswith("---- Search finished: 5 architectures trained ----")
+    assert "---- B= 0 Architectures ---- \n" in text
+    assert "\nSr. No: 2\nReward: 0.0\nArchitecture: " in text
+    assert text.endswith("\n \n --------------------EXPERIMENT FINISHED------------------- \n \n")
 
 
 def test_consecutive_failures_abort_the_search(tmp_path, monkeypatch):
@@ -155,3 +158,36 @@ def test_children_side_by_side_give_the_search_of_one_by_one(tmp_path, capsys):
     assert all(r["test_accuracy"] is None for r in two)
     out = capsys.readouterr().out
     assert "#3 reward" in out and "test -," in out
+
+
+def test_the_eta_weights_each_stage_by_its_own_cost():
+    # Stage 3 of the issue's search: three children left at 180 s each, after 10 children
+    # at 8 s (b = 1) and 55 at 17 s (b = 2).
+    # (An average over all children, most of them small, said a few minutes.)
+    assert estimate_eta({1: 8.0, 2: 17.0, 3: 180.0}, {3: 3}) == 3 * 180.0
+    # A stage not measured yet: the nearest measured stage below, scaled by blocks.
+    assert estimate_eta({1: 8.0, 2: 17.0}, {2: 5, 3: 128}) == 5 * 17.0 + 128 * 17.0 * 3 / 2
+    assert estimate_eta({1: 8.0}, {1: 2, 2: 4, 3: 6}) == 2 * 8.0 + 4 * 16.0 + 6 * 24.0
+    assert estimate_eta({}, {1: 3, 2: 2}) is None
+
+
+def test_the_progress_line_prints_the_stage_weighted_eta(tmp_path, monkeypatch, capsys):
+    """A fake clock: a b-block child takes 10 * b seconds; the encoder takes none."""
+    clock = [1000.0]
+
+    def run_child(self, child, sr_no):
+        clock[0] += 10 * (len(child) // 4)
+        return _fake_result(child)
+
+    monkeypatch.setattr(Search, "run_child", run_child)
+    monkeypatch.setattr(pnas.search, "time", type("Clock", (), {"time": staticmethod(lambda: clock[0])}))
+    Search(_settings(CHILDREN_PER_PROCESS=0), _dataset(), SearchPaths("tiny", root=str(tmp_path))).run()
+    etas = re.findall(r"\| ETA (\S+) \|", capsys.readouterr().out)
+    # b = 1: 3 children of 10 s, then 2 of b = 2 estimated at 2 * 10 s until one is measured (20 s).
+    assert etas == [
+        "?",
+        "0:01:00",  # 2 * 10 + 2 * 20
+        "0:00:50",  # 1 * 10 + 2 * 20
+        "0:00:40",  # 2 * 20, scaled from b = 1
+        "0:00:20",  # 1 * 20, measured at b = 2
+    ]

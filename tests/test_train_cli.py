@@ -113,29 +113,33 @@ STAGE_1 = [
 
 
 def test_search_writes_the_architectures_log_in_the_original_format(reference):
+    """The original train.py's layout (tests/test_architectures_log.py checks it byte for byte)."""
     folder, _ = reference
-    lines = _log(folder).splitlines()
+    text = _log(folder)
     records = _records(folder)
-    assert len(lines) == 1 + 1 + 3 * 4 + 1 + 2 * 4 + 1
-    assert lines[0].startswith(f"Architecture search {NAME}: B=2, K_=2")
-    assert lines[1] == "---- B= 1 Architectures ----"
-    for i, (architecture, string) in enumerate(STAGE_1):
-        assert lines[2 + 4 * i : 6 + 4 * i] == [
-            f"Sr. No: {i + 1}",
-            f"Reward: {records[i]['reward']:.4f}",
-            f"Architecture: {architecture}",
-            f'Representation String: "{string}"',
-        ]
-    assert lines[14] == "---- B= 2 Architectures ----"
-    for i in range(2):
-        sr_no, reward, architecture, string = lines[15 + 4 * i : 19 + 4 * i]
-        assert sr_no == f"Sr. No: {4 + i}"
-        assert re.fullmatch(r"Reward: 0\.\d{4}", reward)
-        architecture = ast.literal_eval(architecture.removeprefix("Architecture: "))
-        assert len(architecture) == 8
-        match = re.fullmatch(r'Representation String: "(.*)"', string)
-        assert SPACE.parse(SPACE.from_representation_string(match.group(1))) == architecture
-    assert lines[-1] == "---- Search finished: 5 architectures trained ----"
+    header = "All the evaluated architectures will be logged in this file. \n \n \n"
+    finished = "\n \n --------------------EXPERIMENT FINISHED------------------- \n \n"
+    assert text.startswith(header) and text.endswith(finished)
+    stages = text[len(header):].split(finished)
+    assert stages[-1] == "" and len(stages) == 3
+    for b, stage in enumerate(stages[:2]):
+        title, *children = stage.split("\n\n")
+        assert title == f"---- B= {b} Architectures ---- "  # 0-based, as the original's trial
+        assert len(children) == (3 if b == 0 else 2)
+        for t, child in enumerate(children):
+            record = records[3 * b + t]
+            sr_no, reward, architecture, string = child.rstrip("\n").split("\n")
+            assert sr_no == f"Sr. No: {t + 1}"  # restarts at each stage
+            assert reward == f"Reward: {record['reward']}"  # str(float), not rounded
+            assert architecture == f"Architecture: {record['architecture']}"
+            assert string == f'Representation String: "{record["representation_string"]}"'
+            if b == 0:
+                assert (architecture, string) == (f"Architecture: {STAGE_1[t][0]}",
+                                                  f'Representation String: "{STAGE_1[t][1]}"')
+            else:
+                parsed = ast.literal_eval(architecture.removeprefix("Architecture: "))
+                assert len(parsed) == 8
+                assert SPACE.parse(SPACE.from_representation_string(string.split('"')[1])) == parsed
 
 
 def test_search_writes_json_records(reference):
@@ -326,7 +330,7 @@ def test_resume_trains_no_child_twice(resumed):
     assert [r["sr_no"] for r in records] == [1, 2, 3, 4, 5]
     assert len({tuple(r["child"]) for r in records}) == 5
     sr_lines = re.findall(r"^Sr\. No: (\d+)$", _log(folder), flags=re.M)
-    assert sr_lines == ["1", "2", "3", "4", "5"]
+    assert sr_lines == ["1", "2", "3", "1", "2"]  # numbered within each stage, as the original
 
 
 def test_resume_gives_the_uninterrupted_search(resumed, reference):
@@ -364,4 +368,4 @@ def test_other_settings_under_the_same_name_need_overwrite(reference, tmp_path):
     new = _records(folder)
     assert [r["sr_no"] for r in new] == [1, 2, 3]
     assert all(len(r["val_accuracy"]) == 2 for r in new)
-    assert _log(folder).startswith(f"Architecture search {NAME}: B=1")
+    assert _log(folder).count("Architectures ---- ") == 1  # B=1: one stage
