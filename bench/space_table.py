@@ -22,7 +22,6 @@ the table.
 """
 
 import argparse
-import csv
 import multiprocessing.connection
 import os
 import random
@@ -35,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
-from pnas.space_table import COLUMNS, BUDGETS, all_cells, read_table, row_key  # noqa: E402
+from pnas.space_table import BUDGETS, all_cells, append_row, read_table, row_key  # noqa: E402
 
 
 def plan(state_space, seeds, max_b, shuffle_seed=0):
@@ -50,18 +49,6 @@ def plan(state_space, seeds, max_b, shuffle_seed=0):
     for seed in seeds:
         jobs += [(c, seed) for c in large]
     return jobs
-
-
-def append_row(path, row):
-    """Appends one row and forces it to disk, so a kill loses at most the child in training."""
-    new = not os.path.exists(path) or os.path.getsize(path) == 0
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _hms(seconds):

@@ -37,6 +37,18 @@ def row_key(row):
     return row["representation_string"], row["seed"]
 
 
+def append_row(path, row):
+    """Appends one row (a dict of `COLUMNS`) and forces it to disk; writes the header first in a new file."""
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def read_table(path, repair=False):
     """Reads a space table; returns its rows with typed values (missing file: no rows).
 
@@ -93,9 +105,11 @@ class SpaceTable:
     def __init__(self, rows, state_space):
         self.state_space = state_space
         self.rewards = {}  # child -> {seed: reward}
+        self.mul_ops = {}  # child -> binary multiply-accumulates
         for row in rows:
             child = state_space.canonical(state_space.unparse(row["architecture"]))
             self.rewards.setdefault(child, {})[row["seed"]] = row["reward"]
+            self.mul_ops[child] = row["mul_ops"]
 
     @classmethod
     def load(cls, path, state_space):
@@ -136,3 +150,78 @@ class SpaceTable:
         """Whether every cell with `b` blocks has a reward for `seed`."""
         cells = all_cells(self.state_space, b)[b]
         return all(c in self.rewards and seed in self.rewards[c] for c in cells)
+
+
+def noise_ceiling(table, b):
+    """Spearman of seed 0 against seed 1 over the cells of stage b that have both; `(rho, n)`.
+
+    rho is None with fewer than 3 such cells.
+    """
+    from scipy.stats import spearmanr
+
+    cells = [c for c in table.children(b=b, seed=0) if 1 in table.rewards[c]]
+    if len(cells) < 3:
+        return None, len(cells)
+    rho = spearmanr([table.reward(c, 0) for c in cells], [table.reward(c, 1) for c in cells]).statistic
+    return float(rho), len(cells)
+
+
+def table_train_fn(table, seed=0):
+    """A `Search` train_fn that looks a child's reward (of `seed`) up in the table instead of training."""
+
+    def train_fn(_, actions, **kwargs):
+        child = table.state_space.canonical(table.state_space.unparse(actions))
+        if child not in table or seed not in table.rewards[child]:
+            raise KeyError(f"{actions} has no seed-{seed} reward in the table")
+        reward = table.reward(child, seed)
+        return {
+            "reward": reward, "best_epoch": 1, "val_accuracy": [reward], "train_accuracy": [],
+            "test_accuracy": None, "mul_ops": table.mul_ops.get(child, 0), "params": 0,
+            "footprint": {"packed_kib": 0.0}, "seconds": 0.0,
+        }
+
+    return train_fn
+
+
+def simulate_search(table, settings, root):
+    """Runs the real search (`pnas.search.Search`) with seed-0 rewards from the table.
+
+    Args:
+        table: A `SpaceTable` holding every cell the search can reach.
+        settings: train.py's settings (`K_`, `SEED` and the encoder's are
+            used; `B` and `operators` come from the table's state space).
+        root: A folder for the search's files.
+
+    Returns:
+        The distinct cells the search trained, in training order.
+    """
+    import contextlib
+    import io
+
+    from pnas.search import Search, SearchPaths
+
+    space = table.state_space
+    s = dict(settings, B=space.B, operators=list(space.operators), INPUT_LOOKFORWARD_DEPTH=space.input_lookforward_depth,
+             EXPERIMENT_NAME=f"sim_k{settings['K_']}_s{settings['SEED']}", OVERWRITE=True,
+             RESTORE_CONTROLLER=False, MAX_MUL_OPS=None, MAX_CONSECUTIVE_FAILURES=1, RETRAIN_ARGS=[])
+    search = Search(s, None, SearchPaths(s["EXPERIMENT_NAME"], root=root), train_fn=table_train_fn(table), plots=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        records = search.run()
+    trained = []
+    for record in records:
+        child = space.canonical(tuple(record["child"]))
+        if child not in trained:
+            trained.append(child)
+    return trained
+
+
+def random_search(table, n, seed):
+    """`n` distinct cells drawn uniformly from the table's cells with a seed-0 reward."""
+    cells = table.children(seed=0)
+    rng = np.random.default_rng(10_000 + seed)
+    return [cells[i] for i in rng.choice(len(cells), size=min(n, len(cells)), replace=False)]
+
+
+def best_found(table, cells):
+    """The cell with the highest seed-0 reward among `cells`: the one a searcher would pick."""
+    return max(cells, key=lambda c: (table.reward(c, 0), c))

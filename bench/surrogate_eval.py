@@ -1,0 +1,226 @@
+"""Does the surrogate rank unseen cells, and does the search beat random? From the table alone.
+
+Reads the exhaustive table of `bench/space_table.py` (no training) and prints,
+one line each, in a form meant to be parsed:
+
+    noise_ceiling b=2 rho=0.xx               seed 0 against seed 1 within a stage:
+    noise_ceiling b=3 rho=0.xx               no predictor can be expected to beat it
+    heldout b=1->2 rho=0.xx sd=0.xx          the search's encoder (train.py's settings),
+    heldout b=2->3 rho=0.xx sd=0.xx          trained on the cells of <= b blocks (seed 0),
+                                             predicting every cell of b + 1 blocks, against
+                                             the table's mean reward; mean and sd over seeds
+    heldout_ensemble5 b=...                  the same, ENCODER_ENSEMBLE = 5
+    heldout_ridge b=... / heldout_gbr b=...  baselines on operator counts (scikit-learn)
+    search K_=k pnas_best_rank=x.x random_best_rank=y.y pnas_best_reward=0.xxxx
+        random_best_reward=0.xxxx repeats=n pnas_rank_se=x.x random_rank_se=y.y
+
+The search line runs the real search loop (`pnas.search.Search`: encoder, beam,
+dedup) with each child's reward looked up in the table (seed 0), and a random
+search that trains as many distinct cells, drawn uniformly from the table. The
+best-found cell is the one with the highest seed-0 reward among those trained;
+its rank is among all cells by mean reward (1 = best), averaged over repeats
+with different seeds, with the standard error.
+
+    python bench/surrogate_eval.py [--table bench/results/space_proxy.csv] [--repeats 20]
+    python bench/surrogate_eval.py --ablation      # held-out rho of each encoder recipe
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+from sklearn.ensemble import GradientBoostingRegressor  # noqa: E402
+from sklearn.linear_model import Ridge  # noqa: E402
+
+import train  # noqa: E402
+from pnas.space_table import (  # noqa: E402
+    SpaceTable, TableError, all_cells, best_found, noise_ceiling, random_search, simulate_search,
+)
+
+DEFAULT_TABLE = os.path.join(ROOT, "bench", "results", "space_proxy.csv")
+
+# Encoder recipes of the ablation: train.py's names -> values, on top of train.py's settings.
+RECIPES = {
+    "original (batch 1, lr 1e-3, sigmoid on raw rewards)": dict(
+        ENCODER_BATCHSIZE=1, ENCODER_LR=1e-3, ENCODER_TARGETS="raw"),
+    "full batch, lr 2e-3, sigmoid on raw rewards (before)": dict(
+        ENCODER_BATCHSIZE=None, ENCODER_LR=2e-3, ENCODER_TARGETS="raw"),
+    "full batch, lr 2e-3, standardized": dict(
+        ENCODER_BATCHSIZE=None, ENCODER_LR=2e-3, ENCODER_TARGETS="standardize"),
+    "batch 1, lr 1e-3, standardized": dict(
+        ENCODER_BATCHSIZE=1, ENCODER_LR=1e-3, ENCODER_TARGETS="standardize"),
+    "batch 8, lr 1e-3, standardized": dict(
+        ENCODER_BATCHSIZE=8, ENCODER_LR=1e-3, ENCODER_TARGETS="standardize"),
+    "batch 1, lr 1e-3, standardized, ensemble 5": dict(
+        ENCODER_BATCHSIZE=1, ENCODER_LR=1e-3, ENCODER_TARGETS="standardize", ENCODER_ENSEMBLE=5),
+}
+
+
+def settings(**overrides):
+    """train.py's settings with `overrides`."""
+    s = {name: getattr(train, name) for name in train.SETTINGS}
+    s.update(overrides)
+    s["DROPOUT"] = tuple(s["DROPOUT"])
+    return s
+
+
+def new_encoder(state_space, s):
+    from pnas.encoder import Encoder
+
+    return Encoder(
+        state_space, K=s["K_"], controller_cells=s["CONTROLLER_CELLS"], regularization=s["REGULARIZATION"],
+        epochs=s["RNN_TRAINING_EPOCHS"], ensemble=s["ENCODER_ENSEMBLE"], learning_rate=s["ENCODER_LR"],
+        batch_size=s["ENCODER_BATCHSIZE"], targets=s["ENCODER_TARGETS"],
+    )
+
+
+# ----------------------------------------------------------------- measures
+def heldout_encoder(table, b, seed, s):
+    """The encoder trained stage by stage on b <= `b` (as the search does); Spearman on b + 1."""
+    import keras
+
+    keras.backend.clear_session(free_memory=True)
+    keras.utils.set_random_seed(seed)
+    encoder = new_encoder(table.state_space, s)
+    for stage in range(1, b + 1):
+        seen = [c for k in range(1, stage + 1) for c in table.children(b=k, seed=0)]
+        encoder.fit(seen, [table.reward(c, 0) for c in seen])
+    targets = table.children(b=b + 1)
+    predicted = encoder.predict(targets)
+    return float(spearmanr(predicted, [table.mean_reward(c) for c in targets]).statistic)
+
+
+def op_counts(state_space, child):
+    """Features of the baselines: how often each (input, operator) pair occurs, and the block count."""
+    inputs = state_space.input_size
+    x = np.zeros(inputs * state_space.op_size + 1)
+    for i in range(0, len(child), 2):
+        x[child[i] * state_space.op_size + child[i + 1]] += 1
+    x[-1] = len(child) // 4
+    return x
+
+
+# Baselines on `op_counts`: seed -> an unfitted scikit-learn regressor.
+BASELINES = {
+    "ridge": lambda seed: Ridge(alpha=1.0),
+    "gbr": lambda seed: GradientBoostingRegressor(
+        n_estimators=200, max_depth=2, learning_rate=0.05, subsample=0.8, random_state=seed
+    ),
+}
+
+
+def heldout_baseline(table, b, seed, name):
+    seen = [c for k in range(1, b + 1) for c in table.children(b=k, seed=0)]
+    model = BASELINES[name](seed)
+    model.fit(np.array([op_counts(table.state_space, c) for c in seen]), [table.reward(c, 0) for c in seen])
+    targets = table.children(b=b + 1)
+    predicted = model.predict(np.array([op_counts(table.state_space, c) for c in targets]))
+    if len(set(np.round(predicted, 12))) < 2:
+        return float("nan")
+    return float(spearmanr(predicted, [table.mean_reward(c) for c in targets]).statistic)
+
+
+def mean_sd(values):
+    values = np.array(values, dtype=float)
+    return float(np.nanmean(values)), float(np.nanstd(values))
+
+
+# ------------------------------------------------------------------- search
+def search_lines(table, ks, repeats, s, root):
+    ranks = table.ranks()
+    lines = []
+    for K in ks:
+        pnas_rank, pnas_reward, rand_rank, rand_reward = [], [], [], []
+        for seed in range(repeats):
+            trained = simulate_search(table, dict(s, K_=K, SEED=seed), root)
+            best = best_found(table, trained)
+            pnas_rank.append(ranks[best])
+            pnas_reward.append(table.mean_reward(best))
+            best = best_found(table, random_search(table, len(trained), seed))
+            rand_rank.append(ranks[best])
+            rand_reward.append(table.mean_reward(best))
+        se = lambda v: float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")  # noqa: E731
+        lines.append(
+            f"search K_={K} pnas_best_rank={np.mean(pnas_rank):.1f} random_best_rank={np.mean(rand_rank):.1f} "
+            f"pnas_best_reward={np.mean(pnas_reward):.4f} random_best_reward={np.mean(rand_reward):.4f} "
+            f"repeats={repeats} pnas_rank_se={se(pnas_rank):.1f} random_rank_se={se(rand_rank):.1f}"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
+# --------------------------------------------------------------------- main
+def load_table(path):
+    from pnas.encoder import StateSpace
+
+    state_space = StateSpace(3, train.operators, 0, 0)
+    try:
+        table = SpaceTable.load(path, state_space)
+    except TableError as exc:
+        sys.exit(f"error: {exc}")
+    if not len(table):
+        sys.exit(f"error: {path} holds no rows; run python bench/space_table.py first")
+    return table
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", default=DEFAULT_TABLE, help="a CSV written by bench/space_table.py")
+    parser.add_argument("--seeds", type=int, default=5, help="surrogate seeds of the held-out measure")
+    parser.add_argument("--repeats", type=int, default=20, help="repeats of each search")
+    parser.add_argument("--k", default="4,8,16,32", help="comma-separated beam sizes K_ of the search lines")
+    parser.add_argument("--ablation", action="store_true", help="held-out rho of each encoder recipe instead")
+    args = parser.parse_args()
+
+    from pnas.worker import import_keras_quietly
+
+    import_keras_quietly()
+    start = time.time()
+    table = load_table(args.table)
+    cells = all_cells(table.state_space, 3)
+    coverage = {b: sum(c in table and 0 in table.rewards[c] for c in cells[b]) for b in cells}
+    print(f"# {args.table}: {len(table)} cells; seed-0 coverage "
+          + ", ".join(f"b={b} {coverage[b]}/{len(cells[b])}" for b in cells)
+          + f"; seed 1 for {sum(1 in r for r in table.rewards.values())}")
+    s = settings()
+    stages = [b for b in (1, 2) if coverage[b] == len(cells[b]) and coverage[b + 1] >= 3]
+
+    if args.ablation:
+        for name, recipe in RECIPES.items():
+            parts = []
+            for b in stages:
+                m, sd = mean_sd([heldout_encoder(table, b, seed, dict(s, **recipe)) for seed in range(args.seeds)])
+                parts.append(f"b={b}->{b + 1} rho={m:.2f} sd={sd:.2f}")
+            print(f"ablation {' '.join(parts)} | {name}", flush=True)
+        print(f"# {time.time() - start:.0f} s")
+        return
+
+    for b in (2, 3):
+        rho, n = noise_ceiling(table, b)
+        print(f"noise_ceiling b={b} rho={'nan' if rho is None else f'{rho:.2f}'}  # {n} cells with 2 seeds")
+    for label, overrides in (("heldout", {}), ("heldout_ensemble5", {"ENCODER_ENSEMBLE": 5})):
+        for b in stages:
+            m, sd = mean_sd([heldout_encoder(table, b, seed, dict(s, **overrides)) for seed in range(args.seeds)])
+            print(f"{label} b={b}->{b + 1} rho={m:.2f} sd={sd:.2f}", flush=True)
+    for name in BASELINES:
+        for b in stages:
+            m, sd = mean_sd([heldout_baseline(table, b, seed, name) for seed in range(args.seeds)])
+            print(f"heldout_{name} b={b}->{b + 1} rho={m:.2f} sd={sd:.2f}", flush=True)
+    if all(coverage[b] == len(cells[b]) for b in cells):
+        with tempfile.TemporaryDirectory(prefix="surrogate_eval_") as root:
+            search_lines(table, [int(k) for k in args.k.split(",")], args.repeats, s, root)
+    else:
+        print("# search lines skipped: the table lacks seed-0 rewards for some cells")
+    print(f"# {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The exhaustive space table: reading it back, and the search simulated on it (no child is trained)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from pnas.encoder import Encoder, StateSpace
+from pnas.space_table import (
+    COLUMNS,
+    SpaceTable,
+    TableError,
+    all_cells,
+    append_row,
+    best_found,
+    noise_ceiling,
+    random_search,
+    read_table,
+    simulate_search,
+)
+from tests._search_helpers import tiny_settings
+
+OPERATORS = ["3x3 bconv", "3x3 maxpool", "linear"]
+# Per-operator contribution to a synthetic reward: the best cell uses '3x3 bconv' only.
+WEIGHTS = {0: 0.05, 1: 0.02, 2: 0.0}
+
+
+def _row(space, child, seed, reward):
+    return {
+        "architecture": space.parse(child),
+        "representation_string": space.representation_string(child),
+        "b": len(child) // 4,
+        "seed": seed,
+        "reward": f"{reward:.4f}",
+        "test_accuracy": "0.5000",
+        "mul_ops": 100 * len(child),
+        "seconds": "1.0",
+    }
+
+
+def _synthetic_reward(child):
+    """Additive in the operators, higher for more blocks: the best cell is known."""
+    ops = child[1::2]
+    return 0.7 + 0.01 * (len(child) // 4) + sum(WEIGHTS[o] for o in ops) / len(ops)
+
+
+def _synthetic_table(path, B=2, seeds=(0, 1), noise=0.0):
+    space = StateSpace(B, OPERATORS)
+    rng = np.random.default_rng(0)
+    for b, cells in all_cells(space).items():
+        for child in cells:
+            for seed in seeds:
+                append_row(path, _row(space, child, seed, _synthetic_reward(child) + rng.normal(0, noise)))
+    return space
+
+
+def test_rows_round_trip_with_types(tmp_path):
+    path = tmp_path / "t.csv"
+    space = _synthetic_table(path)
+    rows = read_table(path)
+    cells = all_cells(space)
+    assert len(rows) == 2 * sum(len(c) for c in cells.values())
+    first = rows[0]
+    assert first["architecture"] == space.parse(cells[1][0])
+    assert first["b"] == 1 and first["seed"] == 0
+    assert first["reward"] == pytest.approx(_synthetic_reward(cells[1][0]), abs=1e-4)
+    assert first["test_accuracy"] == 0.5 and first["mul_ops"] == 400
+    with open(path) as f:
+        assert f.readline().strip() == ",".join(COLUMNS)
+
+
+def test_a_row_cut_short_is_dropped_and_repaired(tmp_path):
+    path = tmp_path / "t.csv"
+    space = StateSpace(1, OPERATORS)
+    cells = all_cells(space)[1]
+    append_row(path, _row(space, cells[0], 0, 0.8))
+    append_row(path, _row(space, cells[1], 0, 0.7))
+    with open(path, "a") as f:
+        f.write('"[0, \'3x3 bconv\', 0, \'lin')  # a run killed mid-write
+    assert len(read_table(path)) == 2
+    assert not open(path).read().endswith("\n")  # reading alone changes nothing
+    assert len(read_table(path, repair=True)) == 2
+    assert open(path).read().endswith("\n")
+    append_row(path, _row(space, cells[2], 0, 0.6))
+    assert [r["reward"] for r in read_table(path)] == [0.8, 0.7, 0.6]
+
+
+def test_a_file_that_is_not_a_table_is_refused(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(TableError, match="header"):
+        read_table(path)
+    assert read_table(tmp_path / "missing.csv") == []
+
+
+def test_mean_reward_ranks_and_ties():
+    space = StateSpace(1, OPERATORS)
+    a, b, c = all_cells(space)[1][:3]
+    rows = [
+        {**_typed(space, a, 0, 0.80)}, {**_typed(space, a, 1, 0.70)},  # mean 0.75
+        {**_typed(space, b, 0, 0.75)},  # mean 0.75: ties with a
+        {**_typed(space, c, 0, 0.90)},
+    ]
+    table = SpaceTable(rows, space)
+    assert table.mean_reward(a) == pytest.approx(0.75)
+    assert table.ranks() == {c: 1, a: 2, b: 2}
+    assert best_found(table, [a, b]) == a  # by the seed-0 reward the searcher saw
+
+
+def _typed(space, child, seed, reward):
+    return {"architecture": space.parse(child), "seed": seed, "reward": reward, "mul_ops": 1}
+
+
+def test_noise_ceiling_is_the_seed_to_seed_spearman(tmp_path):
+    path = tmp_path / "t.csv"
+    space = _synthetic_table(path, noise=0.0)
+    table = SpaceTable.load(path, space)
+    rho, n = noise_ceiling(table, 2)
+    assert n == len(all_cells(space)[2])
+    assert rho == pytest.approx(1.0)
+    noisy = SpaceTable.load(_noisy(tmp_path, space), space)
+    rho, _ = noise_ceiling(noisy, 2)
+    assert -0.5 < rho < 0.5  # pure noise: the two seeds do not agree
+
+
+def _noisy(tmp_path, space):
+    path = tmp_path / "noise.csv"
+    rng = np.random.default_rng(1)
+    for child in all_cells(space)[2]:
+        for seed in (0, 1):
+            append_row(path, _row(space, child, seed, rng.uniform(0.7, 0.8)))
+    return path
+
+
+def test_a_perfect_surrogate_makes_the_search_find_the_best_cell(tmp_path, monkeypatch):
+    path = tmp_path / "t.csv"
+    space = _synthetic_table(path, B=3, seeds=(0,))
+    table = SpaceTable.load(path, space)
+    best = min(table.ranks().items(), key=lambda item: item[1])[0]
+    assert best == (0, 0, 0, 0) * 3
+    # The real search loop with the encoder's predictions replaced by the truth.
+    monkeypatch.setattr(Encoder, "predict", lambda self, children: np.array([table.reward(c, 0) for c in children]))
+    settings = tiny_settings(K_=1, SEED=3)
+    trained = simulate_search(table, settings, str(tmp_path))
+    assert best_found(table, trained) == best
+    assert len(trained) == len(all_cells(space)[1]) + 2  # all 1-block cells, then K_ = 1 per stage
+    assert os.path.exists(tmp_path / "architectures" / "sim_k1_s3.jsonl")
+
+
+def test_simulated_search_trains_distinct_table_cells_with_the_real_encoder(tmp_path):
+    path = tmp_path / "t.csv"
+    space = _synthetic_table(path, B=2, seeds=(0,))
+    table = SpaceTable.load(path, space)
+    trained = simulate_search(table, tiny_settings(K_=4, SEED=0), str(tmp_path))
+    assert len(trained) == len(set(trained)) == len(all_cells(space)[1]) + 4
+    assert all(c in table for c in trained)
+    sample = random_search(table, len(trained), seed=0)
+    assert len(set(sample)) == len(trained)
+    assert random_search(table, len(trained), seed=0) == sample  # seeded
