@@ -42,7 +42,7 @@ ENCODER_TARGETS = 'standardize'  # 'standardize': rewards z-scored, linear outpu
 CHILDREN_PER_PROCESS = 10  # Children trained per worker process before it is replaced (0: in this process);
                            # TensorFlow leaks ~30 MB per trained model, which a fresh process returns
 PARALLEL_CHILDREN = 1  # Children trained side by side, each in a worker with its share of the CPU cores;
-                       # 2 on a 2-core CPU trains small children ~1.4x faster (README, "A full search on a CPU")
+                       # 2 on a 2-core CPU trains small children ~1.4x faster (docs/cpu-search.md)
 # ------------------------------------------
 
 # ------- Common Settings --------
@@ -55,11 +55,11 @@ NUM_CELLS = 3  # Number of cells stacked in each architecture; each halves the i
 NUM_CELL_FILTERS = [16, 24, 32]  # Number of filters of each operator in each cell (one entry per cell)
 DENSE_LAYERS = [32, 10]  # Units of the binary dense head; the last must be 10 (the classes).
                          # [32, 48, 64] cells with a [256, 10] head: rewards 1-3 points higher, for ~2x the
-                         # training time; every reference then meets the 0.97 target (README, Child quality)
+                         # training time; every reference then meets the 0.97 target (docs/child-training.md)
 USE_EXPANSION = False  # True: train on expanded MNIST (each image plus 4 rotated and shifted copies)
 TRAIN_SIZE = None  # Train on the first TRAIN_SIZE of the 55,000 training images only (None: all)
 TEST_CHILDREN = True  # Evaluate every child on the 10,000 test images too (the summary's test column);
-                      # False saves ~1-3 s per child, which matters in a proxy search (README, "A full search on a CPU")
+                      # False saves ~1-3 s per child, which matters in a proxy search (docs/cpu-search.md)
 operators = ['3x3 sep-bconv', '5x5 sep-bconv', '1x7-7x1 bconv',
              '3x3 bconv']  # Operations of the search space (all are defined in pnas/model.py)
 # --------------------------------
@@ -67,11 +67,11 @@ operators = ['3x3 sep-bconv', '5x5 sep-bconv', '1x7-7x1 bconv',
 # ------- Child Training Settings --------
 BINARY_H = 'Glorot'  # Binary weights are ±H; latent weights start in and are clipped to [-H, H].
                      # 'Glorot' (the BNN paper's): with H=1 Adam's small steps rarely flip a sign and
-                     # 1-block children reached only 0.63-0.75 after 3 epochs (README, Child training)
+                     # 1-block children reached only 0.63-0.75 after 3 epochs (docs/child-training.md)
 KERNEL_LR_MULTIPLIER = 'Glorot'  # Scales the latent kernels' gradient (no effect with Adam)
 LR_START = 3e-2  # Adam learning rate at a child's first step; binary weights need large steps to flip:
                  # 1e-3 (the original's) gave 1.5-4 points lower rewards after 3 epochs, 1e-2 0.3-1.3
-                 # points lower than 3e-2 (README, Child training)
+                 # points lower than 3e-2 (docs/child-training.md)
 LR_END = 1e-4  # ... decaying exponentially to this at its last step
 LOSS = 'squared_hinge'  # 'squared_hinge' (the original's, labels ±1) or 'crossentropy'
 # ----------------------------------------

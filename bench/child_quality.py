@@ -13,7 +13,7 @@ experiment: H, KERNEL_LR_MULTIPLIER, LR_START, LR_END, LOSS, BATCHSIZE,
 DENSE_LAYERS, NUM_CELL_FILTERS, BN_MOMENTUM, FLOAT_TWIN. With the defaults three
 of the four references meet the targets; all four do with
 `--config '{"NUM_CELL_FILTERS": [32, 48, 64], "DENSE_LAYERS": [256, 10]}'`
-(README, Child quality).
+(docs/child-training.md).
 """
 
 import argparse

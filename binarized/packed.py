@@ -1,0 +1,755 @@
+"""Bit-packed binary networks and a pure-NumPy XNOR-popcount inference engine.
+
+This module imports neither TensorFlow nor Keras: a file written by
+`binarized.export` runs with NumPy (>= 2.0, for `np.bitwise_count`) alone.
+
+Packing (the layout of Larq Compute Engine): ±1 values are packed along the
+channel axis into 32-bit words, least-significant bit first; bit 1 means -1
+and bit 0 means +1; the unused tail bits of the last word are 0. For n values
+packed into words `a` and `b`, the dot product is `n - 2 * popcount(a ^ b)`
+(XNOR-popcount), since a bit of `a ^ b` is 1 exactly where the signs differ.
+
+The engine runs a binary conv or dense layer, its BatchNorm and its sign as
+one step: popcounts give the integer pre-activation `s`, and the sign is
+`s >= threshold[channel]` (the BatchNorm folded into an integer threshold,
+see `docs/packed.md`), so no float exists between two binary layers. Floats
+appear only where Keras has real values: the image, average pooling, and the
+final BatchNorm's scores.
+
+Keras pads 'same' convolutions with 0, which is neither +1 nor -1. The engine
+pads with the bit 0 (+1) and subtracts, per output position and channel, the
+contribution the padded taps added (`sum` of the weights at those taps), as
+Larq Compute Engine does; see `_padding_correction`.
+"""
+
+import json
+import zipfile
+
+import numpy as np
+
+FORMAT_NAME = "bnn-packed"
+FORMAT_VERSION = 1
+WORD_BITS = 32
+# Positions per chunk in the popcount loops: keeps the (positions, out, words)
+# XOR array in cache-friendly sizes.
+_CHUNK_WORDS = 1 << 18
+
+
+# ---------------------------------------------------------------------------
+# Packing
+# ---------------------------------------------------------------------------
+
+
+def words_for(channels):
+    """Number of 32-bit words holding `channels` bits."""
+    return -(-int(channels) // WORD_BITS)
+
+
+def pack_bits(negative):
+    """Packs booleans (True = -1) along the last axis into uint32 words.
+
+    Args:
+        negative: Bool array (..., C); True where the value is -1.
+
+    Returns:
+        uint32 array (..., ceil(C / 32)); bit i of word j is channel 32 j + i;
+        tail bits are 0.
+    """
+    negative = np.asarray(negative, dtype=bool)
+    channels = negative.shape[-1]
+    # packbits zero-fills the last byte; whole zero bytes complete the last word.
+    packed = np.packbits(negative, axis=-1, bitorder="little")
+    n_bytes = 4 * words_for(channels)
+    if packed.shape[-1] != n_bytes:
+        full = np.zeros(packed.shape[:-1] + (n_bytes,), np.uint8)
+        full[..., :packed.shape[-1]] = packed
+        packed = full
+    return np.ascontiguousarray(packed).view("<u4").astype(np.uint32, copy=False)
+
+
+def pack(values):
+    """Packs ±1 values (any real array; < 0 counts as -1) along the last axis."""
+    return pack_bits(np.asarray(values) < 0)
+
+
+def unpack_bits(words, channels):
+    """Inverse of `pack_bits`: bool array (..., channels), True where -1."""
+    words = np.ascontiguousarray(words, dtype=np.uint32).astype("<u4", copy=False)
+    as_bytes = words.view(np.uint8)
+    return np.unpackbits(as_bytes, axis=-1, count=int(channels), bitorder="little").astype(bool)
+
+
+def unpack(words, channels, dtype=np.float32):
+    """Packed words -> ±1 values of `dtype`, shape (..., channels)."""
+    return np.where(unpack_bits(words, channels), -1, 1).astype(dtype)
+
+
+def binary_dot(a, b, n):
+    """Dot product of two packed ±1 vectors of n values: n - 2 popcount(a ^ b)."""
+    return int(n) - 2 * int(np.bitwise_count(np.bitwise_xor(a, b)).sum())
+
+
+def concat_bits(parts):
+    """Concatenates packed tensors along channels, at bit granularity.
+
+    Args:
+        parts: List of (words (..., ceil(C_i / 32)), C_i).
+
+    Returns:
+        (words (..., ceil(sum C_i / 32)), sum C_i): the channels of part i
+        start at bit sum_{j<i} C_j; the tail bits stay 0.
+    """
+    total = sum(c for _, c in parts)
+    lead = parts[0][0].shape[:-1]
+    out = np.zeros(lead + (words_for(total) + 1,), np.uint64)
+    offset = 0
+    for words, channels in parts:
+        q, r = divmod(offset, WORD_BITS)
+        n = words.shape[-1]
+        shifted = words.astype(np.uint64) << np.uint64(r)
+        out[..., q:q + n] |= shifted & np.uint64(0xFFFFFFFF)
+        out[..., q + 1:q + 1 + n] |= shifted >> np.uint64(WORD_BITS)
+        offset += channels
+    return out[..., :words_for(total)].astype(np.uint32), total
+
+
+def _repeat_channels(words, channels, repeats):
+    """Each channel repeated `repeats` times in place (c -> c * r .. c * r + r - 1)."""
+    if repeats == 1:
+        return words, channels
+    bits = np.repeat(unpack_bits(words, channels), repeats, axis=-1)
+    return pack_bits(bits), channels * repeats
+
+
+# ---------------------------------------------------------------------------
+# Geometry helpers
+# ---------------------------------------------------------------------------
+
+
+def _same_padding(size, kernel, stride):
+    """TensorFlow's 'same' padding: (output size, pad before, pad after)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def _geometry(in_hw, kernel, strides, padding):
+    """Output size and padding per axis: ((Ho, Wo), ((top, bottom), (left, right)))."""
+    out, pads = [], []
+    for size, k, s in zip(in_hw, kernel, strides):
+        if padding == "same":
+            o, a, b = _same_padding(size, k, s)
+        else:
+            o, a, b = (size - k) // s + 1, 0, 0
+        if o <= 0:
+            raise ValueError(f"kernel {kernel} does not fit input {in_hw} with padding {padding!r}")
+        out.append(o)
+        pads.append((a, b))
+    return tuple(out), tuple(pads)
+
+
+def _padded_taps(in_hw, kernel, strides, pads, out_hw, zero=None):
+    """Bool (Ho, Wo, kh * kw): True where the tap reads padding (or a pixel of `zero`).
+
+    Args:
+        zero: Optional bool (H, W): pixels whose value is 0 at every channel
+            (left by a ZeroPadding2D), which a conv must treat as padding.
+    """
+    (top, bottom), (left, right) = pads
+    mask = np.ones((in_hw[0] + top + bottom, in_hw[1] + left + right), bool)
+    mask[top:top + in_hw[0], left:left + in_hw[1]] = False if zero is None else zero
+    sh, sw = strides
+    ho, wo = out_hw
+    taps = [
+        mask[i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+        for i in range(kernel[0])
+        for j in range(kernel[1])
+    ]
+    return np.stack(taps, axis=-1)
+
+
+def _windows(x, kernel, strides, pads, out_hw, fill):
+    """Yields (tap index, strided view of x for that tap), x (N, H, W, C) padded with `fill`."""
+    (top, bottom), (left, right) = pads
+    if top or bottom or left or right:
+        n, h, w, c = x.shape
+        padded = np.full((n, h + top + bottom, w + left + right, c), fill, x.dtype)
+        padded[:, top:top + h, left:left + w, :] = x
+        x = padded
+    sh, sw = strides
+    ho, wo = out_hw
+    tap = 0
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            yield tap, x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+            tap += 1
+
+
+def _im2col(x, kernel, strides, pads, out_hw, fill):
+    """(N, H, W, C) -> (N * Ho * Wo, kh * kw * C), taps major, channels minor."""
+    n, c = x.shape[0], x.shape[-1]
+    cols = np.empty((n, out_hw[0], out_hw[1], kernel[0] * kernel[1], c), x.dtype)
+    for tap, view in _windows(x, kernel, strides, pads, out_hw, fill):
+        cols[:, :, :, tap, :] = view
+    return cols.reshape(n * out_hw[0] * out_hw[1], -1)
+
+
+def _planar(words):
+    """(N, H, W, words) -> (words, N, H, W): each word index becomes one long plane.
+
+    NumPy's loops are fast along long contiguous axes; the channel-word axis
+    is short (1-3 words), so the popcount kernels work word-plane by plane.
+    """
+    return np.ascontiguousarray(np.moveaxis(words, -1, 0))
+
+
+def _pair_words(rows):
+    """(K, ...) uint32 -> (ceil(K / 2), ...) uint64: rows 2i and 2i + 1 in one word.
+
+    A popcount of a XOR (or AND) summed over all words does not depend on how
+    the words are grouped, so two 32-bit words can be counted as one 64-bit
+    word (half the operations). A zero row pads odd K.
+    """
+    rows = np.asarray(rows, np.uint32)
+    low = rows[0::2].astype(np.uint64)
+    if rows.shape[0] > 1:
+        high = rows[1::2].astype(np.uint64) << np.uint64(32)
+        low[: high.shape[0]] |= high
+    return low
+
+
+def _im2col_planar(planes, kernel, strides, pads, out_hw):
+    """Planar words (Wc, N, H, W) -> (taps * Wc, N * Ho * Wo), tap major, zero padding."""
+    wc, n = planes.shape[:2]
+    (top, bottom), (left, right) = pads
+    if top or bottom or left or right:
+        padded = np.zeros((wc, n, planes.shape[2] + top + bottom, planes.shape[3] + left + right), planes.dtype)
+        padded[:, :, top:top + planes.shape[2], left:left + planes.shape[3]] = planes
+        planes = padded
+    sh, sw = strides
+    ho, wo = out_hw
+    taps = kernel[0] * kernel[1]
+    cols = np.empty((taps, wc, n, ho, wo), planes.dtype)
+    tap = 0
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            cols[tap] = planes[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+            tap += 1
+    return cols.reshape(taps * wc, n * ho * wo)
+
+
+def _xor_popcount(cols, weights):
+    """sum_k popcount(cols[k, p] ^ weights[o, k]) -> int32 (P, O).
+
+    Args:
+        cols: uint64 (K, P), positions along the long axis.
+        weights: uint64 (O, K).
+    """
+    k, p_total = cols.shape
+    o = weights.shape[0]
+    out = np.empty((o, p_total), np.int32)
+    step = max(256, _CHUNK_WORDS // max(1, o * k))
+    for start in range(0, p_total, step):
+        block = cols[:, start:start + step]
+        x = np.bitwise_xor(block[None, :, :], weights[:, :, None])
+        np.sum(np.bitwise_count(x), axis=1, dtype=np.int32, out=out[:, start:start + step])
+    return out.T
+
+
+def _and_popcount(planes, weights, scale):
+    """sum_k scale[k] sum_w popcount(planes[k, w, p] & weights[o, w]) -> int64 (P, O).
+
+    Args:
+        planes: uint (K, Wd, P).
+        weights: uint (O, Wd), same dtype.
+        scale: int (K,), the place value of each plane.
+    """
+    kplanes, nw, p_total = planes.shape
+    o = weights.shape[0]
+    out = np.empty((o, p_total), np.int64)
+    step = max(256, _CHUNK_WORDS // max(1, o * kplanes * nw))
+    for start in range(0, p_total, step):
+        block = planes[:, :, start:start + step]
+        x = np.bitwise_and(block[None], weights[:, None, :, None])  # (O, K, Wd, p)
+        counts = np.sum(np.bitwise_count(x), axis=2, dtype=np.int32)  # (O, K, p)
+        out[:, start:start + step] = np.tensordot(scale, counts, axes=(0, 1))
+    return out.T
+
+
+# ---------------------------------------------------------------------------
+# Values flowing through the engine
+# ---------------------------------------------------------------------------
+
+
+class Bits:
+    """A packed ±1 tensor: words (N, H, W, ceil(C / 32)) uint32 and C.
+
+    `zero`, if not None, is a bool (H, W) mask of pixels that are 0 at every
+    channel (a ZeroPadding2D's border); their words are 0 and a conv treats
+    them as padding.
+    """
+
+    kind = "bits"
+
+    def __init__(self, words, channels, zero=None):
+        self.words, self.channels = words, int(channels)
+        self.zero = zero if zero is not None and zero.any() else None
+
+    @property
+    def hw(self):
+        return self.words.shape[1:3]
+
+    def to_float(self):
+        values = unpack(self.words, self.channels, np.float32)
+        if self.zero is not None:
+            values[:, self.zero, :] = 0.0
+        return values
+
+
+class Real:
+    """A real-valued tensor (N, H, W, C) float32."""
+
+    kind = "float"
+
+    def __init__(self, values):
+        self.values = values
+        self.channels = values.shape[-1]
+
+    @property
+    def hw(self):
+        return self.values.shape[1:3]
+
+    def to_float(self):
+        return self.values
+
+
+# ---------------------------------------------------------------------------
+# Nodes
+# ---------------------------------------------------------------------------
+
+
+class _Node:
+    def __init__(self, spec):
+        self.spec = spec
+        self.name = spec["name"]
+        self.inputs = spec.get("in", [])
+        if isinstance(self.inputs, int):
+            self.inputs = [self.inputs]
+
+
+class _Input(_Node):
+    def run(self, values, images):
+        return Real(np.asarray(images, np.float32))
+
+
+def _padding_correction(in_hw, kernel, strides, pads, out_hw, tap_sums, zero=None):
+    """Integer correction (Ho, Wo, O) that turns 'padding is +1' into 'padding is 0'.
+
+    Args:
+        tap_sums: int (kh * kw, O): for each tap, what an input of +1 at
+            every channel of that tap adds to each output.
+    """
+    mask = _padded_taps(in_hw, kernel, strides, pads, out_hw, zero)
+    if not mask.any():
+        return None
+    return np.tensordot(mask.astype(np.int64), tap_sums.astype(np.int64), axes=(2, 0)).astype(np.int32)
+
+
+class _BinaryLayer(_Node):
+    """Shared by conv, separable conv and dense: thresholds or scores.
+
+    Output 'bits': `s >= thr` per channel gives +1 (bit 0). Output 'float':
+    `float32(s * h) * inv + off` in float32, as Keras's BatchNorm computes.
+    On a real-valued input, `s` is a float sum and the sign is taken from the
+    same float32 BatchNorm formula.
+    """
+
+    def __init__(self, spec, sections):
+        super().__init__(spec)
+        self.out_kind = spec["out"]
+        self.cout = spec["cout"]
+        self.h = float(spec["h"])
+        self.thr = sections.ints(spec["thr"]) if "thr" in spec else None
+        self.inv = sections.floats(spec["inv"]) if "inv" in spec else None
+        self.off = sections.floats(spec["off"]) if "off" in spec else None
+
+    def _finish(self, s, from_bits):
+        """s: (N, Ho, Wo, O) int or float pre-activations -> Bits or Real."""
+        if self.out_kind == "bits" and from_bits:
+            return Bits(pack_bits(s < self.thr), self.cout)
+        x = (s * self.h).astype(np.float32)
+        y = x * self.inv + self.off
+        if self.out_kind == "bits":
+            return Bits(pack_bits(y < 0), self.cout)
+        return Real(y)
+
+
+class _Conv(_BinaryLayer):
+    """A binary conv (or dense, as a conv whose kernel covers the input)."""
+
+    def __init__(self, spec, sections):
+        super().__init__(spec, sections)
+        self.kernel = tuple(spec["k"])
+        self.strides = tuple(spec.get("s", (1, 1)))
+        self.padding = spec.get("pad", "valid")
+        self.cin = spec["cin"]
+        taps = self.kernel[0] * self.kernel[1]
+        negative = sections.bits(spec["w"], (self.cout, taps, self.cin))
+        self.n = taps * self.cin
+        self.w_words = _pair_words(pack_bits(negative).reshape(self.cout, -1).T).T.copy()  # (O, K64)
+        self.w_float = np.where(negative, -1, 1).astype(np.float32).reshape(self.cout, -1).T.copy()  # (taps * cin, O)
+        # Sum over channels of each tap's ±1 weights: what a padded +1 tap adds.
+        self.tap_sums = (self.cin - 2 * negative.sum(axis=2)).T  # (taps, O)
+        self._corr = {}
+
+    def shape(self, in_hw):
+        return _geometry(in_hw, self.kernel, self.strides, self.padding)
+
+    def macs(self, in_hw):
+        out_hw, _ = self.shape(in_hw)
+        return out_hw[0] * out_hw[1] * self.n * self.cout
+
+    def correction(self, in_hw, zero=None):
+        key = (in_hw, None if zero is None else zero.tobytes())
+        if key not in self._corr:
+            out_hw, pads = self.shape(in_hw)
+            self._corr[key] = _padding_correction(in_hw, self.kernel, self.strides, pads, out_hw, self.tap_sums, zero)
+        return self._corr[key]
+
+    def preactivation(self, value):
+        """Integer (bits input) or float (real input) sums (N, Ho, Wo, O)."""
+        in_hw = tuple(value.hw)
+        out_hw, pads = self.shape(in_hw)
+        n = value.words.shape[0] if value.kind == "bits" else value.values.shape[0]
+        if value.kind == "bits":
+            cols = _pair_words(_im2col_planar(_planar(value.words), self.kernel, self.strides, pads, out_hw))
+            pc = _xor_popcount(cols, self.w_words)
+            s = (self.n - 2 * pc).reshape(n, out_hw[0], out_hw[1], self.cout)
+            corr = self.correction(in_hw, value.zero)
+            if corr is not None:
+                s -= corr
+            return s
+        cols = _im2col(value.values, self.kernel, self.strides, pads, out_hw, 0.0)
+        return (cols @ self.w_float).reshape(n, out_hw[0], out_hw[1], self.cout)
+
+    def run(self, values, images):
+        value = values[self.inputs[0]]
+        return self._finish(self.preactivation(value), value.kind == "bits")
+
+
+class _Separable(_BinaryLayer):
+    """A binary separable conv: ±1 depthwise taps, then ±1 pointwise on integers.
+
+    On bits, the depthwise step XORs each tap's input words with the tap's
+    weight words and adds the resulting bits into a bit-sliced counter (one
+    word per counter bit), so the depthwise output stays an integer per
+    channel, held as bit planes. The pointwise step is then popcounts over
+    those planes: with d = taps - 2 u and u = sum_k 2^k plane_k,
+    sum_c w_c d_c = taps sum_c w_c - 2 U + 4 sum_k 2^k popcount(plane_k & neg),
+    where `neg` holds the pointwise weights' -1 bits and U = sum_c u_c.
+    """
+
+    def __init__(self, spec, sections):
+        super().__init__(spec, sections)
+        self.kernel = tuple(spec["k"])
+        self.strides = tuple(spec.get("s", (1, 1)))
+        self.padding = spec.get("pad", "valid")
+        self.cin = spec["cin"]
+        self.dm = spec["dm"]
+        self.taps = self.kernel[0] * self.kernel[1]
+        self.mid = self.cin * self.dm
+        dw_neg = sections.bits(spec["wd"], (self.taps, self.mid))
+        pw_neg = sections.bits(spec["wp"], (self.cout, self.mid))
+        self.dw_words = pack_bits(dw_neg)  # (taps, words)
+        self.pw_words = pack_bits(pw_neg)  # (O, words)
+        self.dw_float = np.where(dw_neg, -1, 1).astype(np.float32)  # (taps, mid)
+        self.pw_float = np.where(pw_neg, -1, 1).astype(np.float32).T.copy()  # (mid, O)
+        self.pw_sum = (self.mid - 2 * pw_neg.sum(axis=1)).astype(np.int64)  # (O,)
+        self.planes = int(self.taps).bit_length()
+        self.place = (1 << np.arange(self.planes)).astype(np.int64)
+        # A padded tap read as +1 adds dw[tap, c] to channel c, hence
+        # sum_c dw[tap, c] pw[c, o] to output o.
+        self.tap_sums = np.where(dw_neg, -1, 1).astype(np.int64) @ np.where(pw_neg, -1, 1).astype(np.int64).T
+        self._corr = {}
+
+    def shape(self, in_hw):
+        return _geometry(in_hw, self.kernel, self.strides, self.padding)
+
+    def macs(self, in_hw):
+        out_hw, _ = self.shape(in_hw)
+        return out_hw[0] * out_hw[1] * (self.taps * self.mid + self.mid * self.cout)
+
+    def correction(self, in_hw, zero=None):
+        key = (in_hw, None if zero is None else zero.tobytes())
+        if key not in self._corr:
+            out_hw, pads = self.shape(in_hw)
+            self._corr[key] = _padding_correction(in_hw, self.kernel, self.strides, pads, out_hw, self.tap_sums, zero)
+        return self._corr[key]
+
+    def depthwise_planes(self, value):
+        """Bit-sliced counts u (per channel: the taps whose input and weight differ).
+
+        Returns:
+            (uint32 (K, words, N * Ho * Wo): plane k holds bit k of every count, (Ho, Wo)).
+        """
+        in_hw = tuple(value.hw)
+        out_hw, pads = self.shape(in_hw)
+        words, _ = _repeat_channels(value.words, value.channels, self.dm)
+        cols = _im2col_planar(_planar(words), self.kernel, self.strides, pads, out_hw)
+        nw = words.shape[-1]
+        cols = cols.reshape(self.taps, nw, -1)
+        planes = np.zeros((self.planes, nw, cols.shape[-1]), np.uint32)
+        carry = np.empty_like(cols[0])
+        spare = np.empty_like(cols[0])
+        for tap in range(self.taps):
+            np.bitwise_xor(cols[tap], self.dw_words[tap][:, None], out=carry)
+            for k in range(self.planes):
+                if k == self.planes - 1:
+                    planes[k] ^= carry  # a count never exceeds `taps`: no carry out
+                    break
+                np.bitwise_and(planes[k], carry, out=spare)
+                planes[k] ^= carry
+                carry, spare = spare, carry
+        return planes, out_hw
+
+    def preactivation(self, value):
+        in_hw = tuple(value.hw)
+        n = value.words.shape[0] if value.kind == "bits" else value.values.shape[0]
+        if value.kind == "bits":
+            planes, out_hw = self.depthwise_planes(value)
+            counts = np.bitwise_count(planes).sum(axis=1, dtype=np.int64)  # (K, P)
+            total = self.place @ counts  # U, (P,)
+            masked = _and_popcount(planes, self.pw_words, self.place)  # (P, O)
+            s = self.taps * self.pw_sum[None, :] - 2 * total[:, None] + 4 * masked
+            s = s.astype(np.int32).reshape(n, out_hw[0], out_hw[1], self.cout)
+            corr = self.correction(in_hw, value.zero)
+            if corr is not None:
+                s -= corr
+            return s
+        out_hw, pads = self.shape(in_hw)
+        x = value.values
+        if self.dm == 1:
+            depth = np.zeros((n, out_hw[0], out_hw[1], self.mid), np.float32)
+            for tap, view in _windows(x, self.kernel, self.strides, pads, out_hw, 0.0):
+                depth += view * self.dw_float[tap]
+        else:
+            # Thin input (the image): per input channel, a (positions, taps) x (taps, dm) product.
+            cols = _im2col(x, self.kernel, self.strides, pads, out_hw, 0.0).reshape(-1, self.taps, self.cin)
+            weights = self.dw_float.reshape(self.taps, self.cin, self.dm)
+            depth = np.empty((cols.shape[0], self.cin, self.dm), np.float32)
+            for c in range(self.cin):
+                depth[:, c, :] = cols[:, :, c] @ weights[:, c, :]
+        return (depth.reshape(-1, self.mid) @ self.pw_float).reshape(n, out_hw[0], out_hw[1], self.cout)
+
+    def run(self, values, images):
+        value = values[self.inputs[0]]
+        return self._finish(self.preactivation(value), value.kind == "bits")
+
+
+class _Pool(_Node):
+    """Max or average pooling. Max of ±1 is -1 only where all are -1: an AND of the bits."""
+
+    def __init__(self, spec, sections):
+        super().__init__(spec)
+        self.mode = spec["op"]
+        self.kernel = tuple(spec["k"])
+        self.strides = tuple(spec["s"])
+        self.padding = spec["pad"]
+
+    def run(self, values, images):
+        value = values[self.inputs[0]]
+        out_hw, pads = _geometry(tuple(value.hw), self.kernel, self.strides, self.padding)
+        if self.mode == "maxpool" and value.kind == "bits" and value.zero is None:
+            # Padding is all ones (-1), the identity of AND; tail bits stay 0.
+            out = None
+            for _, view in _windows(value.words, self.kernel, self.strides, pads, out_hw, 0xFFFFFFFF):
+                out = view.copy() if out is None else np.bitwise_and(out, view, out=out)
+            return Bits(out, value.channels)
+        x = value.to_float()
+        if self.mode == "maxpool":
+            out = None
+            for _, view in _windows(x, self.kernel, self.strides, pads, out_hw, -np.inf):
+                out = view.copy() if out is None else np.maximum(out, view, out=out)
+            return Real(out)
+        # Average over the valid taps only (TensorFlow's 'same' average pooling).
+        total = np.zeros((x.shape[0], out_hw[0], out_hw[1], x.shape[-1]), np.float32)
+        for _, view in _windows(x, self.kernel, self.strides, pads, out_hw, 0.0):
+            total += view
+        count = (~_padded_taps(tuple(value.hw), self.kernel, self.strides, pads, out_hw)).sum(axis=-1)
+        return Real((total / count[None, :, :, None].astype(np.float32)).astype(np.float32))
+
+
+class _Concat(_Node):
+    def __init__(self, spec, sections):
+        super().__init__(spec)
+
+    def run(self, values, images):
+        parts = [values[i] for i in self.inputs]
+        if all(p.kind == "bits" for p in parts):
+            zeros = {None if p.zero is None else p.zero.tobytes() for p in parts}
+            if len(zeros) == 1:
+                words, channels = concat_bits([(p.words, p.channels) for p in parts])
+                return Bits(words, channels, parts[0].zero)
+        return Real(np.concatenate([p.to_float() for p in parts], axis=-1))
+
+
+class _Shift(_Node):
+    """ZeroPadding2D ('zeropad') or Cropping2D ('crop') by ((top, bottom), (left, right))."""
+
+    def __init__(self, spec, sections):
+        super().__init__(spec)
+        self.mode = spec["op"]
+        (self.top, self.bottom), (self.left, self.right) = spec["amount"]
+
+    def run(self, values, images):
+        value = values[self.inputs[0]]
+        h, w = value.hw
+        if value.kind == "bits":
+            zero = np.zeros((h, w), bool) if value.zero is None else value.zero
+            arrays = [value.words, zero[None, :, :, None]]
+        else:
+            arrays = [value.values]
+        out = []
+        for a in arrays:
+            if self.mode == "zeropad":
+                # Words of 0 (+1, corrected as padding); the mask marks the new border True.
+                shape = (a.shape[0], h + self.top + self.bottom, w + self.left + self.right, a.shape[3])
+                full = np.full(shape, a.dtype == bool, a.dtype)
+                full[:, self.top:self.top + h, self.left:self.left + w] = a
+                out.append(full)
+            else:
+                out.append(np.ascontiguousarray(a[:, self.top:h - self.bottom, self.left:w - self.right]))
+        if value.kind == "bits":
+            return Bits(out[0], value.channels, out[1][0, :, :, 0])
+        return Real(out[0])
+
+
+class _Flatten(_Node):
+    """A no-op: the dense layer after it reads (N, H, W, C) as a conv over all of H x W."""
+
+    def __init__(self, spec, sections):
+        super().__init__(spec)
+
+    def run(self, values, images):
+        return values[self.inputs[0]]
+
+
+_NODE_TYPES = {
+    "input": lambda spec, sections: _Input(spec),
+    "conv": _Conv,
+    "dense": _Conv,
+    "sep": _Separable,
+    "maxpool": _Pool,
+    "avgpool": _Pool,
+    "concat": _Concat,
+    "flatten": _Flatten,
+    "zeropad": _Shift,
+    "crop": _Shift,
+}
+
+
+class _Sections:
+    """Reads the typed sections of a packed file's payload."""
+
+    def __init__(self, header, payload):
+        self.header = header
+        secs = header["sections"]
+        b_off, b_count = secs["bits"]
+        self._bits = np.unpackbits(payload[b_off:b_off + 4 * b_count], bitorder="little").astype(bool)
+        i_off, i_count, i_dtype = secs["ints"]
+        self._ints = payload[i_off:i_off + np.dtype(i_dtype).itemsize * i_count].view(i_dtype).astype(np.int32)
+        f_off, f_count = secs["floats"]
+        self._floats = payload[f_off:f_off + 4 * f_count].view("<f4").astype(np.float32)
+
+    def bits(self, ref, shape):
+        start, count = ref
+        return self._bits[start:start + count].reshape(shape)
+
+    def ints(self, ref):
+        start, count = ref
+        return self._ints[start:start + count]
+
+    def floats(self, ref):
+        start, count = ref
+        return self._floats[start:start + count]
+
+
+class PackedFormatError(ValueError):
+    """A file is not a packed binary network this engine can read."""
+
+
+class PackedModel:
+    """A binary network run with XNOR-popcount in NumPy.
+
+    Load a file written by `binarized.export` with `PackedModel.load(path)`;
+    `predict(images)` returns the scores of the model's last BatchNorm.
+    """
+
+    def __init__(self, header, payload):
+        if header.get("format") != FORMAT_NAME or header.get("version") != FORMAT_VERSION:
+            raise PackedFormatError(
+                f"expected format {FORMAT_NAME!r} version {FORMAT_VERSION}, found "
+                f"{header.get('format')!r} version {header.get('version')!r}"
+            )
+        self.header = header
+        self.input_shape = tuple(header["input_shape"])
+        sections = _Sections(header, payload)
+        self.nodes = []
+        for spec in header["nodes"]:
+            if spec["op"] not in _NODE_TYPES:
+                raise PackedFormatError(f"unknown node type {spec['op']!r} (node {spec['name']!r})")
+            self.nodes.append(_NODE_TYPES[spec["op"]](spec, sections))
+        self.names = [node.name for node in self.nodes]
+
+    @classmethod
+    def load(cls, path):
+        """Reads a `.npz` file written by `binarized.export.export_model`."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                header = json.loads(bytes(data["header"]).decode("utf-8"))
+                payload = np.array(data["payload"], dtype=np.uint8)
+        except (KeyError, ValueError, zipfile.BadZipFile) as exc:
+            raise PackedFormatError(f"{path} is not a packed binary network: {exc}") from exc
+        return cls(header, payload)
+
+    def run(self, images, keep=False):
+        """Runs the graph; returns the last value, or all values by node name if `keep`."""
+        images = np.asarray(images, np.float32)
+        if images.shape[1:] != self.input_shape:
+            raise ValueError(f"images must have shape (N, {', '.join(map(str, self.input_shape))}), received {images.shape}")
+        values = []
+        for node in self.nodes:
+            values.append(node.run(values, images))
+        if keep:
+            return dict(zip(self.names, values))
+        return values[-1]
+
+    def predict(self, images, batch_size=256):
+        """Scores (N, classes) float32 for float images in [-1, 1]."""
+        images = np.asarray(images, np.float32)
+        outs = []
+        for start in range(0, len(images), batch_size):
+            out = self.run(images[start:start + batch_size]).to_float()
+            outs.append(out.reshape(out.shape[0], -1))
+        return np.concatenate(outs, axis=0)
+
+    def activations(self, images):
+        """±1 float32 arrays (N, H, W, C) of every node whose output is bits, by node name."""
+        values = self.run(images, keep=True)
+        return {name: v.to_float() for name, v in values.items() if v.kind == "bits"}
+
+    def macs(self):
+        """(XNOR-popcount MACs, all MACs) per image, counted as `pnas.footprint` counts them.
+
+        A conv or dense layer's MACs are XNOR-popcount when its input is packed
+        bits; it finds out by running one blank image.
+        """
+        values = self.run(np.zeros((1,) + self.input_shape, np.float32), keep=True)
+        binary = total = 0
+        for node in self.nodes:
+            if isinstance(node, (_Conv, _Separable)):
+                value = values[self.names[node.inputs[0]]]
+                m = node.macs(tuple(value.hw))
+                total += m
+                binary += m if value.kind == "bits" else 0
+        return binary, total
