@@ -35,14 +35,21 @@ INPUT_LOOKFORWARD_DEPTH = 0  # Earlier blocks of the same cell a block may read 
 MAX_CONSECUTIVE_FAILURES = 3  # Stop the search after this many failed children in a row
 MAX_MUL_OPS = None  # Op budget: children with more binary multiply-accumulates are skipped (None: off)
 ENCODER_ENSEMBLE = 1  # Encoders averaged for ranking; with n > 1 each trains on a different (n-1)/n
-ENCODER_BATCHSIZE = 1  # Children per encoder gradient step (the original's: 1; None: all in one batch)
+ENCODER_BATCHSIZE = 1  # Children per encoder gradient step (the original's: 1; None: all in one batch,
+                       # 15 steps per stage, which ranked no better than chance: docs/surrogate.md)
 ENCODER_LR = 1e-3  # Encoder's Adam learning rate, x0.98 every 500 steps (the original's schedule)
-ENCODER_TARGETS = 'standardize'  # 'standardize': rewards z-scored, linear output; 'raw': the original's
-                                 # sigmoid on raw rewards (docs/surrogate.md measures both)
+ENCODER_TARGETS = 'raw'  # 'raw': the original's sigmoid output on the rewards as they are; 'standardize':
+                         # rewards z-scored, linear output (ranked alike: docs/surrogate.md)
 CHILDREN_PER_PROCESS = 10  # Children trained per worker process before it is replaced (0: in this process);
                            # TensorFlow leaks ~30 MB per trained model, which a fresh process returns
 PARALLEL_CHILDREN = 1  # Children trained side by side, each in a worker with its share of the CPU cores;
                        # 2 on a 2-core CPU trains small children ~1.4x faster (docs/cpu-search.md)
+RUNNER = 'processes'  # Where children train: 'processes' (worker processes on this machine, or this process
+                      # with CHILDREN_PER_PROCESS=0), 'inline' (this process) or 'ray' (docs/cluster.md)
+RAY_ADDRESS = None  # RUNNER='ray': None starts a Ray on this machine; 'auto' or 'host:port' joins a cluster
+RAY_CPUS_PER_CHILD = 1  # RUNNER='ray': CPU cores of each child's task (its TensorFlow threads)
+RAY_GPUS_PER_CHILD = 0  # RUNNER='ray': GPUs of each child's task (e.g. 1, or 0.5 for two children per GPU)
+RAY_MAX_RETRIES = 1  # RUNNER='ray': reruns of a child whose worker or node died, before it is failed
 # ------------------------------------------
 
 # ------- Common Settings --------
@@ -84,18 +91,8 @@ REPRESENTATION_STRING = "[[1. 0. 0.]] [[1. 0. 0. 0.]] [[1. 0. 0.]] [[1. 0. 0. 0.
 LOAD_SAVED = False  # Continue the -ta training from its saved best weights
 # ------------------------------------------
 
-SETTINGS = [
-    "EXPERIMENT_NAME", "SEED", "OVERWRITE", "VERBOSE",
-    "B", "K_", "REGULARIZATION", "CONTROLLER_CELLS", "RNN_TRAINING_EPOCHS", "RESTORE_CONTROLLER",
-    "INPUT_LOOKBACK_DEPTH", "INPUT_LOOKFORWARD_DEPTH", "MAX_CONSECUTIVE_FAILURES", "MAX_MUL_OPS",
-    "ENCODER_ENSEMBLE",
-    "ENCODER_BATCHSIZE", "ENCODER_LR", "ENCODER_TARGETS",
-    "CHILDREN_PER_PROCESS", "PARALLEL_CHILDREN",
-    "DROP_INPUT", "DROP_HIDDEN", "DROPOUT", "MAX_EPOCHS", "BATCHSIZE", "NUM_CELLS", "NUM_CELL_FILTERS",
-    "DENSE_LAYERS", "USE_EXPANSION", "TRAIN_SIZE", "TEST_CHILDREN", "operators",
-    "BINARY_H", "KERNEL_LR_MULTIPLIER", "LR_START", "LR_END", "LOSS",
-    "NUM_EPOCHS", "REPRESENTATION_STRING", "LOAD_SAVED",
-]
+# The settings: every UPPER_CASE constant above, and `operators`.
+SETTINGS = [name for name in dict(globals()) if name.isupper() or name == "operators"]
 # Settings that take other types than their default's.
 TYPES = {
     "TRAIN_SIZE": (int, type(None)),
@@ -104,6 +101,9 @@ TYPES = {
     "BINARY_H": (str, int, float),
     "KERNEL_LR_MULTIPLIER": (str, int, float, type(None)),
     "ENCODER_BATCHSIZE": (int, type(None)),
+    "RAY_ADDRESS": (str, type(None)),
+    "RAY_CPUS_PER_CHILD": (int, float),
+    "RAY_GPUS_PER_CHILD": (int, float),
 }
 
 
@@ -177,30 +177,38 @@ def load_dataset(settings):
 
 
 def save_settings(settings, path):
-    from pnas.search import write_atomic
+    from pnas.files import write_atomic
 
     write_atomic(path, json.dumps(settings, indent=2, default=list) + "\n")
 
 
 def search(settings):
+    from pnas.config import SearchConfig
+    from pnas.runners import RunnerUnavailable, make_runner
     from pnas.search import Search, SearchAborted, SearchConfigError, SearchPaths
     from pnas.settings import SettingsError, check_writable
 
-    paths = SearchPaths(settings["EXPERIMENT_NAME"])
+    config = SearchConfig.from_settings(settings)
+    paths = SearchPaths(config.experiment_name)
     try:
         check_writable(paths.outputs())
     except SettingsError as exc:
         fail(str(exc))
     dataset = load_dataset(settings)
     try:
-        runner = Search(settings, dataset, paths)
-    except SearchConfigError as exc:
+        runner = make_runner(config, dataset, paths)
+    except RunnerUnavailable as exc:
         fail(str(exc))
-    runner.state_space.print_state_space()
-    runner.state_space.print_total_models(settings["K_"])
+    try:
+        search = Search(config, dataset, paths, runner=runner)
+    except SearchConfigError as exc:
+        runner.close()
+        fail(str(exc))
+    search.state_space.print_state_space()
+    search.state_space.print_total_models(config.encoder.k)
     save_settings(settings, paths.settings)
     try:
-        records = runner.run()
+        records = search.run()
     except KeyboardInterrupt:
         print("\nInterrupted: every finished child is saved. Rerun the same command to resume.", file=sys.stderr)
         sys.exit(130)
@@ -209,15 +217,16 @@ def search(settings):
     from pnas import report
 
     print(f"Search finished: {len(records)} children; architectures in {paths.architectures}")
-    print(report.report(settings["EXPERIMENT_NAME"]), end="")
+    print(report.report(config.experiment_name), end="")
     print(f"Plots and this summary are in {paths.exp_log_dir}/")
 
 
 def train_architecture(settings):
+    from pnas.config import SearchConfig
     from pnas.encoder import RepresentationError, StateSpace
     from pnas.manager import ChildTrainingError, NetworkManager
     from pnas.model import model_fn
-    from pnas.search import SearchPaths, manager_settings
+    from pnas.search import SearchPaths
     from pnas.settings import SettingsError, check_writable
 
     state_space = StateSpace(
@@ -241,22 +250,17 @@ def train_architecture(settings):
     import keras
 
     keras.utils.set_random_seed(settings["SEED"])
+    # The child settings of the search, trained for NUM_EPOCHS.
+    child = SearchConfig.from_settings(settings).child.replace(epochs=settings["NUM_EPOCHS"], evaluate_test=True)
     manager = NetworkManager(
-        dataset,
-        exp_name=settings["EXPERIMENT_NAME"],
-        epochs=settings["NUM_EPOCHS"],
-        batchsize=settings["BATCHSIZE"],
-        weights_dir=paths.weights_dir,
-        log_dir=paths.log_dir,
-        verbose=settings["VERBOSE"],
-        **manager_settings(settings),
+        dataset, **child.manager_kwargs(settings["EXPERIMENT_NAME"], paths.weights_dir, paths.log_dir)
     )
     save_settings(settings, os.path.join(paths.exp_log_dir, "train_architecture_settings.json"))
     model_path = os.path.join(weights_dir, "model.keras")
     try:
         result = manager.train_child(
-            model_fn, architecture, settings["NUM_CELLS"], settings["NUM_CELL_FILTERS"], settings["DENSE_LAYERS"],
-            load_saved=settings["LOAD_SAVED"], dropout=settings["DROPOUT"], name="best", model_path=model_path,
+            model_fn, **child.train_kwargs(architecture, name="best"), load_saved=settings["LOAD_SAVED"],
+            model_path=model_path,
         )
     except KeyboardInterrupt:
         print(f"\nInterrupted: the best weights so far are in {weights_dir}/best.weights.h5 "

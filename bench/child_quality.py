@@ -17,6 +17,7 @@ of the four references meet the targets; all four do with
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -76,7 +77,6 @@ def child_settings(overrides):
 
 
 def train_one(dataset, actions, seed, epochs, s):
-    pnas.model.BN_MOMENTUM = s["BN_MOMENTUM"]
     keras.utils.set_random_seed(seed)
     manager = NetworkManager(
         dataset, exp_name="child_quality", epochs=epochs, batchsize=s["BATCHSIZE"],
@@ -84,10 +84,7 @@ def train_one(dataset, actions, seed, epochs, s):
         initial_lr=s["LR_START"], final_lr=s["LR_END"], loss=s["LOSS"],
         binary_kwargs={"H": s["H"], "kernel_lr_multiplier": s["KERNEL_LR_MULTIPLIER"]},
     )
-    model_fn = pnas.model.model_fn
-    if s["FLOAT_TWIN"]:
-        def model_fn(*args, **kwargs):
-            return pnas.model.model_fn(*args, float_twin=True, **kwargs)
+    model_fn = functools.partial(pnas.model.model_fn, bn_momentum=s["BN_MOMENTUM"], float_twin=s["FLOAT_TWIN"])
     return manager.train_child(
         model_fn, actions, len(s["NUM_CELL_FILTERS"]), s["NUM_CELL_FILTERS"], s["DENSE_LAYERS"],
         dropout=train.DROPOUT, name="child_quality",

@@ -35,7 +35,7 @@ NUM_CELLS, NUM_CELL_FILTERS, DENSE_LAYERS, BATCH = 3, [16, 24, 32], [32, 10], 12
 def images_per_second(actions, float_twin, x, y, epochs):
     keras.backend.clear_session(free_memory=True)
     keras.utils.set_random_seed(0)
-    model, _ = model_fn(actions, epochs, NUM_CELLS, NUM_CELL_FILTERS, DENSE_LAYERS, float_twin=float_twin)
+    model, _ = model_fn(actions, NUM_CELLS, NUM_CELL_FILTERS, DENSE_LAYERS, float_twin=float_twin)
     compile_child(model, epochs, len(x), BATCH)
     # Warm-up: traces the train step for full and partial batches.
     warm = 10 * BATCH + len(x) % BATCH

@@ -38,7 +38,7 @@ from mnist.mnist_data import get_dataset  # noqa: E402
 from pnas.encoder import StateSpace  # noqa: E402
 from pnas.manager import NetworkManager  # noqa: E402
 from pnas.model import model_fn  # noqa: E402
-from pnas.search import manager_settings  # noqa: E402
+from pnas.config import SearchConfig  # noqa: E402
 
 WEIGHTS_DIR = tempfile.mkdtemp(prefix="proxy_ranking_")
 DEFAULT_PROXIES = [{"TRAIN_SIZE": 5000, "MAX_EPOCHS": 1}, {"TRAIN_SIZE": 10000, "MAX_EPOCHS": 1}]
@@ -69,15 +69,10 @@ def sample_children(state_space, per_b, rng, blocks=None):
 
 def train_child(datasets, actions, b, seed):
     settings = {name: getattr(train, name) for name in train.SETTINGS}
+    child = SearchConfig.from_settings(dict(settings, MAX_EPOCHS=b["MAX_EPOCHS"], VERBOSE=0, TEST_CHILDREN=True)).child
     keras.utils.set_random_seed(seed)
-    manager = NetworkManager(
-        datasets[b["TRAIN_SIZE"]], exp_name="proxy_ranking", epochs=b["MAX_EPOCHS"], batchsize=train.BATCHSIZE,
-        weights_dir=WEIGHTS_DIR, log_dir=None, verbose=0, **manager_settings(settings),
-    )
-    return manager.train_child(
-        model_fn, actions, train.NUM_CELLS, train.NUM_CELL_FILTERS, train.DENSE_LAYERS,
-        dropout=train.DROPOUT, name="proxy_ranking",
-    )
+    manager = NetworkManager(datasets[b["TRAIN_SIZE"]], **child.manager_kwargs("proxy_ranking", WEIGHTS_DIR, None))
+    return manager.train_child(model_fn, **child.train_kwargs(actions, name="proxy_ranking"))
 
 
 def load_done(path):

@@ -76,7 +76,7 @@ def main():
     import_keras_quietly()
     from mnist.mnist_data import get_dataset
     from pnas.encoder import StateSpace
-    from pnas.search import manager_settings
+    from pnas.config import SearchConfig
 
     settings = {name: getattr(train, name) for name in train.SETTINGS}
     state_space = StateSpace(3, train.operators, 0, 0)
@@ -90,11 +90,10 @@ def main():
     if not jobs:
         return
     dataset = get_dataset(train.USE_EXPANSION, train_size=budget["TRAIN_SIZE"], seed=train.SEED, verbose=False)
-    manager_kwargs = dict(
-        exp_name="space_table", epochs=budget["MAX_EPOCHS"], batchsize=train.BATCHSIZE,
-        weights_dir=tempfile.mkdtemp(prefix="space_table_"), log_dir=None, verbose=0, evaluate_test=True,
-        **manager_settings(settings),
-    )
+    child = SearchConfig.from_settings(
+        dict(settings, MAX_EPOCHS=budget["MAX_EPOCHS"], VERBOSE=0, TEST_CHILDREN=True)
+    ).child
+    manager_kwargs = child.manager_kwargs("space_table", tempfile.mkdtemp(prefix="space_table_"), None)
     threads = 1 if args.parallel > 1 else None
     workers = [ChildWorker(dataset, manager_kwargs, train.CHILDREN_PER_PROCESS, threads)
                for _ in range(args.parallel)]

@@ -11,6 +11,7 @@ import numpy as np
 
 from binarized.binary_layers import DropoutNoScale
 from pnas import footprint
+from pnas.files import atomic_path
 
 # Images of the fixed training subset that BatchNorm statistics are estimated on.
 CALIBRATION_SIZE = 2000
@@ -99,10 +100,8 @@ class _CalibratedValidation(keras.callbacks.Callback):
 
 
 def _save_weights_atomic(model, path):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
 
 
 def lr_schedule(epochs, steps_per_epoch, initial_lr=1e-3, final_lr=1e-4):
@@ -192,22 +191,6 @@ class NetworkManager:
         self.binary_kwargs = binary_kwargs
         self.evaluate_test = evaluate_test
 
-    def get_rewards(
-        self,
-        model_fn,
-        actions,
-        num_cells,
-        num_cell_filters,
-        dense_layers,
-        load_saved=False,
-        dropout=(False, 0.2, 0.5),
-    ):
-        """Trains the child of `actions`; returns `(reward, mul_ops)`."""
-        result = self.train_child(
-            model_fn, actions, num_cells, num_cell_filters, dense_layers, load_saved=load_saved, dropout=dropout
-        )
-        return result["reward"], result["mul_ops"]
-
     def train_child(
         self,
         model_fn,
@@ -217,24 +200,20 @@ class NetworkManager:
         dense_layers,
         load_saved=False,
         dropout=(False, 0.2, 0.5),
-        epochs=None,
         name="child",
         model_path=None,
-        binary_kwargs=None,
         log_name=None,
     ):
-        """Trains one child and returns a dict of its numbers.
+        """Trains one child and returns a dict of its numbers: build, compile, fit, summarise.
 
         Args:
-            model_fn: `pnas.model.model_fn`.
+            model_fn: `pnas.model.model_fn` (or one with the same signature).
             actions: The architecture, `[input1, 'op1', input2, 'op2', ...]`.
             num_cells, num_cell_filters, dense_layers, dropout: see `model_fn`.
             load_saved: Continue from `weights_dir/exp_name/{name}.weights.h5`.
-            epochs: Overrides the manager's epochs.
             name: Weights file name of this child.
             log_name: TensorBoard run name (default: `name`).
             model_path: Also save the best model as a `.keras` file here.
-            binary_kwargs: Passed to `model_fn` (default: the manager's).
 
         Returns:
             dict with reward (best validation accuracy), best_epoch,
@@ -247,60 +226,82 @@ class NetworkManager:
             ChildTrainingError: the loss became NaN or infinite.
         """
         start = time.time()
-        epochs = self.epochs if epochs is None else epochs
+        weights_path = os.path.join(self.weights_dir, f"{name}.weights.h5")
+        model, mul_ops = self.build(
+            model_fn, actions, num_cells, num_cell_filters, dense_layers, dropout,
+            weights_path if load_saved else None,
+        )
+        self.compile(model)
+        history, keep_best = self.fit(model, weights_path, log_name or name)
+        result = self.summarise(model, history, keep_best, mul_ops, model_path)
+        result["seconds"] = round(time.time() - start, 2)
+        del model, history, keep_best
+        gc.collect()
+        return result
+
+    def build(self, model_fn, actions, num_cells, num_cell_filters, dense_layers, dropout, load_from=None):
+        """A fresh child model (in a cleared Keras session) and its mul_ops; weights from `load_from`."""
         keras.backend.clear_session(free_memory=True)
         model, mul_ops = model_fn(
             actions,
-            epochs,
             num_cells=num_cells,
             num_cell_filters=num_cell_filters,
             dense_layers=dense_layers,
             dropout=dropout,
-            binary_kwargs=self.binary_kwargs if binary_kwargs is None else binary_kwargs,
+            binary_kwargs=self.binary_kwargs,
         )
-        weights_path = os.path.join(self.weights_dir, f"{name}.weights.h5")
-        if load_saved:
-            if not os.path.exists(weights_path):
+        if load_from is not None:
+            if not os.path.exists(load_from):
                 raise FileNotFoundError(
-                    f"LOAD_SAVED=True but {weights_path} does not exist; train without LOAD_SAVED first"
+                    f"LOAD_SAVED=True but {load_from} does not exist; train without LOAD_SAVED first"
                 )
-            model.load_weights(weights_path)
-        compile_child(model, epochs, len(self.x_train), self.batchsize, self.initial_lr, self.final_lr, self.loss)
+            model.load_weights(load_from)
+        return model, mul_ops
+
+    def compile(self, model):
+        """Compiles `model` for the manager's epochs, loss and learning-rate schedule."""
+        compile_child(model, self.epochs, len(self.x_train), self.batchsize, self.initial_lr, self.final_lr, self.loss)
+
+    def fit(self, model, weights_path, log_name):
+        """Trains `model`, validating after each epoch; returns `(history, keep_best)`.
+
+        Raises:
+            ChildTrainingError: the loss became NaN or infinite.
+        """
         keep_best = _KeepBest(weights_path)
-        eval_batch = max(self.batchsize, 500)
         callbacks = [
-            _CalibratedValidation(self.x_train[:CALIBRATION_SIZE], self.x_val, self.y_val, eval_batch),
+            _CalibratedValidation(self.x_train[:CALIBRATION_SIZE], self.x_val, self.y_val, self._eval_batch),
             keras.callbacks.TerminateOnNaN(),
             keep_best,
         ]
         if self.log_dir:
             callbacks.append(
-                keras.callbacks.TensorBoard(
-                    os.path.join(self.log_dir, log_name or name), write_graph=False, profile_batch=0
-                )
+                keras.callbacks.TensorBoard(os.path.join(self.log_dir, log_name), write_graph=False, profile_batch=0)
             )
         history = model.fit(
             self.x_train,
             self.y_train,
             batch_size=self.batchsize,
-            epochs=epochs,
+            epochs=self.epochs,
             callbacks=callbacks,
             verbose=self.verbose,
         )
         losses = history.history.get("loss", [])
         if not losses or not np.all(np.isfinite(losses)):
             raise ChildTrainingError(f"loss became {losses[-1] if losses else 'undefined'} (diverged)")
+        return history, keep_best
+
+    def summarise(self, model, history, keep_best, mul_ops, model_path=None):
+        """Restores the best epoch's weights; returns the child's numbers (see `train_child`)."""
         model.set_weights(keep_best.weights)
         test_accuracy = None
         if self.evaluate_test:
-            _, test_accuracy = model.evaluate(self.x_test, self.y_test, batch_size=eval_batch, verbose=0)
+            _, test_accuracy = model.evaluate(self.x_test, self.y_test, batch_size=self._eval_batch, verbose=0)
         if model_path:
-            os.makedirs(os.path.dirname(model_path) or ".", exist_ok=True)
-            tmp = model_path[: -len(".keras")] + ".tmp.keras"
-            model.save(tmp)
-            os.replace(tmp, model_path)
+            with atomic_path(model_path, suffix=".keras") as tmp:
+                model.save(tmp)
         layers = footprint.layer_footprint(model)
-        result = {
+        return {
             "reward": float(keep_best.best),
             "best_epoch": int(keep_best.best_epoch) + 1,
             "val_accuracy": [float(v) for v in history.history["val_accuracy"]],
@@ -310,8 +311,8 @@ class NetworkManager:
             "params": int(model.count_params()),
             "footprint": footprint.totals(layers),
             "footprint_layers": layers,
-            "seconds": round(time.time() - start, 2),
         }
-        del model, history, keep_best
-        gc.collect()
-        return result
+
+    @property
+    def _eval_batch(self):
+        return max(self.batchsize, 500)

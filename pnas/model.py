@@ -60,9 +60,10 @@ class _Layers:
     tanh in place of binarization: the baseline of the throughput benchmark.
     """
 
-    def __init__(self, float_twin=False, binary_kwargs=None):
+    def __init__(self, float_twin=False, binary_kwargs=None, bn_momentum=BN_MOMENTUM):
         self.float_twin = float_twin
         self.kwargs = {} if float_twin else dict(binary_kwargs or {})
+        self.bn_momentum = bn_momentum
 
     def conv(self, filters, size, **kwargs):
         if self.float_twin:
@@ -87,7 +88,7 @@ class _Layers:
         return keras.layers.Activation("tanh" if self.float_twin else binary_tanh, name=name)
 
     def bn(self, name):
-        return keras.layers.BatchNormalization(axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+        return keras.layers.BatchNormalization(axis=-1, momentum=self.bn_momentum, epsilon=BN_EPSILON, name=name)
 
     def bn_sign(self, x, name):
         return self.sign(f"{name}_sign")(self.bn(f"{name}_bn")(x))
@@ -172,20 +173,19 @@ def count_mul_ops(model):
 
 def model_fn(
     actions,
-    epochs=None,
     num_cells=3,
     num_cell_filters=(16, 24, 32),
     dense_layers=(32, 10),
     dropout=(False, 0.2, 0.5),
     binary_kwargs=None,
     float_twin=False,
+    bn_momentum=BN_MOMENTUM,
 ):
     """Builds the child network of an architecture.
 
     Args:
         actions: `[input1, 'op1', input2, 'op2', ...]`; an input is -1 (the
             previous cell's input), 0 (the cell input) or k (block k's output).
-        epochs: Unused; kept for the original signature.
         num_cells: Number of stacked cells.
         num_cell_filters: Filters of each cell (one entry per cell).
         dense_layers: Units of the dense head; the last is the class count.
@@ -195,11 +195,11 @@ def model_fn(
             `kernel_lr_multiplier`).
         float_twin: Build the same topology with float layers and tanh
             (a speed baseline; its mul_ops counts no binary layer, so 0).
+        bn_momentum: Momentum of every BatchNorm's moving statistics.
 
     Returns:
         `(keras.Model, mul_ops)`.
     """
-    del epochs
     if len(actions) == 0 or len(actions) % 4:
         raise ValueError(f"`actions` must hold 4 entries per block, received {actions!r}")
     check_operators(actions[1::2])
@@ -214,7 +214,7 @@ def model_fn(
                 f"block {block + 1} reads input {source!r}; it may read -1 (the previous cell's input), "
                 f"0 (the cell input) or 1..{block} (earlier blocks)"
             )
-    layers = _Layers(float_twin, binary_kwargs)
+    layers = _Layers(float_twin, binary_kwargs, bn_momentum)
     use_dropout, drop_input, drop_hidden = dropout
 
     inputs = keras.Input((28, 28, 1), name="image")

@@ -3,6 +3,7 @@
 import ast
 import os
 
+from pnas.config import RUNNERS
 from pnas.model import OPERATORS
 
 
@@ -104,11 +105,26 @@ def validate(settings):
         raise SettingsError(f"CHILDREN_PER_PROCESS must be >= 0, received {s['CHILDREN_PER_PROCESS']}")
     if s["PARALLEL_CHILDREN"] < 1:
         raise SettingsError(f"PARALLEL_CHILDREN must be >= 1, received {s['PARALLEL_CHILDREN']}")
-    if s["PARALLEL_CHILDREN"] > 1 and s["CHILDREN_PER_PROCESS"] == 0:
+    if s["PARALLEL_CHILDREN"] > 1 and s["CHILDREN_PER_PROCESS"] == 0 and s["RUNNER"] == "processes":
         raise SettingsError(
             f"PARALLEL_CHILDREN={s['PARALLEL_CHILDREN']} trains children in worker processes; "
             "set CHILDREN_PER_PROCESS >= 1 or PARALLEL_CHILDREN=1"
         )
+    if s["RUNNER"] not in RUNNERS:
+        raise SettingsError(f"RUNNER must be one of {', '.join(map(repr, RUNNERS))}, received {s['RUNNER']!r}")
+    if s["RUNNER"] == "inline" and s["PARALLEL_CHILDREN"] > 1:
+        raise SettingsError(
+            f"RUNNER='inline' trains one child at a time; set PARALLEL_CHILDREN=1 (received {s['PARALLEL_CHILDREN']}) "
+            "or use RUNNER='processes'"
+        )
+    if s["RAY_ADDRESS"] is not None and not s["RAY_ADDRESS"].strip():
+        raise SettingsError("RAY_ADDRESS must be None (a Ray on this machine), 'auto' or 'host:port', received ''")
+    if not s["RAY_CPUS_PER_CHILD"] > 0:
+        raise SettingsError(f"RAY_CPUS_PER_CHILD must be > 0, received {s['RAY_CPUS_PER_CHILD']}")
+    if s["RAY_GPUS_PER_CHILD"] < 0:
+        raise SettingsError(f"RAY_GPUS_PER_CHILD must be >= 0, received {s['RAY_GPUS_PER_CHILD']}")
+    if s["RAY_MAX_RETRIES"] < 0:
+        raise SettingsError(f"RAY_MAX_RETRIES must be >= 0, received {s['RAY_MAX_RETRIES']}")
     if s["ENCODER_BATCHSIZE"] is not None and s["ENCODER_BATCHSIZE"] < 1:
         raise SettingsError(f"ENCODER_BATCHSIZE must be None or >= 1, received {s['ENCODER_BATCHSIZE']}")
     if not s["ENCODER_LR"] > 0:

@@ -169,10 +169,10 @@ def noise_ceiling(table, b):
 def table_train_fn(table, seed=0):
     """A `Search` train_fn that looks a child's reward (of `seed`) up in the table instead of training."""
 
-    def train_fn(_, actions, **kwargs):
-        child = table.state_space.canonical(table.state_space.unparse(actions))
+    def train_fn(job):
+        child = table.state_space.canonical(table.state_space.unparse(list(job.actions)))
         if child not in table or seed not in table.rewards[child]:
-            raise KeyError(f"{actions} has no seed-{seed} reward in the table")
+            raise KeyError(f"{list(job.actions)} has no seed-{seed} reward in the table")
         reward = table.reward(child, seed)
         return {
             "reward": reward, "best_epoch": 1, "val_accuracy": [reward], "train_accuracy": [],
@@ -198,13 +198,16 @@ def simulate_search(table, settings, root):
     import contextlib
     import io
 
+    from pnas.config import SearchConfig
     from pnas.search import Search, SearchPaths
 
     space = table.state_space
     s = dict(settings, B=space.B, operators=list(space.operators), INPUT_LOOKFORWARD_DEPTH=space.input_lookforward_depth,
              EXPERIMENT_NAME=f"sim_k{settings['K_']}_s{settings['SEED']}", OVERWRITE=True,
-             RESTORE_CONTROLLER=False, MAX_MUL_OPS=None, MAX_CONSECUTIVE_FAILURES=1, RETRAIN_ARGS=[])
-    search = Search(s, None, SearchPaths(s["EXPERIMENT_NAME"], root=root), train_fn=table_train_fn(table), plots=False)
+             RESTORE_CONTROLLER=False, MAX_MUL_OPS=None, MAX_CONSECUTIVE_FAILURES=1)
+    config = SearchConfig.from_settings(s)
+    paths = SearchPaths(config.experiment_name, root=root)
+    search = Search(config, None, paths, train_fn=table_train_fn(table), plots=False)
     with contextlib.redirect_stdout(io.StringIO()):
         records = search.run()
     trained = []

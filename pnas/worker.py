@@ -53,7 +53,7 @@ def import_keras_quietly():
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-def _limit_threads(threads):
+def limit_threads(threads):
     """Runs TensorFlow's ops on `threads` threads (other backends: no effect)."""
     import keras
 
@@ -71,7 +71,7 @@ def _serve(conn, dataset, manager_kwargs, threads=None):
     import keras
 
     if threads:
-        _limit_threads(threads)
+        limit_threads(threads)
 
     from pnas.manager import NetworkManager
     from pnas.model import model_fn

@@ -31,6 +31,13 @@ def tiny_settings(**overrides):
     return settings
 
 
+def tiny_config(**overrides):
+    """The `SearchConfig` of `tiny_settings(**overrides)`."""
+    from pnas.config import SearchConfig
+
+    return SearchConfig.from_settings(tiny_settings(**overrides))
+
+
 def synthetic_dataset(n_train=64, n_val=64, n_test=32, seed=0):
     """Learnable synthetic images: the class sets the brightness of one row band.
 
@@ -49,3 +56,31 @@ def synthetic_dataset(n_train=64, n_val=64, n_test=32, seed=0):
         return x, y
 
     return [a for n in (n_train, n_val, n_test) for a in split(n)]
+
+
+def search_with(run_child, config, dataset, paths, **kwargs):
+    """A `Search` whose children `run_child(search, child, sr_no) -> result` trains, in this process."""
+    from pnas.search import Search
+
+    search = None
+
+    def train_fn(job):
+        return run_child(search, job.child, job.sr_no)
+
+    search = Search(config, dataset, paths, train_fn=train_fn, **kwargs)
+    return search
+
+
+def keras_run_child(config, dataset, paths):
+    """A `run_child` for `search_with` that really trains the child (as RUNNER='inline')."""
+    from pnas.runners import ChildJob, KerasTrainer
+
+    trainer = KerasTrainer(dataset, config.child, config.child.manager_kwargs(
+        config.experiment_name, paths.weights_dir, paths.log_dir))
+
+    def run_child(search, child, sr_no):
+        job = search.jobs(len(child) // 4, [child])[0]
+        assert job.sr_no == sr_no
+        return trainer(ChildJob(sr_no, job.stage, job.child, job.actions, job.seed))
+
+    return run_child

@@ -15,8 +15,9 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from pnas.search import Search, SearchPaths, SearchState, search_config, write_logs  # noqa: E402
-from _search_helpers import synthetic_dataset, tiny_settings  # noqa: E402
+from pnas.records import SearchState, write_logs  # noqa: E402
+from pnas.search import Search, SearchPaths  # noqa: E402
+from _search_helpers import search_with, synthetic_dataset, tiny_config, tiny_settings  # noqa: E402
 
 
 # ------------------------------------------------ the original's code, verbatim
@@ -87,19 +88,18 @@ def _fake_run(fail, stop=None):
 def budget(tmp_path_factory):
     """Between the two costliest 1-block children's multiply-accumulates: the costliest is over it."""
     root = str(tmp_path_factory.mktemp("probe"))
-    probe = Search(tiny_settings(CHILDREN_PER_PROCESS=0), synthetic_dataset(), SearchPaths("probe", root=root))
+    probe = Search(tiny_config(RUNNER="inline"), synthetic_dataset(), SearchPaths("probe", root=root))
     costs = sorted(probe.mul_ops(c) for c in probe.state_space.initial_children())
     return (costs[-2] + costs[-1]) // 2
 
 
 def _settings(budget):
-    return tiny_settings(CHILDREN_PER_PROCESS=0, MAX_MUL_OPS=budget, MAX_CONSECUTIVE_FAILURES=5)
+    return tiny_config(RUNNER="inline", MAX_MUL_OPS=budget, MAX_CONSECUTIVE_FAILURES=5)
 
 
 def _search(root, budget, monkeypatch, fail=2, stop=None):
-    monkeypatch.setattr(Search, "run_child", _fake_run(fail, stop))
     paths = SearchPaths("tiny", root=str(root))
-    return Search(_settings(budget), synthetic_dataset(), paths), paths
+    return search_with(_fake_run(fail, stop), _settings(budget), synthetic_dataset(), paths), paths
 
 
 def _stages(paths, B):
@@ -148,10 +148,11 @@ def test_the_log_is_the_originals_byte_for_byte(finished):
 
 def test_regenerating_from_the_state_gives_the_same_bytes(finished, budget, tmp_path):
     paths, text = finished
-    state = SearchState.load_or_create(paths.state, search_config(_settings(budget)))
+    state = SearchState.load_or_create(paths.state, _settings(budget).identity_dict())
     search = Search(_settings(budget), synthetic_dataset(), SearchPaths("tiny", root=str(tmp_path)))
     copy = SearchPaths("tiny", root=str(tmp_path))
-    write_logs(state, search.state_space, search.settings, copy)
+    state.path = copy.state
+    write_logs(state, search.state_space, copy)
     with open(copy.architectures, "rb") as f:
         assert f.read() == text
 

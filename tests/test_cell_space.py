@@ -339,13 +339,13 @@ def test_mul_ops_count_the_reduction():
 def test_train_settings_accept_lookback_and_unlimited_lookforward():
     import train
 
-    from pnas.search import search_config
+    from pnas.config import SearchConfig
 
     assert train.INPUT_LOOKBACK_DEPTH == 0 and train.INPUT_LOOKFORWARD_DEPTH == 0
     _, settings = train.parse_args(["--INPUT_LOOKBACK_DEPTH=-1", "--INPUT_LOOKFORWARD_DEPTH=None"])
     assert settings["INPUT_LOOKBACK_DEPTH"] == -1 and settings["INPUT_LOOKFORWARD_DEPTH"] is None
     assert "--INPUT_LOOKBACK_DEPTH=-1" in settings["RETRAIN_ARGS"]
-    config = search_config(settings)
+    config = SearchConfig.from_settings(settings).identity_dict()
     assert config["INPUT_LOOKBACK_DEPTH"] == -1 and config["INPUT_LOOKFORWARD_DEPTH"] is None
 
 

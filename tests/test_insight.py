@@ -28,7 +28,7 @@ from pnas import footprint, report  # noqa: E402
 from pnas.encoder import Encoder, StateSpace  # noqa: E402
 from pnas.model import model_fn  # noqa: E402
 from pnas.search import Search, SearchAborted, SearchPaths  # noqa: E402
-from _search_helpers import synthetic_dataset, tiny_settings  # noqa: E402
+from _search_helpers import keras_run_child, search_with, synthetic_dataset, tiny_config  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = REPO_ROOT / "train.py"
@@ -57,7 +57,7 @@ def _kib(binary, floating):
 
 def test_footprint_of_one_cell_counted_by_hand():
     keras.utils.set_random_seed(0)
-    model, mul_ops = model_fn([0, "3x3 bconv", 0, "3x3 bconv"], None, num_cells=1, num_cell_filters=[4],
+    model, mul_ops = model_fn([0, "3x3 bconv", 0, "3x3 bconv"], num_cells=1, num_cell_filters=[4],
                               dense_layers=[10])
     rows = footprint.layer_footprint(model)
     layers = _by_name(rows)
@@ -156,7 +156,7 @@ def test_footprint_counts_as_larq_on_a_network_counted_by_hand():
 
 def test_footprint_of_a_second_cell_reading_binary_activations():
     keras.utils.set_random_seed(0)
-    model, mul_ops = model_fn([0, "3x3 bconv", 0, "3x3 bconv"], None, num_cells=2, num_cell_filters=[4, 6],
+    model, mul_ops = model_fn([0, "3x3 bconv", 0, "3x3 bconv"], num_cells=2, num_cell_filters=[4, 6],
                               dense_layers=[10])
     layers = _by_name(footprint.layer_footprint(model))
     # Cell 0 as above; cell 1 reads the concatenated ±1 outputs (14x14x8) at stride 2.
@@ -183,7 +183,7 @@ def test_footprint_of_a_second_cell_reading_binary_activations():
 
 def test_footprint_a_maxpool_of_the_image_keeps_real_values_downstream():
     keras.utils.set_random_seed(0)
-    model, mul_ops = model_fn([0, "3x3 maxpool", 0, "3x3 bconv"], None, num_cells=2, num_cell_filters=[4, 6],
+    model, mul_ops = model_fn([0, "3x3 maxpool", 0, "3x3 bconv"], num_cells=2, num_cell_filters=[4, 6],
                               dense_layers=[10])
     layers = _by_name(footprint.layer_footprint(model))
     # The max-pooled image (real values) joins the ±1 conv outputs: 14x14x(1+4).
@@ -205,7 +205,7 @@ def test_footprint_a_maxpool_of_the_image_keeps_real_values_downstream():
 
 
 # ---------------------------------------------------------- in-process search
-_settings = tiny_settings
+_settings = tiny_config
 
 
 _dataset = synthetic_dataset
@@ -246,17 +246,15 @@ def budget_search(tmp_path_factory):
     budget = (costs[-2] + costs[-1]) // 2  # between the two costliest 1-block children
     settings = _settings(MAX_MUL_OPS=budget)
     paths = SearchPaths("tiny", root=str(root / "run"))
-    search = Search(settings, dataset, paths)
     trained = []
-    original = Search.run_child
+    train_child = keras_run_child(settings, dataset, paths)
 
-    def run_child(self, child, sr_no):
+    def run_child(search, child, sr_no):
         trained.append(tuple(child))
-        return original(self, child, sr_no)
+        return train_child(search, child, sr_no)
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Search, "run_child", run_child)
-        records = search.run()
+    search = search_with(run_child, settings, dataset, paths)
+    records = search.run()
     return search, paths, budget, trained, records
 
 
@@ -307,10 +305,9 @@ def test_op_budget_the_next_candidates_in_rank_order_fill_the_beam(tmp_path, mon
     def predict(self, children, batch_size=1024):
         return np.array([child[1::2].count(0) / 4 for child in children], np.float32)  # more convs, higher
 
-    monkeypatch.setattr(Search, "run_child", run_child)
     monkeypatch.setattr(Encoder, "predict", predict)
     paths = SearchPaths("tiny", root=str(tmp_path))
-    search = Search(_settings(MAX_MUL_OPS=40000), _dataset(n_train=32, n_val=16, n_test=16), paths)
+    search = search_with(run_child, _settings(MAX_MUL_OPS=40000), _dataset(n_train=32, n_val=16, n_test=16), paths)
     records = search.run()
 
     ranked = [c for c, _ in _ranked(paths, 2)]
@@ -334,9 +331,9 @@ def test_op_budget_that_leaves_a_stage_empty(tmp_path, monkeypatch, capsys, budg
         return {"reward": 0.5, "best_epoch": 1, "val_accuracy": [0.5], "test_accuracy": 0.5,
                 "mul_ops": self.mul_ops(child), "params": 1, "footprint": {"packed_kib": 1.0}, "seconds": 0.0}
 
-    monkeypatch.setattr(Search, "run_child", run_child)
     paths = SearchPaths("tiny", root=str(tmp_path))
-    search = Search(_settings(B=3, MAX_MUL_OPS=budget), _dataset(n_train=32, n_val=16, n_test=16), paths)
+    search = search_with(run_child, _settings(B=3, MAX_MUL_OPS=budget), _dataset(n_train=32, n_val=16, n_test=16),
+                         paths)
     if stages is None:
         with pytest.raises(SearchAborted, match="MAX_MUL_OPS=1000"):
             search.run()

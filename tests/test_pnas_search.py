@@ -15,9 +15,9 @@ from pnas.manager import ChildTrainingError, NetworkManager  # noqa: E402
 from pnas.model import model_fn  # noqa: E402
 import pnas.search  # noqa: E402
 from pnas.search import Search, SearchAborted, SearchPaths, estimate_eta  # noqa: E402
-from _search_helpers import synthetic_dataset, tiny_settings  # noqa: E402
+from _search_helpers import keras_run_child, search_with, synthetic_dataset, tiny_config  # noqa: E402
 
-_settings = tiny_settings
+_settings = tiny_config
 
 
 _dataset = synthetic_dataset
@@ -36,15 +36,14 @@ def _read_records(paths):
         return [json.loads(line) for line in f]
 
 
-def test_a_failing_child_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
+def test_a_failing_child_is_recorded_and_the_search_goes_on(tmp_path):
     def run_child(self, child, sr_no):
         if sr_no == 2:
             raise RuntimeError("boom")
         return _fake_result(child)
 
-    monkeypatch.setattr(Search, "run_child", run_child)
     paths = SearchPaths("tiny", root=str(tmp_path))
-    records = Search(_settings(), _dataset(), paths).run()
+    records = search_with(run_child, _settings(), _dataset(), paths).run()
 
     assert [r["sr_no"] for r in records] == [1, 2, 3, 4, 5]
     failed = records[1]
@@ -60,14 +59,13 @@ def test_a_failing_child_is_recorded_and_the_search_goes_on(tmp_path, monkeypatc
     assert text.endswith("\n \n --------------------EXPERIMENT FINISHED------------------- \n \n")
 
 
-def test_consecutive_failures_abort_the_search(tmp_path, monkeypatch):
+def test_consecutive_failures_abort_the_search(tmp_path):
     def run_child(self, child, sr_no):
         raise RuntimeError(f"broken {sr_no}")
 
-    monkeypatch.setattr(Search, "run_child", run_child)
     paths = SearchPaths("tiny", root=str(tmp_path))
     with pytest.raises(SearchAborted, match="2 children failed in a row"):
-        Search(_settings(MAX_CONSECUTIVE_FAILURES=2), _dataset(), paths).run()
+        search_with(run_child, _settings(MAX_CONSECUTIVE_FAILURES=2), _dataset(), paths).run()
     records = _read_records(paths)
     assert [(r["sr_no"], r["status"], r["error"]) for r in records] == [
         (1, "failed", "RuntimeError: broken 1"),
@@ -75,15 +73,14 @@ def test_consecutive_failures_abort_the_search(tmp_path, monkeypatch):
     ]
 
 
-def test_failures_that_are_not_consecutive_do_not_abort(tmp_path, monkeypatch):
+def test_failures_that_are_not_consecutive_do_not_abort(tmp_path):
     def run_child(self, child, sr_no):
         if sr_no % 2:
             raise RuntimeError("odd")
         return _fake_result(child)
 
-    monkeypatch.setattr(Search, "run_child", run_child)
     paths = SearchPaths("tiny", root=str(tmp_path))
-    records = Search(_settings(MAX_CONSECUTIVE_FAILURES=2), _dataset(), paths).run()
+    records = search_with(run_child, _settings(MAX_CONSECUTIVE_FAILURES=2), _dataset(), paths).run()
     assert [r["status"] for r in records] == ["failed", "ok", "failed", "ok", "failed"]
 
 
@@ -96,23 +93,17 @@ def test_a_diverging_child_raises_child_training_error(tmp_path, bad):
         manager.train_child(model_fn, [0, "3x3 bconv", 0, "3x3 sep-bconv"], 1, [4], [10])
 
 
-def test_a_diverging_child_fails_alone_in_a_search(tmp_path, monkeypatch):
-    original = Search.run_child
-
-    def run_child(self, child, sr_no):
-        if sr_no == 1:
-            x_train = self.manager.x_train
-            self.manager.x_train = np.full_like(x_train, np.nan)
-            try:
-                return original(self, child, sr_no)
-            finally:
-                self.manager.x_train = x_train
-        return _fake_result(child)
-
-    monkeypatch.setattr(Search, "run_child", run_child)
+def test_a_diverging_child_fails_alone_in_a_search(tmp_path):
     paths = SearchPaths("tiny", root=str(tmp_path))
-    # In this process, so that the test can poison the manager's data.
-    records = Search(_settings(B=1, CHILDREN_PER_PROCESS=0), _dataset(), paths).run()
+    config = _settings(B=1)
+    poisoned = _dataset()
+    poisoned[0] = np.full_like(poisoned[0], np.nan)
+    train_poisoned = keras_run_child(config, poisoned, paths)
+
+    def run_child(search, child, sr_no):
+        return train_poisoned(search, child, sr_no) if sr_no == 1 else _fake_result(child)
+
+    records = search_with(run_child, config, _dataset(), paths).run()
     assert records[0]["status"] == "failed"
     assert records[0]["error"].startswith("ChildTrainingError")
     assert [r["status"] for r in records[1:]] == ["ok", "ok"]
@@ -179,9 +170,8 @@ def test_the_progress_line_prints_the_stage_weighted_eta(tmp_path, monkeypatch, 
         clock[0] += 10 * (len(child) // 4)
         return _fake_result(child)
 
-    monkeypatch.setattr(Search, "run_child", run_child)
     monkeypatch.setattr(pnas.search, "time", type("Clock", (), {"time": staticmethod(lambda: clock[0])}))
-    Search(_settings(CHILDREN_PER_PROCESS=0), _dataset(), SearchPaths("tiny", root=str(tmp_path))).run()
+    search_with(run_child, _settings(), _dataset(), SearchPaths("tiny", root=str(tmp_path))).run()
     etas = re.findall(r"\| ETA (\S+) \|", capsys.readouterr().out)
     # b = 1: 3 children of 10 s, then 2 of b = 2 estimated at 2 * 10 s until one is measured (20 s).
     assert etas == [
@@ -191,3 +181,40 @@ def test_the_progress_line_prints_the_stage_weighted_eta(tmp_path, monkeypatch, 
         "0:00:40",  # 2 * 20, scaled from b = 1
         "0:00:20",  # 1 * 20, measured at b = 2
     ]
+
+
+def test_an_unreadable_state_is_rebuilt_from_the_records(tmp_path, caplog):
+    """A state file cut short (full disk, partial copy): the JSON lines are the journal."""
+    expected = search_with(lambda search, child, sr_no: _fake_result(child), _settings(), _dataset(),
+                           SearchPaths("tiny", root=str(tmp_path / "whole"))).run()
+    trained, killed = [], []
+
+    def run_child(search, child, sr_no):
+        if sr_no == 4 and not killed:
+            killed.append(sr_no)
+            raise KeyboardInterrupt  # killed before the first 2-block child finished
+        trained.append(sr_no)
+        return _fake_result(child)
+
+    paths = SearchPaths("tiny", root=str(tmp_path / "cut"))
+    with pytest.raises(KeyboardInterrupt):
+        search_with(run_child, _settings(), _dataset(), paths).run()
+    with open(paths.state, "r+") as f:
+        f.truncate(100)
+    trained.clear()
+    with caplog.at_level("WARNING"):
+        records = search_with(run_child, _settings(), _dataset(), paths).run()
+    assert trained == [4, 5]  # the 3 recorded children were not trained again
+    assert f"search state {paths.state} is unreadable (JSONDecodeError); rebuilt it from the 3 records" in caplog.text
+    assert [(r["sr_no"], r["child"], r["reward"]) for r in records] == [
+        (r["sr_no"], r["child"], r["reward"]) for r in expected
+    ]
+
+
+def test_an_unreadable_state_without_records_is_one_clear_error(tmp_path):
+    from pnas.records import SearchConfigError, SearchState
+
+    state = tmp_path / "search_state.json"
+    state.write_text('{"version": 1, "config": {"B": 2}, "chi')
+    with pytest.raises(SearchConfigError, match=r"search_state.json is unreadable \(JSONDecodeError\).*OVERWRITE"):
+        SearchState.load_or_create(str(state), {"B": 2}, records_path=str(tmp_path / "missing.jsonl"))

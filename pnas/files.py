@@ -1,0 +1,39 @@
+"""Atomic file writes: a reader sees the old file or the new one, never a part.
+
+Every output that a killed run could leave half written (the search state, the
+logs, weights, the MNIST cache, exports) goes through `atomic_path`.
+"""
+
+import contextlib
+import os
+
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=""):
+    """Yields a temporary path next to `path`, moved onto `path` once the block succeeds.
+
+    Args:
+        path: The file to write.
+        suffix: The temporary file's ending (e.g. ".weights.h5" or ".keras",
+            which Keras requires of the names it saves to).
+
+    On an exception the temporary file is removed and `path` is untouched.
+    """
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}{suffix}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_atomic(path, data):
+    """Writes `data` (str or bytes) to `path` through a temporary file, fsync and `os.replace`."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())

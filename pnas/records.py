@@ -1,0 +1,266 @@
+"""Record: the child records, the search state, and the logs made from them.
+
+The search state is one JSON file, rewritten atomically after every child.
+The architectures log and the JSON-lines records are regenerated from it, so
+a search killed at any point resumes with no child trained twice and no log
+line lost or duplicated. The JSON lines are the journal: a state file that
+is unreadable is rebuilt from them (`SearchState.load_or_create`).
+"""
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Optional
+
+from pnas.files import write_atomic
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+class Status:
+    """A child record's `status`."""
+
+    OK = "ok"  # trained; `reward` is its best validation accuracy
+    FAILED = "failed"  # raised, diverged, or its worker died; reward 0.0, `error` says why
+    OVER_BUDGET = "over_budget"  # skipped for MAX_MUL_OPS; never trained, reward None
+
+
+class SearchConfigError(ValueError):
+    """A saved search that cannot be resumed with these settings; the message says what to do."""
+
+
+# Search settings added after version 1 of the state file, with the values
+# that earlier searches ran with.
+CONFIG_ADDED = {
+    "INPUT_LOOKBACK_DEPTH": 0,
+    "ENCODER_BATCHSIZE": None,
+    "ENCODER_LR": 2e-3,
+    "ENCODER_TARGETS": "raw",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildRecord:
+    """One child as the search recorded it: a line of the JSONL records.
+
+    `result` holds the trained child's numbers (`NetworkManager.train_child`,
+    without the per-layer footprint); `error` and `trace` a failed one's cause.
+    """
+
+    stage: int
+    child: tuple
+    architecture: list
+    representation_string: str
+    status: str
+    sr_no: Optional[int] = None
+    reward: Optional[float] = None
+    result: Optional[dict] = None
+    error: Optional[str] = None
+    trace: Optional[str] = None
+    mul_ops: Optional[int] = None
+    predicted_reward: Optional[float] = None
+    encoder_steps: Optional[int] = None
+
+    def to_json(self):
+        """The JSON object, with the keys in the order the records have always had."""
+        record = {} if self.sr_no is None else {"sr_no": self.sr_no}
+        record.update(
+            stage=self.stage, child=list(self.child), architecture=self.architecture,
+            representation_string=self.representation_string, status=self.status,
+        )
+        if self.status == Status.OK:
+            record.update({k: v for k, v in self.result.items() if k != "footprint_layers"})
+        elif self.status == Status.FAILED:
+            record.update(reward=0.0, error=self.error, traceback=self.trace)
+        else:
+            record.update(reward=None, mul_ops=self.mul_ops)
+        if self.predicted_reward is not None:
+            record["predicted_reward"] = self.predicted_reward
+            if self.encoder_steps is not None:
+                record["encoder_steps"] = self.encoder_steps
+        return record
+
+
+class SearchState:
+    """Everything needed to resume: config, beams, predictions, finished children."""
+
+    def __init__(self, path, config):
+        self.path = path
+        self.data = {
+            "version": STATE_VERSION,
+            "config": config,
+            "beams": {},  # str(b) -> list of children (lists of ints)
+            "predicted": {},  # str(b) -> predicted rewards of the beam
+            "children": [],  # finished child records, in training order
+            "over_budget": [],  # candidates skipped for MAX_MUL_OPS
+            "spearman": {},  # str(b) -> encoder's rank correlation on stage b
+            "finished": False,
+        }
+
+    @classmethod
+    def load_or_create(cls, path, config, overwrite=False, records_path=None):
+        """The saved state at `path` (if any, and not `overwrite`), else a new one.
+
+        Args:
+            path: The state file.
+            config: The settings that define the search (`SearchConfig.identity_dict()`).
+            overwrite: Start afresh whatever is saved.
+            records_path: The JSON-lines records: when the state file is
+                unreadable (truncated, partly copied, edited by hand), the
+                finished children are taken from them instead.
+
+        Raises:
+            SearchConfigError: the saved search has other settings, or its
+                state is unreadable and cannot be rebuilt.
+        """
+        state = cls(path, config)
+        if not os.path.exists(path) or overwrite:
+            return state
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+            saved["config"], saved["children"]
+        except (ValueError, KeyError, TypeError) as exc:
+            rebuilt = state._rebuild(records_path)
+            if rebuilt is None:
+                raise SearchConfigError(
+                    f"the search state {path} is unreadable ({type(exc).__name__}); restore it from a backup, "
+                    "or start afresh with --OVERWRITE=True (or a new --EXPERIMENT_NAME)"
+                ) from None
+            logger.warning(
+                "the search state %s is unreadable (%s); rebuilt it from the %d records in %s",
+                path, type(exc).__name__, len(rebuilt.data["children"]), records_path,
+            )
+            return rebuilt
+        # Settings added since the state was written take the values those searches ran with.
+        for key, value in CONFIG_ADDED.items():
+            saved["config"].setdefault(key, value)
+        if saved.get("config") != config:
+            diff = sorted(
+                k for k in set(config) | set(saved.get("config", {}))
+                if config.get(k) != saved.get("config", {}).get(k)
+            )
+            raise SearchConfigError(
+                f"a search with other settings ({', '.join(diff)}) already exists under this "
+                "EXPERIMENT_NAME; use a new --EXPERIMENT_NAME or --OVERWRITE=True to start afresh"
+            )
+        state.data = saved
+        return state
+
+    def _rebuild(self, records_path):
+        """This state with the finished children of the JSON-lines records; None when they cannot be read.
+
+        The beams are decided again: stage 1's is fixed, and a later stage's
+        is ranked by the encoder, retrained on the same records with the same
+        seed. Children already recorded are not trained again.
+        """
+        if not records_path or not os.path.exists(records_path):
+            return None
+        try:
+            with open(records_path) as f:
+                records = [json.loads(line) for line in f if line.strip()]
+        except (OSError, ValueError):
+            return None
+        children = [r for r in records if isinstance(r, dict) and r.get("status") in (Status.OK, Status.FAILED)]
+        if not children or any("sr_no" not in r or "stage" not in r or "child" not in r for r in children):
+            return None
+        self.data["children"] = children
+        return self
+
+    @property
+    def resumed(self):
+        return bool(self.data["children"]) or bool(self.data["beams"])
+
+    def save(self):
+        write_atomic(self.path, json.dumps(self.data))
+
+    def beam(self, b):
+        beam = self.data["beams"].get(str(b))
+        return None if beam is None else [tuple(c) for c in beam]
+
+    def set_beam(self, b, beam, predicted=None):
+        self.data["beams"][str(b)] = [list(c) for c in beam]
+        if predicted is not None:
+            self.data["predicted"][str(b)] = [float(p) for p in predicted]
+
+    def predicted(self, b):
+        return self.data["predicted"].get(str(b))
+
+    def add(self, record):
+        """Appends a finished child's `ChildRecord`; returns its JSON object."""
+        data = record.to_json()
+        self.data["children"].append(data)
+        return data
+
+    def add_over_budget(self, record):
+        self.data["over_budget"].append(record.to_json())
+
+    def drop_trailing_failures(self):
+        """Forgets the failed children after the last success, so a rerun retries them.
+
+        A search stops after MAX_CONSECUTIVE_FAILURES failures in a row; once
+        the cause is fixed, rerunning trains those children again.
+        """
+        children = self.data["children"]
+        dropped = 0
+        while children and children[-1]["status"] == Status.FAILED:
+            children.pop()
+            dropped += 1
+        return dropped
+
+    def finished_children(self):
+        return {tuple(r["child"]): r for r in self.data["children"]}
+
+    def records(self, stage=None):
+        return [r for r in self.data["children"] if stage is None or r["stage"] == stage]
+
+
+# The original train.py's strings, character for character (its log was appended to as the search ran).
+ARCHITECTURES_HEADER = "All the evaluated architectures will be logged in this file. \n \n \n"
+STAGE_FINISHED = "\n \n --------------------EXPERIMENT FINISHED------------------- \n \n"
+
+
+def format_architectures(state, state_space):
+    """The architectures log, byte for byte in the original train.py's layout.
+
+    A header; per stage, `---- B= {b - 1} Architectures ---- ` (the original
+    counted stages from 0); per child, its number within the stage, its
+    reward as `str(float)`, its architecture and representation string; and
+    once every child of the stage is recorded, the original's "EXPERIMENT
+    FINISHED" line. The stage's trained and failed children come first, in
+    training order; then, once the stage is done, the candidates skipped for
+    MAX_MUL_OPS, in the order the search met them. Failed and skipped
+    children show reward 0.0. So the file only grows as the search runs, as
+    the original's did, and regenerating it from the state gives the same
+    bytes. Everything else (global index, status, test accuracy, footprint)
+    is in the JSON lines.
+    """
+    text = ARCHITECTURES_HEADER
+    for b in sorted(int(k) for k in state.data["beams"]):
+        text += "---- B= " + str(b - 1) + " Architectures ---- \n"
+        children = state.records(stage=b)
+        complete = state.data["finished"] or len(children) >= len(state.beam(b))
+        if complete:
+            children = children + [r for r in state.data["over_budget"] if r["stage"] == b]
+        for t, record in enumerate(children):
+            child = tuple(int(v) for v in record["child"])
+            reward = 0.0 if record["status"] != Status.OK else float(record["reward"])
+            text += (
+                "\nSr. No: " + str(t + 1) + "\nReward: " + str(reward)
+                + "\nArchitecture: " + str(state_space.parse(child))
+                + "\nRepresentation String: " + '"' + state_space.representation_string(child) + '"' + "\n"
+            )
+        if complete:
+            text += STAGE_FINISHED
+    return text
+
+
+def write_logs(state, state_space, paths):
+    """Saves the state, then regenerates the architectures log and the JSON-lines records from it."""
+    state.save()
+    write_atomic(paths.architectures, format_architectures(state, state_space))
+    records = state.records() + state.data["over_budget"]
+    write_atomic(paths.records, "".join(json.dumps(r) + "\n" for r in records))

@@ -1,0 +1,391 @@
+"""Running children: one interface, `run(jobs)`, three backends.
+
+A runner trains the children of a list of `ChildJob`s and yields one
+`Outcome` per job, in job order, as soon as it and every job before it are
+done. The search records each outcome as it comes, so a search killed at any
+point has recorded a prefix of its beam and resumes after it. Each job carries
+its seed, so every backend trains the same child with the same numbers:
+
+- `InlineRunner`: in the search's own process, one child at a time.
+- `ProcessRunner`: in worker processes on this machine (`pnas.worker`), each
+  replaced after a few children because TensorFlow leaks memory per model;
+  several side by side, each with its share of the CPU cores.
+- `RayRunner`: as Ray tasks, on a local Ray or on a cluster.
+
+A child that raises, or whose worker dies, is an outcome with an `error`:
+it fails that child, never the run.
+"""
+
+import collections
+import dataclasses
+import logging
+import multiprocessing.connection
+import os
+import socket
+import tempfile
+import traceback
+from typing import Optional
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class RunnerUnavailable(RuntimeError):
+    """The runner cannot start (e.g. no Ray cluster at the address); the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildJob:
+    """One child to train.
+
+    Attributes:
+        sr_no: The child's number in the search (1, 2, ...).
+        stage: Its block count b.
+        child: Its encoding (tuple of ints).
+        actions: Its architecture, `[input1, 'op1', input2, 'op2', ...]`.
+        seed: The seed its training starts from.
+    """
+
+    sr_no: int
+    stage: int
+    child: tuple
+    actions: tuple
+    seed: int
+
+    @property
+    def log_name(self):
+        """The child's TensorBoard run name."""
+        return f"child_{self.sr_no:04d}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What running a job gave: a result dict, or an error and its traceback."""
+
+    job: ChildJob
+    result: Optional[dict] = None
+    error: Optional[str] = None
+    trace: Optional[str] = None
+
+    @property
+    def ok(self):
+        return self.error is None
+
+
+def _failure(job, exc):
+    return Outcome(job, error=f"{type(exc).__name__}: {exc}", trace="".join(traceback.format_exception(exc)))
+
+
+class Runner:
+    """The interface: `run(jobs, on_start)` yields an `Outcome` per job, in job order."""
+
+    #: Children trained at the same time (the search numbers its output lines when > 1).
+    parallel = 1
+
+    def run(self, jobs, on_start=None):
+        """Trains `jobs`; yields their outcomes in job order.
+
+        Args:
+            jobs: `ChildJob`s.
+            on_start: Called with each job as it starts.
+        """
+        raise NotImplementedError
+
+    def close(self):
+        """Releases the runner's processes or cluster connection."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class InlineRunner(Runner):
+    """Trains each job in this process with `train(job) -> result dict`."""
+
+    def __init__(self, train):
+        self.train = train
+
+    def run(self, jobs, on_start=None):
+        for job in jobs:
+            if on_start:
+                on_start(job)
+            try:
+                result = self.train(job)
+            except Exception as exc:  # a failing child must not end the search
+                logger.debug("Child %s failed", job.child, exc_info=exc)
+                yield _failure(job, exc)
+            else:
+                yield Outcome(job, result)
+
+
+class KerasTrainer:
+    """`train(job)` of the inline runner: a `NetworkManager` in this process."""
+
+    def __init__(self, dataset, child_config, manager_kwargs):
+        from pnas.manager import NetworkManager
+
+        self.child = child_config
+        self.manager = NetworkManager(dataset, **manager_kwargs)
+
+    def __call__(self, job):
+        import keras
+
+        from pnas.model import model_fn
+
+        keras.utils.set_random_seed(job.seed)
+        return self.manager.train_child(model_fn, **self.child.train_kwargs(job.actions, "child", job.log_name))
+
+
+def available_cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class ProcessRunner(Runner):
+    """Trains jobs in `parallel` replaceable worker processes (`pnas.worker.ChildWorker`).
+
+    Side by side, each worker runs its ops on its share of the CPU cores.
+    Outcomes come in job order; a job's seed is its own, so the results
+    differ from one-by-one training only by the threads' arithmetic.
+    """
+
+    def __init__(self, dataset, child_config, manager_kwargs, parallel=1, children_per_process=10):
+        from pnas.worker import ChildWorker
+
+        self.child = child_config
+        self.parallel = parallel
+        threads = max(1, available_cores() // parallel) if parallel > 1 else None
+        self.workers = [ChildWorker(dataset, manager_kwargs, children_per_process, threads) for _ in range(parallel)]
+
+    def run(self, jobs, on_start=None):
+        from pnas.worker import ChildFailed
+
+        jobs = list(jobs)
+        todo = collections.deque(jobs)
+        running, finished = {}, {}  # worker -> job; sr_no -> Outcome
+        order = iter(jobs)
+        head = next(order, None)
+        while head is not None:
+            for slot, worker in enumerate(self.workers):
+                if todo and worker not in running:
+                    job = todo.popleft()
+                    if on_start:
+                        on_start(job)
+                    # One weights file per worker: side by side they must not share one.
+                    name = "child" if slot == 0 else f"child{slot}"
+                    worker.submit(job.seed, **self.child.train_kwargs(job.actions, name, job.log_name))
+                    running[worker] = job
+            ready = multiprocessing.connection.wait([w.conn for w in running])
+            for worker in [w for w in running if w.conn in ready]:
+                job = running.pop(worker)
+                try:
+                    finished[job.sr_no] = Outcome(job, worker.result())
+                except ChildFailed as exc:
+                    finished[job.sr_no] = Outcome(job, error=exc.error, trace=exc.trace)
+            while head is not None and head.sr_no in finished:
+                yield finished.pop(head.sr_no)
+                head = next(order, None)
+
+    def close(self):
+        for worker in self.workers:
+            worker.close()
+
+
+# --------------------------------------------------------------------- Ray
+_RAY_PROCESS = {}  # per Ray worker process: its scratch folder, and whether its threads are set
+
+
+def _train_on_ray(dataset, manager_kwargs, threads, seed, train_kwargs):
+    """A Ray task: trains one child; returns ('ok', result) or ('error', message, traceback).
+
+    The child's own exceptions come back as values, so that the search
+    records them as it records a failing child of the other runners; a task
+    that raises to Ray is a worker or node that died.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from pnas.worker import import_keras_quietly, limit_threads
+
+    import_keras_quietly()
+    import keras
+
+    from pnas.manager import NetworkManager
+    from pnas.model import model_fn
+
+    if "scratch" not in _RAY_PROCESS:
+        if threads:
+            limit_threads(threads)
+        # The weights of the child in training, on this node; nothing reads them back.
+        _RAY_PROCESS["scratch"] = tempfile.mkdtemp(prefix="pnas_ray_")
+    manager = NetworkManager(dataset, **dict(manager_kwargs, weights_dir=_RAY_PROCESS["scratch"]))
+    try:
+        keras.utils.set_random_seed(seed)
+        return ("ok", manager.train_child(model_fn, **train_kwargs))
+    except Exception as exc:  # recorded by the search as a failed child
+        return ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+
+def _unavailable(address, reason):
+    return RunnerUnavailable(
+        f"cannot connect to a Ray cluster at RAY_ADDRESS={address!r} ({reason}); start one with "
+        "`ray start --head`, or run with --RAY_ADDRESS=None for a Ray on this machine only"
+    )
+
+
+def check_ray_address(address, timeout_s=5):
+    """Raises `RunnerUnavailable` unless something listens at a 'host:port' address.
+
+    `ray.init` keeps retrying an address where nothing answers (for more
+    than ten minutes, measured), so a wrong address is caught here first.
+    """
+    if address is None or address == "auto":
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise _unavailable(address, "expected 'auto' or 'host:port'")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise _unavailable(address, f"nothing answers at {host}:{port}: {exc.strerror or exc}") from None
+
+
+def connect_ray(address):
+    """Joins the Ray cluster at `address` ('auto', 'host:port'), or starts a local Ray (None).
+
+    Returns:
+        True when this call started or joined Ray (and `ray.shutdown` is
+        ours), False when this process was connected already.
+
+    Raises:
+        RunnerUnavailable: Ray is not installed, or no cluster answers at `address`.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise RunnerUnavailable(
+            "RUNNER='ray' needs the ray package: pip install -r requirements.txt"
+        ) from None
+    if ray.is_initialized():
+        return False
+    check_ray_address(address)
+    try:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,  # the workers' TensorFlow and Keras output stays in Ray's log files
+            logging_level=logging.ERROR,
+            configure_logging=True,
+        )
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError or ValueError by case
+        raise _unavailable(address, f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+    return True
+
+
+class RayRunner(Runner):
+    """Trains each job as a Ray task, on a local Ray or a cluster.
+
+    The dataset goes to the cluster once (`ray.put`). Each task asks for
+    `ray_cpus_per_child` CPUs and `ray_gpus_per_child` GPUs, runs its ops on
+    that many threads, and its worker process is replaced after
+    `children_per_process` tasks (`max_calls`; after every task on a GPU).
+    As many tasks run at once as the cluster has resources for; outcomes
+    come in job order.
+
+    A worker or node that dies is retried `ray_max_retries` times, then its
+    child is failed. Child weights and TensorBoard logs stay out: a task
+    writes its weights to a scratch folder on its node.
+    """
+
+    def __init__(self, dataset, child_config, manager_kwargs, runner_config):
+        self.owns_ray = connect_ray(runner_config.ray_address)
+        import ray
+
+        self.ray = ray
+        self.child = child_config
+        cpus, gpus = runner_config.ray_cpus_per_child, runner_config.ray_gpus_per_child
+        self.threads = max(1, int(cpus)) if cpus else None
+        self.manager_kwargs = dict(manager_kwargs, log_dir=None)
+        self.dataset_ref = ray.put(list(dataset))
+        # TensorFlow binds a process to the GPUs it saw first, while Ray may give
+        # the next task of that process another one: a GPU child gets a fresh process.
+        max_calls = 1 if gpus else runner_config.children_per_process
+        env = {
+            "PYTHONPATH": REPO_ROOT,  # the repository is at the same path on every node (docs/cluster.md)
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "TF_FORCE_GPU_ALLOW_GROWTH": "true",  # children sharing a GPU (RAY_GPUS_PER_CHILD < 1)
+        }
+        self.remote = ray.remote(
+            num_cpus=cpus,
+            num_gpus=gpus,
+            max_calls=max_calls,
+            max_retries=runner_config.ray_max_retries,
+            runtime_env={"env_vars": env},
+        )(_train_on_ray)
+        resources = ray.cluster_resources()
+        slots = [resources.get("CPU", 1) / cpus] if cpus else []
+        if gpus:
+            slots.append(resources.get("GPU", 0) / gpus)
+        self.parallel = max(1, int(min(slots))) if slots else 1
+        logger.info("Ray: %s, %d children at a time", resources, self.parallel)
+
+    def _outcome(self, job, ref):
+        try:
+            reply = self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:  # the task's worker or node died, even after retries
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            logger.warning("Child #%d: its Ray worker died (%s)", job.sr_no, type(exc).__name__)
+            return Outcome(job, error=f"WorkerDied: {type(exc).__name__}: {first}", trace=str(exc))
+        if reply[0] == "ok":
+            return Outcome(job, reply[1])
+        return Outcome(job, error=reply[1], trace=reply[2])
+
+    def run(self, jobs, on_start=None):
+        todo = collections.deque(jobs)
+        submitted = collections.deque()  # (job, ref), in job order
+        done = set()  # refs of finished tasks not yet yielded
+        try:
+            while todo or submitted:
+                running = [ref for _, ref in submitted if ref not in done]
+                while todo and len(running) < self.parallel:
+                    job = todo.popleft()
+                    if on_start:
+                        on_start(job)
+                    ref = self.remote.remote(
+                        self.dataset_ref, self.manager_kwargs, self.threads, job.seed,
+                        self.child.train_kwargs(job.actions, "child", job.log_name),
+                    )
+                    submitted.append((job, ref))
+                    running.append(ref)
+                job, ref = submitted[0]
+                if ref in done or not running:
+                    submitted.popleft()
+                    done.discard(ref)
+                    yield self._outcome(job, ref)
+                    continue
+                ready, _ = self.ray.wait(running, num_returns=1)
+                done.update(ready)
+        finally:
+            for _, ref in submitted:  # the search stopped early: free the cluster
+                self.ray.cancel(ref, force=True)
+
+    def close(self):
+        if self.owns_ray and self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def make_runner(config, dataset, paths, train_fn=None):
+    """The runner of `config.runner` (a `SearchConfig`), or an inline one around `train_fn(job)`.
+
+    Raises:
+        RunnerUnavailable: RUNNER='ray' and no Ray cluster can be reached.
+    """
+    if train_fn is not None:
+        return InlineRunner(train_fn)
+    r = config.runner
+    manager_kwargs = config.child.manager_kwargs(config.experiment_name, paths.weights_dir, paths.log_dir)
+    if r.kind == "ray":
+        return RayRunner(dataset, config.child, manager_kwargs, r)
+    if r.kind == "inline" or r.children_per_process == 0:
+        return InlineRunner(KerasTrainer(dataset, config.child, manager_kwargs))
+    return ProcessRunner(dataset, config.child, manager_kwargs, r.parallel_children, r.children_per_process)

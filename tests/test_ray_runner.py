@@ -1,0 +1,142 @@
+"""The Ray runner (pnas/runners.py): the same search as inline, failures, resume after kill -9.
+
+One local Ray (2 CPUs) is shared by every test of this module.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import pathlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from pnas.runners import InlineRunner, RayRunner, RunnerUnavailable, check_ray_address  # noqa: E402
+from pnas.search import Search, SearchAborted, SearchPaths  # noqa: E402
+from _search_helpers import synthetic_dataset, tiny_config  # noqa: E402
+
+ray = pytest.importorskip("ray")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+COMPARED = ("sr_no", "stage", "child", "status", "reward", "best_epoch", "val_accuracy", "test_accuracy", "mul_ops")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A Ray of 2 CPUs on this machine; yields its address, for other processes to join."""
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+def _records(paths):
+    with open(paths.records) as f:
+        return [json.loads(line) for line in f]
+
+
+def _search(root, runner, dataset=None, **overrides):
+    config = tiny_config(RUNNER=runner, RAY_CPUS_PER_CHILD=2, **overrides)
+    paths = SearchPaths("tiny", root=str(root))
+    return Search(config, synthetic_dataset() if dataset is None else dataset, paths, plots=False), paths
+
+
+def test_a_ray_search_gives_the_records_of_an_inline_search(local_ray, tmp_path):
+    """B = 2: the same children, in the same order, with the same seeds and numbers."""
+    runs = {}
+    for runner in ("inline", "ray"):
+        search, paths = _search(tmp_path / runner, runner)
+        assert isinstance(search.runner, RayRunner if runner == "ray" else InlineRunner)
+        search.run()
+        runs[runner] = _records(paths)
+    inline, on_ray = runs["inline"], runs["ray"]
+    assert [r["sr_no"] for r in on_ray] == [1, 2, 3, 4, 5]
+    assert [r["stage"] for r in on_ray] == [1, 1, 1, 2, 2]
+    assert all(r["status"] == "ok" for r in inline + on_ray)
+    for a, b in zip(inline, on_ray):
+        for key in COMPARED:
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    # The Ray runner leaves the local Ray it joined running, for the next search.
+    assert ray.is_initialized()
+
+
+def test_a_ray_task_that_raises_is_recorded_as_failed(local_ray, tmp_path):
+    dataset = synthetic_dataset()
+    dataset[0] = np.full_like(dataset[0], np.nan)  # every child's loss diverges
+    search, paths = _search(tmp_path, "ray", dataset, B=1, MAX_CONSECUTIVE_FAILURES=2)
+    with pytest.raises(SearchAborted, match="2 children failed in a row"):
+        search.run()
+    records = _records(paths)
+    assert [(r["sr_no"], r["status"], r["reward"]) for r in records] == [(1, "failed", 0.0), (2, "failed", 0.0)]
+    assert all(r["error"].startswith("ChildTrainingError: loss became nan") for r in records)
+    assert all("Traceback" in r["traceback"] for r in records)
+
+
+def test_nothing_listening_at_the_address_is_runner_unavailable(local_ray):
+    # Port 9 (discard) on loopback: nothing listens, and ray.init would retry for minutes.
+    with pytest.raises(RunnerUnavailable, match=r"RAY_ADDRESS='127.0.0.1:9'.*ray start --head"):
+        check_ray_address("127.0.0.1:9")
+    with pytest.raises(RunnerUnavailable, match="expected 'auto' or 'host:port'"):
+        check_ray_address("somewhere")
+    check_ray_address(local_ray)  # a running Ray answers
+    check_ray_address("auto")  # left to Ray, which says at once when it finds no cluster
+
+
+# ------------------------------------------------------------------ resume
+TINY = [
+    "--operators=['3x3 bconv', '3x3 maxpool']", "--B=1", "--K_=2", "--MAX_EPOCHS=1", "--TRAIN_SIZE=200",
+    "--NUM_CELLS=1", "--NUM_CELL_FILTERS=[4]", "--DENSE_LAYERS=[10]", "--RNN_TRAINING_EPOCHS=2", "--VERBOSE=0",
+    "--EXPERIMENT_NAME=tiny", "--RUNNER='ray'",
+]
+
+
+def _env():
+    env = dict(os.environ)
+    env.update(MNIST_DATA_DIR=str(REPO_ROOT / "data" / "mnist"), MNIST_MIRRORS="http://127.0.0.1:9/",
+               PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    return env
+
+
+def test_a_ray_search_killed_with_sigkill_resumes_without_retraining(local_ray, tmp_path):
+    """train.py on the shared Ray, killed after 2 children, then rerun to the end."""
+    from mnist.download_mnist import MnistUnavailableError, ensure_mnist
+
+    try:
+        ensure_mnist(REPO_ROOT / "data" / "mnist")
+    except MnistUnavailableError as exc:
+        pytest.skip(f"MNIST is not available: {exc}")
+    command = [sys.executable, str(REPO_ROOT / "train.py"), *TINY, f"--RAY_ADDRESS={local_ray!r}"]
+    records = tmp_path / "architectures" / "tiny.jsonl"
+    with open(tmp_path / "first.out", "w") as out:
+        proc = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            import time
+
+            deadline = time.monotonic() + 300
+            while not (records.exists() and len(records.read_text().splitlines()) >= 2):
+                assert proc.poll() is None, (tmp_path / "first.out").read_text()[-3000:]
+                assert time.monotonic() < deadline, "no 2 records after 300 s"
+                time.sleep(0.05)
+        finally:
+            proc.kill()
+            proc.wait()
+    first = [json.loads(line) for line in records.read_text().splitlines()]
+    killed_after = len(first)
+    result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"Resuming: {killed_after} children already trained." in result.stdout
+    final = [json.loads(line) for line in records.read_text().splitlines()]
+    assert [r["sr_no"] for r in final] == [1, 2, 3]
+    assert len({tuple(r["child"]) for r in final}) == 3
+    assert final[:killed_after] == first  # the records before the kill were kept, not retrained
+    # Only the children after the kill were trained: one progress line each.
+    assert result.stdout.count("[b ") == 3 - killed_after
+    assert "Traceback" not in result.stdout + result.stderr
