@@ -134,27 +134,73 @@ def mean_sd(values):
 
 
 # ------------------------------------------------------------------- search
-def search_lines(table, ks, repeats, s, root):
+def search_lines(table, results, ks, repeats):
+    """The search lines from `results[(K, seed)] = (best cell's rank, its mean reward)` of the PNAS runs."""
     ranks = table.ranks()
     lines = []
     for K in ks:
-        pnas_rank, pnas_reward, rand_rank, rand_reward = [], [], [], []
+        pnas = np.array([results[K, seed] for seed in range(repeats)])
+        rand = []
         for seed in range(repeats):
-            trained = simulate_search(table, dict(s, K_=K, SEED=seed), root)
-            best = best_found(table, trained)
-            pnas_rank.append(ranks[best])
-            pnas_reward.append(table.mean_reward(best))
-            best = best_found(table, random_search(table, len(trained), seed))
-            rand_rank.append(ranks[best])
-            rand_reward.append(table.mean_reward(best))
+            best = best_found(table, random_search(table, int(results["n", K, seed]), seed))
+            rand.append((ranks[best], table.mean_reward(best)))
+        rand = np.array(rand)
         se = lambda v: float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")  # noqa: E731
         lines.append(
-            f"search K_={K} pnas_best_rank={np.mean(pnas_rank):.1f} random_best_rank={np.mean(rand_rank):.1f} "
-            f"pnas_best_reward={np.mean(pnas_reward):.4f} random_best_reward={np.mean(rand_reward):.4f} "
-            f"repeats={repeats} pnas_rank_se={se(pnas_rank):.1f} random_rank_se={se(rand_rank):.1f}"
+            f"search K_={K} pnas_best_rank={pnas[:, 0].mean():.1f} random_best_rank={rand[:, 0].mean():.1f} "
+            f"pnas_best_reward={pnas[:, 1].mean():.4f} random_best_reward={rand[:, 1].mean():.4f} "
+            f"repeats={repeats} pnas_rank_se={se(pnas[:, 0]):.1f} random_rank_se={se(rand[:, 0]):.1f}"
         )
-        print(lines[-1], flush=True)
     return lines
+
+
+# ---------------------------------------------------------------- the tasks
+# Every encoder training is a task, run in a pool of processes (`--jobs`).
+_TABLE = None
+
+
+def _init(path, threads):
+    """A pool process: quiet Keras, `threads` CPU threads, the table loaded once."""
+    global _TABLE
+    from pnas.worker import import_keras_quietly
+
+    import_keras_quietly()
+    if threads:
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+    _TABLE = load_table(path)
+
+
+def _run_task(task):
+    """("heldout", b, seed, overrides) -> rho; ("search", K, seed) -> (rank, mean reward, cells trained)."""
+    kind, *args = task
+    if kind == "heldout":
+        b, seed, overrides = args
+        return heldout_encoder(_TABLE, b, seed, settings(**overrides))
+    K, seed = args
+    with tempfile.TemporaryDirectory(prefix="surrogate_eval_") as root:
+        trained = simulate_search(_TABLE, settings(K_=K, SEED=seed), root)
+    best = best_found(_TABLE, trained)
+    return _TABLE.ranks()[best], _TABLE.mean_reward(best), len(trained)
+
+
+def run_tasks(tasks, path, jobs):
+    """Results of `tasks` in order, computed `jobs` at a time."""
+    if jobs <= 1:
+        _init(path, None)
+        return [_run_task(t) for t in tasks]
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init, initargs=(path, 1)
+    ) as pool:
+        return list(pool.map(_run_task, tasks))
 
 
 # --------------------------------------------------------------------- main
@@ -177,27 +223,32 @@ def main():
     parser.add_argument("--seeds", type=int, default=5, help="surrogate seeds of the held-out measure")
     parser.add_argument("--repeats", type=int, default=20, help="repeats of each search")
     parser.add_argument("--k", default="4,8,16,32", help="comma-separated beam sizes K_ of the search lines")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes training encoders")
     parser.add_argument("--ablation", action="store_true", help="held-out rho of each encoder recipe instead")
     args = parser.parse_args()
+    if not os.path.exists(args.table):
+        sys.exit(f"error: no table at {args.table}; run python bench/space_table.py first")
 
-    from pnas.worker import import_keras_quietly
-
-    import_keras_quietly()
     start = time.time()
     table = load_table(args.table)
     cells = all_cells(table.state_space, 3)
     coverage = {b: sum(c in table and 0 in table.rewards[c] for c in cells[b]) for b in cells}
     print(f"# {args.table}: {len(table)} cells; seed-0 coverage "
           + ", ".join(f"b={b} {coverage[b]}/{len(cells[b])}" for b in cells)
-          + f"; seed 1 for {sum(1 in r for r in table.rewards.values())}")
-    s = settings()
+          + f"; seed 1 for {sum(1 in r for r in table.rewards.values())}", flush=True)
+    # A held-out stage needs every cell of b blocks and some of b + 1.
     stages = [b for b in (1, 2) if coverage[b] == len(cells[b]) and coverage[b + 1] >= 3]
+    if coverage[3] < len(cells[3]) and 2 in stages:
+        print(f"# b=2->3 is measured on the {coverage[3]} three-block cells in the table so far")
+    seeds = range(args.seeds)
 
     if args.ablation:
-        for name, recipe in RECIPES.items():
+        tasks = [("heldout", b, seed, recipe) for recipe in RECIPES.values() for b in stages for seed in seeds]
+        results = iter(run_tasks(tasks, args.table, args.jobs))
+        for name in RECIPES:
             parts = []
             for b in stages:
-                m, sd = mean_sd([heldout_encoder(table, b, seed, dict(s, **recipe)) for seed in range(args.seeds)])
+                m, sd = mean_sd([next(results) for _ in seeds])
                 parts.append(f"b={b}->{b + 1} rho={m:.2f} sd={sd:.2f}")
             print(f"ablation {' '.join(parts)} | {name}", flush=True)
         print(f"# {time.time() - start:.0f} s")
@@ -206,20 +257,32 @@ def main():
     for b in (2, 3):
         rho, n = noise_ceiling(table, b)
         print(f"noise_ceiling b={b} rho={'nan' if rho is None else f'{rho:.2f}'}  # {n} cells with 2 seeds")
-    for label, overrides in (("heldout", {}), ("heldout_ensemble5", {"ENCODER_ENSEMBLE": 5})):
-        for b in stages:
-            m, sd = mean_sd([heldout_encoder(table, b, seed, dict(s, **overrides)) for seed in range(args.seeds)])
-            print(f"{label} b={b}->{b + 1} rho={m:.2f} sd={sd:.2f}", flush=True)
     for name in BASELINES:
         for b in stages:
-            m, sd = mean_sd([heldout_baseline(table, b, seed, name) for seed in range(args.seeds)])
+            m, sd = mean_sd([heldout_baseline(table, b, seed, name) for seed in seeds])
             print(f"heldout_{name} b={b}->{b + 1} rho={m:.2f} sd={sd:.2f}", flush=True)
-    if all(coverage[b] == len(cells[b]) for b in cells):
-        with tempfile.TemporaryDirectory(prefix="surrogate_eval_") as root:
-            search_lines(table, [int(k) for k in args.k.split(",")], args.repeats, s, root)
+    surrogates = (("heldout", {}), ("heldout_ensemble5", {"ENCODER_ENSEMBLE": 5}))
+    tasks = [("heldout", b, seed, overrides) for _, overrides in surrogates for b in stages for seed in seeds]
+    ks = [int(k) for k in args.k.split(",")]
+    complete = all(coverage[b] == len(cells[b]) for b in cells)
+    if complete:
+        tasks += [("search", K, seed) for K in ks for seed in range(args.repeats)]
+    results = iter(run_tasks(tasks, args.table, args.jobs))
+    for label, _ in surrogates:
+        for b in stages:
+            m, sd = mean_sd([next(results) for _ in seeds])
+            print(f"{label} b={b}->{b + 1} rho={m:.2f} sd={sd:.2f}", flush=True)
+    if complete:
+        found = {}
+        for K in ks:
+            for seed in range(args.repeats):
+                rank, reward, n = next(results)
+                found[K, seed], found["n", K, seed] = (rank, reward), n
+        for line in search_lines(table, found, ks, args.repeats):
+            print(line)
     else:
         print("# search lines skipped: the table lacks seed-0 rewards for some cells")
-    print(f"# {time.time() - start:.0f} s")
+    print(f"# {time.time() - start:.0f} s with {args.jobs} processes")
 
 
 if __name__ == "__main__":

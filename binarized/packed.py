@@ -384,8 +384,8 @@ class _BinaryLayer(_Node):
         return Real(y)
 
 
-class _Conv(_BinaryLayer):
-    """A binary conv (or dense, as a conv whose kernel covers the input)."""
+class _Windowed(_BinaryLayer):
+    """A binary layer that slides a kernel: its geometry and its zero-padding correction."""
 
     def __init__(self, spec, sections):
         super().__init__(spec, sections)
@@ -393,21 +393,10 @@ class _Conv(_BinaryLayer):
         self.strides = tuple(spec.get("s", (1, 1)))
         self.padding = spec.get("pad", "valid")
         self.cin = spec["cin"]
-        taps = self.kernel[0] * self.kernel[1]
-        negative = sections.bits(spec["w"], (self.cout, taps, self.cin))
-        self.n = taps * self.cin
-        self.w_words = _pair_words(pack_bits(negative).reshape(self.cout, -1).T).T.copy()  # (O, K64)
-        self.w_float = np.where(negative, -1, 1).astype(np.float32).reshape(self.cout, -1).T.copy()  # (taps * cin, O)
-        # Sum over channels of each tap's ±1 weights: what a padded +1 tap adds.
-        self.tap_sums = (self.cin - 2 * negative.sum(axis=2)).T  # (taps, O)
         self._corr = {}
 
     def shape(self, in_hw):
         return _geometry(in_hw, self.kernel, self.strides, self.padding)
-
-    def macs(self, in_hw):
-        out_hw, _ = self.shape(in_hw)
-        return out_hw[0] * out_hw[1] * self.n * self.cout
 
     def correction(self, in_hw, zero=None):
         key = (in_hw, None if zero is None else zero.tobytes())
@@ -415,6 +404,25 @@ class _Conv(_BinaryLayer):
             out_hw, pads = self.shape(in_hw)
             self._corr[key] = _padding_correction(in_hw, self.kernel, self.strides, pads, out_hw, self.tap_sums, zero)
         return self._corr[key]
+
+
+class _Conv(_Windowed):
+    """A binary conv (or dense, as a conv whose kernel covers the input)."""
+
+    def __init__(self, spec, sections):
+        super().__init__(spec, sections)
+        taps = self.kernel[0] * self.kernel[1]
+        negative = sections.bits(spec["w"], (self.cout, taps, self.cin))
+        self.n = taps * self.cin
+        self.w_words = _pair_words(pack_bits(negative).reshape(self.cout, -1).T).T.copy()  # (O, K64)
+        self.w_float = np.where(negative, -1, 1).astype(np.float32).reshape(self.cout, -1).T.copy()  # (taps * cin, O)
+        # Sum over channels of each tap's ±1 weights: what a padded +1 tap adds.
+        self.tap_sums = (self.cin - 2 * negative.sum(axis=2)).T  # (taps, O)
+
+    def macs(self, in_hw):
+        out_hw, _ = self.shape(in_hw)
+        return out_hw[0] * out_hw[1] * self.n * self.cout
+
 
     def preactivation(self, value):
         """Integer (bits input) or float (real input) sums (N, Ho, Wo, O)."""
@@ -437,7 +445,7 @@ class _Conv(_BinaryLayer):
         return self._finish(self.preactivation(value), value.kind == "bits")
 
 
-class _Separable(_BinaryLayer):
+class _Separable(_Windowed):
     """A binary separable conv: ±1 depthwise taps, then ±1 pointwise on integers.
 
     On bits, the depthwise step XORs each tap's input words with the tap's
@@ -451,10 +459,6 @@ class _Separable(_BinaryLayer):
 
     def __init__(self, spec, sections):
         super().__init__(spec, sections)
-        self.kernel = tuple(spec["k"])
-        self.strides = tuple(spec.get("s", (1, 1)))
-        self.padding = spec.get("pad", "valid")
-        self.cin = spec["cin"]
         self.dm = spec["dm"]
         self.taps = self.kernel[0] * self.kernel[1]
         self.mid = self.cin * self.dm
@@ -470,21 +474,11 @@ class _Separable(_BinaryLayer):
         # A padded tap read as +1 adds dw[tap, c] to channel c, hence
         # sum_c dw[tap, c] pw[c, o] to output o.
         self.tap_sums = np.where(dw_neg, -1, 1).astype(np.int64) @ np.where(pw_neg, -1, 1).astype(np.int64).T
-        self._corr = {}
-
-    def shape(self, in_hw):
-        return _geometry(in_hw, self.kernel, self.strides, self.padding)
 
     def macs(self, in_hw):
         out_hw, _ = self.shape(in_hw)
         return out_hw[0] * out_hw[1] * (self.taps * self.mid + self.mid * self.cout)
 
-    def correction(self, in_hw, zero=None):
-        key = (in_hw, None if zero is None else zero.tobytes())
-        if key not in self._corr:
-            out_hw, pads = self.shape(in_hw)
-            self._corr[key] = _padding_correction(in_hw, self.kernel, self.strides, pads, out_hw, self.tap_sums, zero)
-        return self._corr[key]
 
     def depthwise_planes(self, value):
         """Bit-sliced counts u (per channel: the taps whose input and weight differ).

@@ -14,6 +14,7 @@ the original logs still decode.
 
 import csv
 import itertools
+import json
 import logging
 import os
 import re
@@ -332,12 +333,12 @@ class Encoder:
     shorter sequences are padded and masked.
 
     Two target recipes:
-    - 'standardize' (default): the rewards are standardised over the training
-      set (minus their mean, over their std) and regressed by a linear output;
-      predictions are mapped back to reward units. Proxy rewards of one search
-      lie within a few points of each other, so through a sigmoid (the
-      original's) the differences that decide a ranking sit in its flat tails.
-    - 'raw': the original's sigmoid output regressed on the rewards as they are.
+    - 'raw' (default, the original's): a sigmoid output regressed on the
+      rewards as they are.
+    - 'standardize': the rewards are standardised over the training set
+      (minus their mean, over their std) and regressed by a linear output;
+      predictions are mapped back to reward units. It keeps the output away
+      from the sigmoid's flat tails whatever the range of the rewards.
 
     Training follows the original's optimiser: Adam with a staircase decay of
     the learning rate (x0.98 every 500 steps), `epochs` passes over the data
@@ -358,7 +359,7 @@ class Encoder:
             (n-1)/n of the data and their predictions are averaged.
         learning_rate: Adam's initial learning rate.
         batch_size: Children per gradient step (None: all in one batch).
-        targets: 'standardize' or 'raw' (see above).
+        targets: 'raw' or 'standardize' (see above).
         tensorboard_dir: Write the loss and learning rate of every epoch
             here (None: no summaries).
     """
@@ -379,7 +380,7 @@ class Encoder:
         ensemble=1,
         learning_rate=1e-3,
         batch_size=1,
-        targets="standardize",
+        targets="raw",
         tensorboard_dir=None,
     ):
         import keras
@@ -440,12 +441,18 @@ class Encoder:
         return [f"{stem}.{i}.weights.h5" for i in range(len(self.models))]
 
     def save_weights(self, path):
-        """Saves the weights atomically (temporary file, then `os.replace`)."""
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        """Saves the weights atomically (temporary file, then `os.replace`).
+
+        With standardised targets the reward units (mean, std) go to a JSON
+        file beside the weights, so that a restored encoder predicts rewards.
+        """
+        from pnas.files import atomic_path, write_atomic
+
         for model, target in zip(self.models, self.weight_files(path)):
-            tmp = target[: -len(".weights.h5")] + ".tmp.weights.h5"
-            model.save_weights(tmp)
-            os.replace(tmp, target)
+            with atomic_path(target, suffix=".weights.h5") as tmp:
+                model.save_weights(tmp)
+        if self.targets == "standardize":
+            write_atomic(self._units_file(path), json.dumps({"mean": self.target_mean, "std": self.target_std}))
 
     def load_weights(self, path):
         for model, source in zip(self.models, self.weight_files(path)):
@@ -453,6 +460,14 @@ class Encoder:
             # moments) is restored too and training continues exactly.
             model.optimizer.build(model.trainable_variables)
             model.load_weights(source)
+        if self.targets == "standardize" and os.path.exists(self._units_file(path)):
+            with open(self._units_file(path)) as f:
+                units = json.load(f)
+            self.target_mean, self.target_std = float(units["mean"]), float(units["std"])
+
+    @staticmethod
+    def _units_file(path):
+        return path[: -len(".weights.h5")] + ".units.json"
 
     # ------------------------------------------------------------------ steps
     def _batch(self, children):
@@ -464,10 +479,6 @@ class Encoder:
             ids = tokens(self.state_space, child)
             x[row, : len(ids)] = ids
         return x
-
-    def get_actions(self, top_k=None):
-        """The children of the current beam (at most `top_k`), as tuples."""
-        return list(self.children if top_k is None else self.children[:top_k])
 
     def train_step(self, rewards, children=None):
         """Adds (child, reward) pairs to the history and fits on all of it; returns the loss.
@@ -557,14 +568,12 @@ class Encoder:
         return beam
 
     def _write_scores(self, ranked, b):
-        os.makedirs(self.scores_dir, exist_ok=True)
-        path = os.path.join(self.scores_dir, f"scores_{b}.csv")
-        tmp = path + ".tmp"
-        with open(tmp, "w", newline="") as f:
+        from pnas.files import atomic_path
+
+        with atomic_path(os.path.join(self.scores_dir, f"scores_{b}.csv")) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["rank", "predicted_reward", "architecture", "representation_string"])
             for rank, (child, score) in enumerate(ranked, start=1):
                 writer.writerow(
                     [rank, f"{score:.6f}", self.state_space.parse(child), self.state_space.representation_string(child)]
                 )
-        os.replace(tmp, path)

@@ -8,6 +8,7 @@ import csv  # noqa: E402
 import itertools  # noqa: E402
 
 import numpy as np  # noqa: E402
+import keras  # noqa: E402
 import pytest  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
@@ -243,7 +244,7 @@ def test_update_step_keeps_top_k_and_writes_scores(tmp_path):
     assert len(beam) == 3
     assert [predicted[c] for c in beam] == pytest.approx([predicted[c] for c in ranked[:3]], abs=1e-6)
     assert encoder.last_scores == pytest.approx([predicted[c] for c in beam], abs=1e-6)
-    assert encoder.get_actions() == beam
+    assert encoder.children == beam
     with open(tmp_path / "scores_2.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(candidates) == 55
@@ -267,3 +268,23 @@ def test_update_step_skips_rejected_children():
     beam = encoder.update_step(accept=lambda c: 3 not in c[1::2])
     assert len(beam) == 4
     assert all(3 not in c[1::2] for c in beam)
+
+
+def test_standardized_targets_predict_in_reward_units_and_restore(tmp_path):
+    keras.utils.set_random_seed(0)
+    space = StateSpace(2, ["3x3 bconv", "3x3 maxpool"])
+    children = space.initial_children()
+    rewards = [0.80, 0.82, 0.86]
+    path = str(tmp_path / "encoder.weights.h5")
+    encoder = Encoder(space, controller_cells=8, epochs=30, learning_rate=1e-2, targets="standardize",
+                      weights_path=path)
+    encoder.train_step(rewards, children)
+    assert encoder.target_mean == pytest.approx(np.mean(rewards))
+    predicted = encoder.predict(children)
+    assert np.all((predicted > 0.7) & (predicted < 0.95))  # rewards, not z-scores
+    assert np.argmax(predicted) == 2
+    keras.utils.set_random_seed(1)
+    restored = Encoder(space, controller_cells=8, epochs=30, targets="standardize", weights_path=path, restore=True)
+    np.testing.assert_allclose(restored.predict(children), predicted, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="targets"):
+        Encoder(space, targets="zscore")
