@@ -73,13 +73,11 @@ def settings(**overrides):
 
 
 def new_encoder(state_space, s):
+    """The encoder a search with settings `s` builds (no output files)."""
+    from pnas.config import SearchConfig
     from pnas.encoder import Encoder
 
-    return Encoder(
-        state_space, K=s["K_"], controller_cells=s["CONTROLLER_CELLS"], regularization=s["REGULARIZATION"],
-        epochs=s["RNN_TRAINING_EPOCHS"], ensemble=s["ENCODER_ENSEMBLE"], learning_rate=s["ENCODER_LR"],
-        batch_size=s["ENCODER_BATCHSIZE"], targets=s["ENCODER_TARGETS"],
-    )
+    return Encoder(state_space, **SearchConfig.from_settings(s).encoder.encoder_kwargs())
 
 
 # ----------------------------------------------------------------- measures

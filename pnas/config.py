@@ -101,6 +101,14 @@ class EncoderConfig:
     targets: str = "raw"
     restore: bool = True
 
+    def encoder_kwargs(self):
+        """`pnas.encoder.Encoder` arguments other than the state space and the output paths."""
+        return dict(
+            K=self.k, controller_cells=self.controller_cells, regularization=self.regularization,
+            epochs=self.epochs, ensemble=self.ensemble, learning_rate=self.learning_rate,
+            batch_size=self.batch_size, targets=self.targets,
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class RunnerConfig:

@@ -99,20 +99,12 @@ class Search:
 
     # ----------------------------------------------------------------- decide
     def _new_encoder(self, tensorboard_dir=None):
-        e = self.config.encoder
         return Encoder(
             self.state_space,
-            K=e.k,
-            controller_cells=e.controller_cells,
-            regularization=e.regularization,
-            epochs=e.epochs,
             weights_path=self.paths.encoder_weights,
             scores_dir=self.paths.scores_dir,
-            ensemble=e.ensemble,
-            learning_rate=e.learning_rate,
-            batch_size=e.batch_size,
-            targets=e.targets,
             tensorboard_dir=tensorboard_dir,
+            **self.config.encoder.encoder_kwargs(),
         )
 
     def _adopt_earlier_encoder(self):
