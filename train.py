@@ -91,20 +91,9 @@ REPRESENTATION_STRING = "[[1. 0. 0.]] [[1. 0. 0. 0.]] [[1. 0. 0.]] [[1. 0. 0. 0.
 LOAD_SAVED = False  # Continue the -ta training from its saved best weights
 # ------------------------------------------
 
-# The settings: every UPPER_CASE constant above, and `operators`.
+# The settings: every UPPER_CASE constant above, and `operators`. What each one means for a search
+# (the config field it feeds, whether it defines the search, the types it takes) is in pnas/config.py.
 SETTINGS = [name for name in dict(globals()) if name.isupper() or name == "operators"]
-# Settings that take other types than their default's.
-TYPES = {
-    "TRAIN_SIZE": (int, type(None)),
-    "INPUT_LOOKFORWARD_DEPTH": (int, type(None)),
-    "MAX_MUL_OPS": (int, float, type(None)),
-    "BINARY_H": (str, int, float),
-    "KERNEL_LR_MULTIPLIER": (str, int, float, type(None)),
-    "ENCODER_BATCHSIZE": (int, type(None)),
-    "RAY_ADDRESS": (str, type(None)),
-    "RAY_CPUS_PER_CHILD": (int, float),
-    "RAY_GPUS_PER_CHILD": (int, float),
-}
 
 
 def fail(message):
@@ -114,6 +103,7 @@ def fail(message):
 
 
 def parse_args(argv):
+    from pnas.config import TYPES
     from pnas.settings import SettingsError, apply_overrides, validate
 
     parser = argparse.ArgumentParser(
@@ -139,19 +129,13 @@ def parse_args(argv):
     return args.train_architecture == "True", settings
 
 
-# Overridden settings that a -ta retrain of a found architecture must repeat.
-RETRAIN_SETTINGS = [
-    "EXPERIMENT_NAME", "B", "operators", "INPUT_LOOKBACK_DEPTH", "INPUT_LOOKFORWARD_DEPTH", "NUM_CELLS",
-    "NUM_CELL_FILTERS", "DENSE_LAYERS", "DROP_INPUT", "DROP_HIDDEN", "DROPOUT", "BATCHSIZE", "USE_EXPANSION",
-    "SEED", "BINARY_H", "KERNEL_LR_MULTIPLIER", "LR_START", "LR_END", "LOSS",
-]
-
-
 def retrain_args(settings, overridden):
-    """`--NAME=value` arguments repeating the overrides that shape a retrained child."""
+    """`--NAME=value` arguments repeating the overrides that shape a retrained child, in train.py's order."""
+    from pnas.config import RETRAIN_SETTINGS
+
     args = []
-    for name in RETRAIN_SETTINGS:
-        if name in overridden:
+    for name in SETTINGS:
+        if name in RETRAIN_SETTINGS and name in overridden:
             value = settings[name]
             text = value if isinstance(value, str) else repr(value)
             args.append(f'--{name}="{text}"' if " " in text or "[" in text or "(" in text else f"--{name}={text}")

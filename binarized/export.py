@@ -16,11 +16,11 @@ import io
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
 from binarized.packed import FORMAT_NAME, FORMAT_VERSION, pack_bits
+from pnas.files import write_atomic
 
 
 class UnsupportedLayerError(ValueError):
@@ -396,17 +396,7 @@ def write(header, payload, path):
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     buffer = io.BytesIO()
     np.savez_compressed(buffer, header=np.frombuffer(text, np.uint8), payload=payload)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_atomic(path, buffer.getvalue())
     return os.path.getsize(path)
 
 

@@ -42,6 +42,12 @@ import urllib.error
 import urllib.request
 import zlib
 
+if __name__ == "__main__":
+    # Run as `python mnist/download_mnist.py`: the repository's packages must be importable.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pnas.files import atomic_path  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 # SHA-256 of the uncompressed content of each file (the originals from
@@ -78,8 +84,8 @@ MIRRORS_ENV = "MNIST_MIRRORS"
 
 _CHUNK_BYTES = 1 << 20
 _UNREACHABLE = "unreachable"
-# mkstemp creates files readable by the owner only; the data are public and
-# may be shared between users of one machine.
+# The data are public and may be shared between users of one machine,
+# whatever the umask.
 _FILE_MODE = 0o644
 # Progress lines are emitted at most this often, plus one at completion.
 _PROGRESS_INTERVAL_S = 2.0
@@ -263,9 +269,9 @@ def _store(stream, data_dir, name, compressed, total_bytes=None, label=None):
     source = _CountingReader(stream, progress)
     reader = gzip.GzipFile(fileobj=source, mode="rb") if compressed else source
     digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(dir=data_dir, prefix=f".{name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
+    # atomic_path removes the temporary file on any exception, Ctrl-C included.
+    with atomic_path(data_dir / name) as tmp:
+        with open(tmp, "wb") as out:
             try:
                 for chunk in iter(lambda: reader.read(_CHUNK_BYTES), b""):
                     digest.update(chunk)
@@ -278,20 +284,7 @@ def _store(stream, data_dir, name, compressed, total_bytes=None, label=None):
             raise _VerificationError(
                 f"checksum mismatch: sha256 {digest.hexdigest()}, "
                 f"expected {SHA256[name]}")
-        os.chmod(tmp_name, _FILE_MODE)
-        os.replace(tmp_name, data_dir / name)
-    except BaseException:
-        # BaseException too: Ctrl-C during a download must not leave the
-        # temporary file behind.
-        _unlink_quietly(tmp_name)
-        raise
-
-
-def _unlink_quietly(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+        os.chmod(tmp, _FILE_MODE)
 
 
 class _CountingReader:

@@ -10,15 +10,14 @@ for validation, so the validation set is the same for every run.
 import hashlib
 import logging
 import math
-import os
 import pathlib
-import tempfile
 import zipfile
 
 import numpy as np
 from scipy import ndimage
 
 from mnist.download_mnist import ensure_mnist
+from pnas.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -253,23 +252,10 @@ def _expand_cached(images, seed, cache_path):
                 len(images), EXPANSION_COPIES + 1, seed)
     expanded = expand_images(images, seed)
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=cache_path.parent,
-                                        prefix=f".{cache_path.name}.", suffix=".part")
-    except OSError as e:
-        logger.warning("cannot cache the expansion in %s (%s)", cache_path.parent, e)
-        return expanded
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(cache_path) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, images=expanded, key=np.array(key))
-        os.chmod(tmp_name, 0o644)  # mkstemp's 0600 would hide it from other users
-        os.replace(tmp_name, cache_path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        if not isinstance(e, OSError):
-            raise
+    except OSError as e:
+        # The cache only saves time: a folder that cannot hold it is no error.
         logger.warning("cannot cache the expansion at %s (%s)", cache_path, e)
     return expanded
 

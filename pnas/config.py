@@ -1,8 +1,12 @@
 """Typed, frozen settings of a search, made once from train.py's settings.
 
-train.py keeps its UPPER_CASE constants, as its users edit them.
-`SearchConfig.from_settings` is the one place that reads those names; the
-library receives the objects below and never indexes a settings dict.
+train.py keeps its UPPER_CASE constants, as its users edit them. Each config
+field below names the train.py setting it is read from, and what that setting
+means for a search (`Setting`); `SETTINGS_READ_BY_TRAIN_PY` holds the few
+settings that feed no field. Everything that lists setting names (`from_settings`,
+`IDENTITY`, `RETRAIN_SETTINGS`, `TYPES`) is derived from these two places.
+`SearchConfig.from_settings` is the one place that reads the settings dict;
+the library receives the objects below and never indexes a settings dict.
 """
 
 import dataclasses
@@ -10,17 +14,33 @@ import json
 from typing import Optional
 
 RUNNERS = ("processes", "inline", "ray")
+NoneType = type(None)
 
-# The settings that define a search: a saved search resumed with other values
-# of these is refused (SearchState). train.py's names, so that the state files
-# of earlier searches still match.
-IDENTITY = (
-    "B", "K_", "operators", "NUM_CELLS", "NUM_CELL_FILTERS", "DENSE_LAYERS", "DROPOUT",
-    "MAX_EPOCHS", "BATCHSIZE", "USE_EXPANSION", "TRAIN_SIZE", "SEED", "CONTROLLER_CELLS",
-    "REGULARIZATION", "RNN_TRAINING_EPOCHS", "INPUT_LOOKBACK_DEPTH", "INPUT_LOOKFORWARD_DEPTH",
-    "BINARY_H", "KERNEL_LR_MULTIPLIER", "LR_START", "LR_END", "LOSS",
-    "MAX_MUL_OPS", "ENCODER_ENSEMBLE", "ENCODER_BATCHSIZE", "ENCODER_LR", "ENCODER_TARGETS",
-)
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What one of train.py's settings means for a search.
+
+    Attributes:
+        name: The setting's name in train.py, also its name in the saved
+            state files (so keep it when renaming a config field).
+        identity: It defines the search: a saved search resumed with another
+            value is refused (`pnas.records.SearchState`).
+        retrain: It shapes the trained child: train.py's `-ta` retrain of a
+            found architecture repeats its override (the summary's command).
+        types: The types an override may take, where others than its
+            default's (e.g. None as well as an int); () for its default's type.
+    """
+
+    name: str
+    identity: bool = False
+    retrain: bool = False
+    types: tuple = ()
+
+
+def setting(name, default, *, identity=False, retrain=False, types=()):
+    """A config field read from train.py's setting `name` (see `Setting`)."""
+    return dataclasses.field(default=default, metadata={"setting": Setting(name, identity, retrain, types)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,19 +63,21 @@ class ChildConfig:
         verbose: Keras `fit` verbosity.
     """
 
-    num_cells: int = 3
-    num_cell_filters: tuple = (16, 24, 32)
-    dense_layers: tuple = (32, 10)
-    dropout: tuple = (False, 0.2, 0.5)
-    epochs: int = 20
-    batchsize: int = 128
-    initial_lr: float = 3e-2
-    final_lr: float = 1e-4
-    loss: str = "squared_hinge"
-    binary_h: object = "Glorot"
-    kernel_lr_multiplier: object = "Glorot"
-    evaluate_test: bool = True
-    verbose: int = 2
+    num_cells: int = setting("NUM_CELLS", 3, identity=True, retrain=True)
+    num_cell_filters: tuple = setting("NUM_CELL_FILTERS", (16, 24, 32), identity=True, retrain=True)
+    dense_layers: tuple = setting("DENSE_LAYERS", (32, 10), identity=True, retrain=True)
+    dropout: tuple = setting("DROPOUT", (False, 0.2, 0.5), identity=True, retrain=True)
+    epochs: int = setting("MAX_EPOCHS", 20, identity=True)  # a retrain runs NUM_EPOCHS
+    batchsize: int = setting("BATCHSIZE", 128, identity=True, retrain=True)
+    initial_lr: float = setting("LR_START", 3e-2, identity=True, retrain=True)
+    final_lr: float = setting("LR_END", 1e-4, identity=True, retrain=True)
+    loss: str = setting("LOSS", "squared_hinge", identity=True, retrain=True)
+    binary_h: object = setting("BINARY_H", "Glorot", identity=True, retrain=True, types=(str, int, float))
+    kernel_lr_multiplier: object = setting(
+        "KERNEL_LR_MULTIPLIER", "Glorot", identity=True, retrain=True, types=(str, int, float, NoneType)
+    )
+    evaluate_test: bool = setting("TEST_CHILDREN", True)
+    verbose: int = setting("VERBOSE", 2)
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -91,15 +113,15 @@ class ChildConfig:
 class EncoderConfig:
     """The surrogate that ranks the candidates (`pnas.encoder.Encoder`) and the beam width."""
 
-    k: int = 128
-    controller_cells: int = 100
-    regularization: float = 0
-    epochs: int = 15
-    ensemble: int = 1
-    learning_rate: float = 1e-3
-    batch_size: Optional[int] = 1
-    targets: str = "raw"
-    restore: bool = True
+    k: int = setting("K_", 128, identity=True)
+    controller_cells: int = setting("CONTROLLER_CELLS", 100, identity=True)
+    regularization: float = setting("REGULARIZATION", 0, identity=True)
+    epochs: int = setting("RNN_TRAINING_EPOCHS", 15, identity=True)
+    ensemble: int = setting("ENCODER_ENSEMBLE", 1, identity=True)
+    learning_rate: float = setting("ENCODER_LR", 1e-3, identity=True)
+    batch_size: Optional[int] = setting("ENCODER_BATCHSIZE", 1, identity=True, types=(int, NoneType))
+    targets: str = setting("ENCODER_TARGETS", "raw", identity=True)
+    restore: bool = setting("RESTORE_CONTROLLER", True)
 
     def encoder_kwargs(self):
         """`pnas.encoder.Encoder` arguments other than the state space and the output paths."""
@@ -126,13 +148,13 @@ class RunnerConfig:
         ray_max_retries: Times Ray reruns a child whose worker or node died.
     """
 
-    kind: str = "processes"
-    parallel_children: int = 1
-    children_per_process: int = 10
-    ray_address: Optional[str] = None
-    ray_cpus_per_child: float = 1
-    ray_gpus_per_child: float = 0
-    ray_max_retries: int = 1
+    kind: str = setting("RUNNER", "processes")
+    parallel_children: int = setting("PARALLEL_CHILDREN", 1)
+    children_per_process: int = setting("CHILDREN_PER_PROCESS", 10)
+    ray_address: Optional[str] = setting("RAY_ADDRESS", None, types=(str, NoneType))
+    ray_cpus_per_child: float = setting("RAY_CPUS_PER_CHILD", 1, types=(int, float))
+    ray_gpus_per_child: float = setting("RAY_GPUS_PER_CHILD", 0, types=(int, float))
+    ray_max_retries: int = setting("RAY_MAX_RETRIES", 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,15 +175,17 @@ class SearchConfig:
             in train.py's names: the saved state records them.
     """
 
-    experiment_name: str = "default"
-    seed: int = 0
-    overwrite: bool = False
-    max_blocks: int = 3
-    operators: tuple = ()
-    input_lookback_depth: int = 0
-    input_lookforward_depth: Optional[int] = 0
-    max_consecutive_failures: int = 3
-    max_mul_ops: Optional[float] = None
+    experiment_name: str = setting("EXPERIMENT_NAME", "default", retrain=True)
+    seed: int = setting("SEED", 0, identity=True, retrain=True)
+    overwrite: bool = setting("OVERWRITE", False)
+    max_blocks: int = setting("B", 3, identity=True, retrain=True)
+    operators: tuple = setting("operators", (), identity=True, retrain=True)
+    input_lookback_depth: int = setting("INPUT_LOOKBACK_DEPTH", 0, identity=True, retrain=True)
+    input_lookforward_depth: Optional[int] = setting(
+        "INPUT_LOOKFORWARD_DEPTH", 0, identity=True, retrain=True, types=(int, NoneType)
+    )
+    max_consecutive_failures: int = setting("MAX_CONSECUTIVE_FAILURES", 3)
+    max_mul_ops: Optional[float] = setting("MAX_MUL_OPS", None, identity=True, types=(int, float, NoneType))
     child: ChildConfig = ChildConfig()
     encoder: EncoderConfig = EncoderConfig()
     runner: RunnerConfig = RunnerConfig()
@@ -176,29 +200,44 @@ class SearchConfig:
     @classmethod
     def from_settings(cls, s):
         """The config of train.py's settings dict `s` (after overrides and validation)."""
-        child = ChildConfig(
-            num_cells=s["NUM_CELLS"], num_cell_filters=tuple(s["NUM_CELL_FILTERS"]),
-            dense_layers=tuple(s["DENSE_LAYERS"]), dropout=tuple(s["DROPOUT"]), epochs=s["MAX_EPOCHS"],
-            batchsize=s["BATCHSIZE"], initial_lr=s["LR_START"], final_lr=s["LR_END"], loss=s["LOSS"],
-            binary_h=s["BINARY_H"], kernel_lr_multiplier=s["KERNEL_LR_MULTIPLIER"],
-            evaluate_test=s["TEST_CHILDREN"], verbose=s["VERBOSE"],
-        )
-        encoder = EncoderConfig(
-            k=s["K_"], controller_cells=s["CONTROLLER_CELLS"], regularization=s["REGULARIZATION"],
-            epochs=s["RNN_TRAINING_EPOCHS"], ensemble=s["ENCODER_ENSEMBLE"], learning_rate=s["ENCODER_LR"],
-            batch_size=s["ENCODER_BATCHSIZE"], targets=s["ENCODER_TARGETS"], restore=s["RESTORE_CONTROLLER"],
-        )
-        runner = RunnerConfig(
-            kind=s.get("RUNNER", "processes"), parallel_children=s["PARALLEL_CHILDREN"],
-            children_per_process=s["CHILDREN_PER_PROCESS"], ray_address=s.get("RAY_ADDRESS"),
-            ray_cpus_per_child=s.get("RAY_CPUS_PER_CHILD", 1), ray_gpus_per_child=s.get("RAY_GPUS_PER_CHILD", 0),
-            ray_max_retries=s.get("RAY_MAX_RETRIES", 1),
-        )
-        return cls(
-            experiment_name=s["EXPERIMENT_NAME"], seed=s["SEED"], overwrite=s["OVERWRITE"], max_blocks=s["B"],
-            operators=tuple(s["operators"]), input_lookback_depth=s["INPUT_LOOKBACK_DEPTH"],
-            input_lookforward_depth=s["INPUT_LOOKFORWARD_DEPTH"],
-            max_consecutive_failures=s["MAX_CONSECUTIVE_FAILURES"], max_mul_ops=s["MAX_MUL_OPS"],
-            child=child, encoder=encoder, runner=runner,
-            identity=tuple((name, json.dumps(s[name])) for name in IDENTITY),
-        )
+        return _from_settings(cls, s, identity=tuple((name, json.dumps(s[name])) for name in IDENTITY))
+
+
+def _from_settings(cls, s, **values):
+    """`cls` with each field read from its setting in `s`, and the nested configs likewise."""
+    for field in dataclasses.fields(cls):
+        if "setting" in field.metadata:
+            value = s[field.metadata["setting"].name]
+            values[field.name] = tuple(value) if field.type is tuple else value
+        elif dataclasses.is_dataclass(field.default):
+            values[field.name] = _from_settings(type(field.default), s)
+    return cls(**values)
+
+
+def _settings_of(cls):
+    """The `Setting` of each field of `cls` and of its nested configs, in field order."""
+    for field in dataclasses.fields(cls):
+        if "setting" in field.metadata:
+            yield field.metadata["setting"]
+        elif dataclasses.is_dataclass(field.default):
+            yield from _settings_of(type(field.default))
+
+
+# train.py's settings that feed no config field: train.py reads them itself.
+SETTINGS_READ_BY_TRAIN_PY = (
+    Setting("USE_EXPANSION", identity=True, retrain=True),  # the dataset (train.py's load_dataset)
+    Setting("TRAIN_SIZE", identity=True, types=(int, NoneType)),
+    Setting("DROP_INPUT", retrain=True),  # DROPOUT's rates: train.py builds DROPOUT from them
+    Setting("DROP_HIDDEN", retrain=True),
+    Setting("NUM_EPOCHS"),  # the -ta training of one architecture
+    Setting("REPRESENTATION_STRING"),
+    Setting("LOAD_SAVED"),
+)
+# Every train.py setting, in the configs' field order: a test checks that these are train.py's settings.
+SETTINGS = (*_settings_of(SearchConfig), *SETTINGS_READ_BY_TRAIN_PY)
+# The settings that define a search (saved with it; a resume with other values is refused).
+IDENTITY = tuple(s.name for s in SETTINGS if s.identity)
+# The settings whose overrides a -ta retrain of a found architecture repeats.
+RETRAIN_SETTINGS = tuple(s.name for s in SETTINGS if s.retrain)
+# {name: types} of the settings that take other types than their default's (`pnas.settings.apply_overrides`).
+TYPES = {s.name: s.types for s in SETTINGS if s.types}

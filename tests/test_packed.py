@@ -230,6 +230,25 @@ def test_export_load_round_trip_and_file_contents(tmp_path):
             np.testing.assert_array_equal(first[key], second[key])
 
 
+def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "out.npz"
+    path.write_bytes(b"previous export")
+    header, payload = {"format": packed.FORMAT_NAME}, np.arange(3, dtype=np.uint32)
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            write(header, payload, str(path))
+    assert path.read_bytes() == b"previous export" and list(tmp_path.iterdir()) == [path]
+    assert write(header, payload, str(path)) == path.stat().st_size
+    with np.load(path) as data:
+        np.testing.assert_array_equal(data["payload"], payload)
+    assert list(tmp_path.iterdir()) == [path]
+
+
 def test_cli_exports_and_refuses_an_unsupported_layer(tmp_path, capsys):
     good = _child([0, "3x3 bconv", 0, "3x3 maxpool"], [3], dense=(10,))
     good_path = tmp_path / "good.keras"
@@ -250,4 +269,4 @@ def test_cli_exports_and_refuses_an_unsupported_layer(tmp_path, capsys):
     assert export_main([str(bad_path), str(out_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "float_conv" in err[0] and "Conv2D" in err[0]
-    assert not out_path.exists() and list(tmp_path.glob("*.tmp")) == []
+    assert not out_path.exists() and [p for p in tmp_path.iterdir() if ".tmp" in p.name] == []

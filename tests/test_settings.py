@@ -8,11 +8,14 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import dataclasses  # noqa: E402
+import inspect  # noqa: E402
+import re  # noqa: E402
 
 import pytest  # noqa: E402
 
 import train  # noqa: E402
-from pnas.config import IDENTITY, SearchConfig  # noqa: E402
+from pnas import config as config_module  # noqa: E402
+from pnas.config import IDENTITY, RETRAIN_SETTINGS, SETTINGS_READ_BY_TRAIN_PY, TYPES, SearchConfig  # noqa: E402
 from pnas.settings import SettingsError, apply_overrides, validate  # noqa: E402
 
 
@@ -27,6 +30,61 @@ def test_the_setting_names_are_train_pys_upper_case_constants_and_operators():
     assert "SETTINGS" not in names and "TYPES" not in names and "RETRAIN_SETTINGS" not in names
     assert all(name.isupper() or name == "operators" for name in names)
     assert set(IDENTITY) <= set(names)
+
+
+def test_every_setting_is_read_once_by_a_config_field_or_by_train_py():
+    specs = [s.name for s in config_module.SETTINGS]
+    assert sorted(specs) == sorted(train.SETTINGS)  # none missing, none stale, none twice
+    # Each config field holds its own setting's value: give every setting a value of its own.
+    marked = SearchConfig.from_settings({name: [name] for name in train.SETTINGS})
+    read = set()
+
+    def collect(fields):
+        for key, value in fields.items():
+            if isinstance(value, dict):
+                collect(value)
+            elif key != "identity":
+                assert len(value) == 1, (key, value)
+                read.add(value[0])
+
+    collect(dataclasses.asdict(marked))
+    by_train_py = {s.name for s in SETTINGS_READ_BY_TRAIN_PY}
+    assert read == set(specs) - by_train_py
+    source = inspect.getsource(train)
+    for name in by_train_py:
+        assert re.search(rf"settings\[[\"']{name}[\"']\]", source), f"train.py never reads {name}"
+
+
+def test_the_derived_setting_lists_are_those_kept_by_hand_before():
+    # The saved state files store these names: earlier searches must keep matching.
+    assert set(IDENTITY) == {
+        "B", "K_", "operators", "NUM_CELLS", "NUM_CELL_FILTERS", "DENSE_LAYERS", "DROPOUT",
+        "MAX_EPOCHS", "BATCHSIZE", "USE_EXPANSION", "TRAIN_SIZE", "SEED", "CONTROLLER_CELLS",
+        "REGULARIZATION", "RNN_TRAINING_EPOCHS", "INPUT_LOOKBACK_DEPTH", "INPUT_LOOKFORWARD_DEPTH",
+        "BINARY_H", "KERNEL_LR_MULTIPLIER", "LR_START", "LR_END", "LOSS",
+        "MAX_MUL_OPS", "ENCODER_ENSEMBLE", "ENCODER_BATCHSIZE", "ENCODER_LR", "ENCODER_TARGETS",
+    }
+    assert len(IDENTITY) == len(set(IDENTITY)) == 27
+    assert set(RETRAIN_SETTINGS) == {
+        "EXPERIMENT_NAME", "B", "operators", "INPUT_LOOKBACK_DEPTH", "INPUT_LOOKFORWARD_DEPTH", "NUM_CELLS",
+        "NUM_CELL_FILTERS", "DENSE_LAYERS", "DROP_INPUT", "DROP_HIDDEN", "DROPOUT", "BATCHSIZE", "USE_EXPANSION",
+        "SEED", "BINARY_H", "KERNEL_LR_MULTIPLIER", "LR_START", "LR_END", "LOSS",
+    }
+    none = type(None)
+    assert TYPES == {
+        "TRAIN_SIZE": (int, none), "INPUT_LOOKFORWARD_DEPTH": (int, none), "MAX_MUL_OPS": (int, float, none),
+        "BINARY_H": (str, int, float), "KERNEL_LR_MULTIPLIER": (str, int, float, none),
+        "ENCODER_BATCHSIZE": (int, none), "RAY_ADDRESS": (str, none), "RAY_CPUS_PER_CHILD": (int, float),
+        "RAY_GPUS_PER_CHILD": (int, float),
+    }
+
+
+def test_retrain_args_repeat_only_the_overrides_that_shape_the_child_in_file_order():
+    _, s = train.parse_args(["--SEED=3", "--VERBOSE=0", "--B=2", "--MAX_EPOCHS=1", "--DROP_INPUT=0.3",
+                             "--NUM_CELL_FILTERS=[8, 8, 8]", "--EXPERIMENT_NAME=x"])
+    assert s["RETRAIN_ARGS"] == [
+        "--EXPERIMENT_NAME=x", "--SEED=3", "--B=2", "--DROP_INPUT=0.3", '--NUM_CELL_FILTERS="[8, 8, 8]"'
+    ]
 
 
 BAD = {
