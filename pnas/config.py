@@ -124,9 +124,9 @@ class EncoderConfig:
     restore: bool = setting("RESTORE_CONTROLLER", True)
 
     def encoder_kwargs(self):
-        """`pnas.encoder.Encoder` arguments other than the state space and the output paths."""
+        """`pnas.encoder.Encoder` arguments other than the state space and the TensorBoard folder."""
         return dict(
-            K=self.k, controller_cells=self.controller_cells, regularization=self.regularization,
+            controller_cells=self.controller_cells, regularization=self.regularization,
             epochs=self.epochs, ensemble=self.ensemble, learning_rate=self.learning_rate,
             batch_size=self.batch_size, targets=self.targets,
         )

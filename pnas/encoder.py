@@ -12,7 +12,6 @@ and the representation strings keep that format so that strings copied from
 the original logs still decode.
 """
 
-import csv
 import itertools
 import json
 import logging
@@ -326,11 +325,12 @@ def tokens(state_space, child):
 
 
 class Encoder:
-    """The PNAS surrogate: embedding -> LSTM -> Dense(1).
+    """The PNAS surrogate: embedding -> LSTM -> Dense(1), with `fit`, `predict` and `rank`.
 
-    It learns to predict a child's reward from its token sequence and ranks
-    the expansions of the beam. Children of every size are trained together:
-    shorter sequences are padded and masked.
+    It learns to predict a child's reward from its token sequence. Children
+    of every size are trained together: shorter sequences are padded and
+    masked. It holds no search state: the search owns the beam, the history
+    and the files (`pnas.search`).
 
     Two target recipes:
     - 'raw' (default, the original's): a sigmoid output regressed on the
@@ -346,15 +346,10 @@ class Encoder:
 
     Args:
         state_space: The `StateSpace`.
-        K: Beam size kept by `update_step` (None keeps all).
         controller_cells: LSTM units.
         regularization: L2 strength on the encoder's weights.
         epochs: Passes over the training data per `fit`.
         embedding_dim: Size of the token embedding.
-        weights_path: Where weights are saved after each `fit`
-            (None: not saved).
-        scores_dir: Where `update_step` writes `scores_{b}.csv` (None: not written).
-        restore: Load `weights_path` at construction when it exists.
         ensemble: Number of encoders; with n > 1 each trains on a different
             (n-1)/n of the data and their predictions are averaged.
         learning_rate: Adam's initial learning rate.
@@ -362,26 +357,30 @@ class Encoder:
         targets: 'raw' or 'standardize' (see above).
         tensorboard_dir: Write the loss and learning rate of every epoch
             here (None: no summaries).
+        jit_compile: Compile the training step with XLA. With one child per
+            step, a step's fixed cost outweighs its arithmetic; XLA and
+            `STEPS_PER_EXECUTION` steps per call cut it, at the price of a
+            compilation per new encoder (bench/encoder_speed.py measures
+            both). Keras leaves XLA off on machines without a GPU.
     """
 
     TARGETS = ("standardize", "raw")
+    # Gradient steps per call into the compiled training function.
+    STEPS_PER_EXECUTION = 32
 
     def __init__(
         self,
         state_space,
-        K=None,
         controller_cells=100,
         regularization=0.0,
         epochs=15,
         embedding_dim=20,
-        weights_path=None,
-        scores_dir=None,
-        restore=False,
         ensemble=1,
         learning_rate=1e-3,
         batch_size=1,
         targets="raw",
         tensorboard_dir=None,
+        jit_compile=True,
     ):
         import keras
 
@@ -390,16 +389,10 @@ class Encoder:
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"`batch_size` must be None or an int >= 1, received batch_size={batch_size!r}.")
         self.state_space = state_space
-        self.K = K
         self.epochs = epochs
         self.batch_size = batch_size
         self.targets = targets
-        self.weights_path = weights_path
-        self.scores_dir = scores_dir
         self.tensorboard_dir = tensorboard_dir
-        self.children = state_space.initial_children()
-        self.history = []  # (child, reward) pairs seen so far
-        self.last_scores = None  # predicted rewards of the current beam
         # Reward units of the standardised outputs, set by `fit`.
         self.target_mean, self.target_std = 0.0, 1.0
         vocab = state_space.input_size + state_space.op_size + 1
@@ -417,11 +410,11 @@ class Encoder:
                 ]
             )
             schedule = keras.optimizers.schedules.ExponentialDecay(learning_rate, 500, 0.98, staircase=True)
-            model.compile(optimizer=keras.optimizers.Adam(schedule), loss="mse")
+            model.compile(
+                optimizer=keras.optimizers.Adam(schedule), loss="mse", jit_compile=jit_compile,
+                steps_per_execution=self.STEPS_PER_EXECUTION,
+            )
             self.models.append(model)
-        if restore and weights_path and self.has_weights(weights_path):
-            self.load_weights(weights_path)
-            logger.info("Restored encoder weights from %s", weights_path)
 
     @property
     def steps(self):
@@ -469,7 +462,7 @@ class Encoder:
     def _units_file(path):
         return path[: -len(".weights.h5")] + ".units.json"
 
-    # ------------------------------------------------------------------ steps
+    # --------------------------------------------------- fit / predict / rank
     def _batch(self, children):
         # One length for every batch (the longest cell): shapes never change, so
         # Keras traces its train and predict functions once.
@@ -479,19 +472,6 @@ class Encoder:
             ids = tokens(self.state_space, child)
             x[row, : len(ids)] = ids
         return x
-
-    def train_step(self, rewards, children=None):
-        """Adds (child, reward) pairs to the history and fits on all of it; returns the loss.
-
-        Args:
-            rewards: Rewards of `children` (default: the current beam).
-            children: The children the rewards belong to.
-        """
-        children = self.children if children is None else children
-        if len(rewards) != len(children):
-            raise ValueError(f"got {len(rewards)} rewards for {len(children)} children")
-        self.history.extend(zip(children, (float(r) for r in rewards)))
-        return self.fit([c for c, _ in self.history], [r for _, r in self.history])
 
     def fit(self, children, rewards):
         """Trains every member for `epochs` passes over (children, rewards); returns the loss.
@@ -525,8 +505,6 @@ class Encoder:
                 callbacks=callbacks,
             )
             losses.append(hist.history["loss"][-1])
-        if self.weights_path:
-            self.save_weights(self.weights_path)
         return float(np.mean(losses))
 
     def predict(self, children, batch_size=1024):
@@ -537,43 +515,9 @@ class Encoder:
         preds = [m.predict(x, batch_size=batch_size, verbose=0)[:, 0] for m in self.models]
         return np.mean(preds, axis=0) * self.target_std + self.target_mean
 
-    def update_step(self, accept=None):
-        """Expands the beam by one block, ranks it and keeps the top `K`.
-
-        Writes every scored expansion to `scores_dir/scores_{b}.csv`, best first.
-
-        Args:
-            accept: Optional predicate on a child; children it rejects are
-                skipped, so the next ones in rank order fill the beam.
-
-        Returns:
-            The new beam.
-        """
-        candidates = self.state_space.expand(self.children)
-        scores = self.predict(candidates)
-        # Stable sort: ties keep expansion order, so the ranking is reproducible.
+    def rank(self, children):
+        """`(child, predicted reward)` pairs, best first; ties keep the order of `children`."""
+        children = list(children)
+        scores = self.predict(children)
         order = np.argsort(-scores, kind="stable")
-        ranked = [(candidates[i], float(scores[i])) for i in order]
-        beam, beam_scores = [], []
-        for child, score in ranked:
-            if self.K is not None and len(beam) >= self.K:
-                break
-            if accept is None or accept(child):
-                beam.append(child)
-                beam_scores.append(score)
-        if self.scores_dir:
-            self._write_scores(ranked, len(candidates[0]) // 4)
-        self.children = beam
-        self.last_scores = beam_scores
-        return beam
-
-    def _write_scores(self, ranked, b):
-        from pnas.files import atomic_path
-
-        with atomic_path(os.path.join(self.scores_dir, f"scores_{b}.csv")) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["rank", "predicted_reward", "architecture", "representation_string"])
-            for rank, (child, score) in enumerate(ranked, start=1):
-                writer.writerow(
-                    [rank, f"{score:.6f}", self.state_space.parse(child), self.state_space.representation_string(child)]
-                )
+        return [(children[i], float(scores[i])) for i in order]

@@ -7,7 +7,9 @@ line lost or duplicated. The JSON lines are the journal: a state file that
 is unreadable is rebuilt from them (`SearchState.load_or_create`).
 """
 
+import csv
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -264,3 +266,13 @@ def write_logs(state, state_space, paths):
     write_atomic(paths.architectures, format_architectures(state, state_space))
     records = state.records() + state.data["over_budget"]
     write_atomic(paths.records, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def write_scores(path, state_space, ranked):
+    """Writes a stage's ranked candidates (`(child, predicted reward)`, best first) as CSV."""
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(["rank", "predicted_reward", "architecture", "representation_string"])
+    for rank, (child, score) in enumerate(ranked, start=1):
+        writer.writerow([rank, f"{score:.6f}", state_space.parse(child), state_space.representation_string(child)])
+    write_atomic(path, out.getvalue())

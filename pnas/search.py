@@ -18,10 +18,10 @@ import keras
 from pnas import report
 from pnas.encoder import Encoder, StateSpace
 from pnas.model import model_fn
-from pnas.records import ChildRecord, SearchConfigError, SearchState, Status, write_logs
+from pnas.records import ChildRecord, SearchConfigError, SearchState, Status, write_logs, write_scores
 from pnas.runners import ChildJob, make_runner
 
-__all__ = ["Search", "SearchAborted", "SearchConfigError", "SearchPaths", "estimate_eta"]
+__all__ = ["Search", "SearchAborted", "SearchConfigError", "SearchPaths", "estimate_eta", "top_k"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +45,16 @@ class SearchPaths:
         self.encoder_weights = os.path.join(root, "weights", exp_name, "encoder.weights.h5")
         self.scores_dir = os.path.join(root, "scores", exp_name)
 
+    def scores(self, b):
+        """Every candidate of stage b with its predicted reward, best first."""
+        return os.path.join(self.scores_dir, f"scores_{b}.csv")
+
     def encoder_log_dir(self, b):
         """TensorBoard summaries of the encoder's training after stage b."""
         return os.path.join(self.exp_log_dir, "encoder", f"b{b}")
 
     def stage_encoder_weights(self, b):
-        """Encoder weights after the `train_step` of stage b (kept for resume)."""
+        """Encoder weights after its training on stages 1..b (kept for resume)."""
         return os.path.join(self.exp_log_dir, "encoder", f"after_b{b}.weights.h5")
 
     def outputs(self):
@@ -78,9 +82,12 @@ class Search:
             `train_fn(job: ChildJob) -> result dict` (e.g. a lookup in a
             table of rewards, `pnas.space_table.table_train_fn`).
         plots: Redraw the plots after every stage.
+        final_encoder: Train the encoder on the last stage too, so that the
+            saved encoder has seen every child. A simulation that needs only
+            the children the search trains skips it (`pnas.space_table`).
     """
 
-    def __init__(self, config, dataset, paths, runner=None, train_fn=None, plots=True):
+    def __init__(self, config, dataset, paths, runner=None, train_fn=None, plots=True, final_encoder=True):
         self.config = config
         self.paths = paths
         self.state_space = StateSpace(
@@ -91,6 +98,7 @@ class Search:
         )
         self.runner = runner if runner is not None else make_runner(config, dataset, paths, train_fn)
         self.plots = plots
+        self.final_encoder = final_encoder
         self.consecutive_failures = 0
         self.start_time = time.time()
         self._mul_ops = {}
@@ -99,13 +107,7 @@ class Search:
 
     # ----------------------------------------------------------------- decide
     def _new_encoder(self, tensorboard_dir=None):
-        return Encoder(
-            self.state_space,
-            weights_path=self.paths.encoder_weights,
-            scores_dir=self.paths.scores_dir,
-            tensorboard_dir=tensorboard_dir,
-            **self.config.encoder.encoder_kwargs(),
-        )
+        return Encoder(self.state_space, tensorboard_dir=tensorboard_dir, **self.config.encoder.encoder_kwargs())
 
     def _adopt_earlier_encoder(self):
         """With RESTORE_CONTROLLER, a fresh search starts from an earlier run's encoder.
@@ -135,17 +137,22 @@ class Search:
         print(f"Restored the encoder from {self.paths.encoder_weights}")
 
     def train_encoder(self, b):
-        """Trains the encoder on stages 1..b, continuing from its stage b-1 weights."""
+        """Trains the encoder on stages 1..b, continuing from its stage b-1 weights.
+
+        The weights are saved twice: per stage (for resume) and as the
+        search's encoder (`weights/{EXPERIMENT_NAME}/`, which RESTORE_CONTROLLER
+        starts a later search from).
+        """
         keras.backend.clear_session(free_memory=True)
         keras.utils.set_random_seed(_seed(self.config.seed, 1, b))
         encoder = self._new_encoder(tensorboard_dir=self.paths.encoder_log_dir(b))
         if b > 1 or self.state.data.get("encoder_restored"):
             encoder.load_weights(self.paths.stage_encoder_weights(b - 1))
         seen = [r for r in self.state.records() if r["stage"] <= b]
-        encoder.children = [tuple(r["child"]) for r in seen if r["stage"] == b]
         steps_before = encoder.steps
         loss = encoder.fit([tuple(r["child"]) for r in seen], [r["reward"] for r in seen])
         encoder.save_weights(self.paths.stage_encoder_weights(b))
+        encoder.save_weights(self.paths.encoder_weights)
         # Cumulative: the steps behind the ranking of stage b + 1 (shown in the summary).
         self.state.data.setdefault("encoder_steps", {})[str(b)] = encoder.steps
         logger.info("Encoder trained on %d children, loss %.5f", len(seen), loss)
@@ -188,8 +195,10 @@ class Search:
             beam, predicted = [c for c in self.state_space.initial_children() if self.within_budget(1, c)], None
         else:
             encoder = self.train_encoder(b - 1)
-            beam = encoder.update_step(accept=lambda child: self.within_budget(b, child))
-            predicted = encoder.last_scores
+            parents = [tuple(r["child"]) for r in self.state.records(stage=b - 1)]
+            ranked = encoder.rank(self.state_space.expand(parents))
+            write_scores(self.paths.scores(b), self.state_space, ranked)
+            beam, predicted = top_k(ranked, self.config.encoder.k, accept=lambda child: self.within_budget(b, child))
         if self.config.max_mul_ops is not None:
             skipped = sum(r["stage"] == b for r in self.state.data["over_budget"])
             print(f"b = {b}: {skipped} candidates over MAX_MUL_OPS={self.config.max_mul_ops} skipped")
@@ -355,11 +364,27 @@ class Search:
         # Final encoder training, so the saved encoder has seen every stage.
         # (A search that ended early at b trained it on stages < b in decide(b).)
         if not self.state.data["finished"]:
-            if last_stage == self.config.max_blocks:
+            if last_stage == self.config.max_blocks and self.final_encoder:
                 self.train_encoder(self.config.max_blocks)
             self.state.data["finished"] = True
             write_logs(self.state, self.state_space, self.paths)
         return self.state.records()
+
+
+def top_k(ranked, k, accept=None):
+    """The beam: the first `k` of `ranked` (`(child, score)`, best first) that `accept` allows.
+
+    Returns:
+        `(children, their scores)`; `k` None keeps every accepted child.
+    """
+    beam, scores = [], []
+    for child, score in ranked:
+        if k is not None and len(beam) >= k:
+            break
+        if accept is None or accept(child):
+            beam.append(child)
+            scores.append(score)
+    return beam, scores
 
 
 def estimate_eta(per_child, remaining):

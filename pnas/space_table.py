@@ -207,7 +207,7 @@ def simulate_search(table, settings, root):
              RESTORE_CONTROLLER=False, MAX_MUL_OPS=None, MAX_CONSECUTIVE_FAILURES=1)
     config = SearchConfig.from_settings(s)
     paths = SearchPaths(config.experiment_name, root=root)
-    search = Search(config, None, paths, train_fn=table_train_fn(table), plots=False)
+    search = Search(config, None, paths, train_fn=table_train_fn(table), plots=False, final_encoder=False)
     with contextlib.redirect_stdout(io.StringIO()):
         records = search.run()
     trained = []

@@ -412,7 +412,7 @@ def test_encoder_ensemble_trains_on_different_thirds_and_averages(tmp_path):
     children = SPACE.initial_children() + SPACE.expand(SPACE.initial_children())
     rewards = [0.1 + 0.05 * i for i in range(len(children))]  # distinct, to tell the samples apart
     assert len(children) == 9
-    encoder = Encoder(SPACE, K=2, controller_cells=8, epochs=2, ensemble=3)
+    encoder = Encoder(SPACE, controller_cells=8, epochs=2, ensemble=3)
     assert len(encoder.models) == 3
     seen = []
     for i, model in enumerate(encoder.models):
@@ -421,7 +421,7 @@ def test_encoder_ensemble_trains_on_different_thirds_and_averages(tmp_path):
             return _fit(x, y, **kwargs)
 
         model.fit = fit
-    loss = encoder.train_step(rewards, children)
+    loss = encoder.fit(children, rewards)
     assert np.isfinite(loss)
     assert [i for i, _, _ in seen] == [0, 1, 2]
     x_all = encoder._batch(children)
@@ -445,21 +445,10 @@ def test_encoder_ensemble_trains_on_different_thirds_and_averages(tmp_path):
     encoder.save_weights(path)
     assert sorted(os.listdir(tmp_path / "enc")) == [f"encoder.{i}.weights.h5" for i in range(3)]
     keras.utils.set_random_seed(1)
-    fresh = Encoder(SPACE, K=2, controller_cells=8, epochs=2, ensemble=3)
+    fresh = Encoder(SPACE, controller_cells=8, epochs=2, ensemble=3)
     assert not np.allclose(fresh.predict(children), predicted, atol=1e-5)
     fresh.load_weights(path)
     np.testing.assert_allclose(fresh.predict(children), predicted, rtol=1e-6, atol=1e-7)
-
-
-def test_encoder_ensemble_restores_from_its_weights_path(tmp_path):
-    keras.utils.set_random_seed(0)
-    children = SPACE.initial_children()
-    path = str(tmp_path / "encoder.weights.h5")
-    encoder = Encoder(SPACE, controller_cells=8, epochs=1, ensemble=2, weights_path=path)
-    encoder.train_step([0.2, 0.5, 0.8], children)  # saves to weights_path
-    keras.utils.set_random_seed(1)
-    restored = Encoder(SPACE, controller_cells=8, epochs=1, ensemble=2, weights_path=path, restore=True)
-    np.testing.assert_allclose(restored.predict(children), encoder.predict(children), rtol=1e-6, atol=1e-7)
 
 
 # -------------------------------------------------------------------- report

@@ -198,7 +198,7 @@ def test_encoder_learns_to_rank_a_synthetic_reward():
     held_out = [two_block[i] for i in order[:15]]
     train = one_block + [two_block[i] for i in order[15:]]
     encoder = Encoder(space, controller_cells=16, epochs=20, learning_rate=3e-2)
-    encoder.train_step([_synthetic_reward(c) for c in train], children=train)
+    encoder.fit(train, [_synthetic_reward(c) for c in train])
     predicted = encoder.predict(held_out)
     rho = spearmanr(predicted, [_synthetic_reward(c) for c in held_out]).statistic
     assert rho > 0.8, (rho, predicted)
@@ -228,46 +228,47 @@ def test_predict_is_one_batched_call_and_masks_padding(monkeypatch):
     np.testing.assert_allclose(together, alone, atol=1e-6)
 
 
-def test_update_step_keeps_top_k_and_writes_scores(tmp_path):
-    import keras
-
+def test_rank_orders_by_prediction_and_keeps_ties_stable():
     keras.utils.set_random_seed(0)
     space = StateSpace(3, DEFAULT_OPS)
-    encoder = Encoder(space, K=3, controller_cells=8, epochs=2, scores_dir=str(tmp_path))
-    encoder.train_step([_synthetic_reward(c) for c in encoder.children])
-    candidates = space.expand(encoder.children)
-    predicted = dict(zip(candidates, encoder.predict(candidates)))
+    encoder = Encoder(space, controller_cells=8, epochs=2)
+    parents = space.initial_children()
+    encoder.fit(parents, [_synthetic_reward(c) for c in parents])
+    candidates = space.expand(parents)
+    predicted = encoder.predict(candidates)
 
-    beam = encoder.update_step()
+    ranked = encoder.rank(candidates)
 
-    ranked = sorted(candidates, key=lambda c: -predicted[c])
-    assert len(beam) == 3
-    assert [predicted[c] for c in beam] == pytest.approx([predicted[c] for c in ranked[:3]], abs=1e-6)
-    assert encoder.last_scores == pytest.approx([predicted[c] for c in beam], abs=1e-6)
-    assert encoder.children == beam
-    with open(tmp_path / "scores_2.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == len(candidates) == 55
-    assert [int(r["rank"]) for r in rows] == list(range(1, 56))
-    scores = [float(r["predicted_reward"]) for r in rows]
+    assert sorted(c for c, _ in ranked) == sorted(candidates)
+    scores = [s for _, s in ranked]
     assert scores == sorted(scores, reverse=True)
-    assert [space.from_representation_string(r["representation_string"]) for r in rows[:3]] == beam
-    assert rows[0]["architecture"] == str(space.parse(beam[0]))
-
-    # The next stage writes its own file and again keeps K.
-    assert len(encoder.update_step()) == 3
-    assert (tmp_path / "scores_3.csv").exists()
+    assert dict(ranked) == pytest.approx(dict(zip(candidates, map(float, predicted))), abs=1e-6)
+    # Equal predictions keep the candidates' order (a reproducible beam).
+    encoder.predict = lambda children: np.zeros(len(children), np.float32)
+    assert [c for c, _ in encoder.rank(candidates)] == candidates
 
 
-def test_update_step_skips_rejected_children():
-    import keras
+def test_top_k_keeps_k_best_and_skips_rejected_children(tmp_path):
+    from pnas.records import write_scores
+    from pnas.search import top_k
 
-    keras.utils.set_random_seed(0)
     space = StateSpace(2, DEFAULT_OPS)
-    encoder = Encoder(space, K=4, controller_cells=8, epochs=1)
-    beam = encoder.update_step(accept=lambda c: 3 not in c[1::2])
-    assert len(beam) == 4
-    assert all(3 not in c[1::2] for c in beam)
+    candidates = space.expand(space.initial_children())
+    ranked = [(c, 1.0 - i / 100) for i, c in enumerate(candidates)]
+    beam, scores = top_k(ranked, 3)
+    assert beam == candidates[:3] and scores == [1.0, 0.99, 0.98]
+    beam, _ = top_k(ranked, 4, accept=lambda c: 3 not in c[1::2])
+    assert beam == [c for c in candidates if 3 not in c[1::2]][:4]
+    assert top_k(ranked, None)[0] == candidates
+
+    path = tmp_path / "scores_2.csv"
+    write_scores(str(path), space, ranked)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["rank"]) for r in rows] == list(range(1, 56))
+    assert [space.from_representation_string(r["representation_string"]) for r in rows] == candidates
+    assert rows[0]["architecture"] == str(space.parse(candidates[0]))
+    assert rows[1]["predicted_reward"] == "0.990000"
 
 
 def test_standardized_targets_predict_in_reward_units_and_restore(tmp_path):
@@ -276,15 +277,16 @@ def test_standardized_targets_predict_in_reward_units_and_restore(tmp_path):
     children = space.initial_children()
     rewards = [0.80, 0.82, 0.86]
     path = str(tmp_path / "encoder.weights.h5")
-    encoder = Encoder(space, controller_cells=8, epochs=30, learning_rate=1e-2, targets="standardize",
-                      weights_path=path)
-    encoder.train_step(rewards, children)
+    encoder = Encoder(space, controller_cells=8, epochs=30, learning_rate=1e-2, targets="standardize")
+    encoder.fit(children, rewards)
+    encoder.save_weights(path)
     assert encoder.target_mean == pytest.approx(np.mean(rewards))
     predicted = encoder.predict(children)
     assert np.all((predicted > 0.7) & (predicted < 0.95))  # rewards, not z-scores
     assert np.argmax(predicted) == 2
     keras.utils.set_random_seed(1)
-    restored = Encoder(space, controller_cells=8, epochs=30, targets="standardize", weights_path=path, restore=True)
+    restored = Encoder(space, controller_cells=8, epochs=30, targets="standardize")
+    restored.load_weights(path)
     np.testing.assert_allclose(restored.predict(children), predicted, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="targets"):
         Encoder(space, targets="zscore")

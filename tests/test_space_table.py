@@ -157,3 +157,36 @@ def test_simulated_search_trains_distinct_table_cells_with_the_real_encoder(tmp_
     sample = random_search(table, len(trained), seed=0)
     assert len(set(sample)) == len(trained)
     assert random_search(table, len(trained), seed=0) == sample  # seeded
+
+
+def test_the_search_saves_its_encoder_and_a_new_search_starts_from_it(tmp_path, capsys):
+    from pnas.config import SearchConfig
+    from pnas.search import Search, SearchPaths
+    from pnas.space_table import table_train_fn
+
+    path = tmp_path / "t.csv"
+    space = _synthetic_table(path, B=2, seeds=(0,))
+    table = SpaceTable.load(path, space)
+    settings = tiny_settings(
+        B=2, operators=OPERATORS, INPUT_LOOKBACK_DEPTH=0, INPUT_LOOKFORWARD_DEPTH=0, K_=2, SEED=0,
+        MAX_MUL_OPS=None, EXPERIMENT_NAME="restore", RESTORE_CONTROLLER=True,
+    )
+    config = SearchConfig.from_settings(settings)
+    paths = SearchPaths("restore", root=str(tmp_path))
+    Search(config, None, paths, train_fn=table_train_fn(table), plots=False).run()
+    assert "Restored the encoder" not in capsys.readouterr().out  # nothing to restore yet
+
+    # The saved encoder has been trained after both stages, on every child.
+    n1 = len(all_cells(space)[1])
+    saved = Encoder(space, **config.encoder.encoder_kwargs())
+    saved.load_weights(paths.encoder_weights)
+    assert saved.steps == config.encoder.epochs * (n1 + (n1 + 2))
+    cells = all_cells(space)[2]
+
+    # A new search of the same name starts from it.
+    again = SearchConfig.from_settings(dict(settings, OVERWRITE=True))
+    Search(again, None, paths, train_fn=table_train_fn(table), plots=False).run()
+    assert f"Restored the encoder from {paths.encoder_weights}" in capsys.readouterr().out
+    start = Encoder(space, **config.encoder.encoder_kwargs())
+    start.load_weights(paths.stage_encoder_weights(0))
+    np.testing.assert_allclose(start.predict(cells), saved.predict(cells), rtol=1e-6, atol=1e-7)
