@@ -80,6 +80,26 @@ def test_a_ray_task_that_raises_is_recorded_as_failed(local_ray, tmp_path):
     assert all("Traceback" in r["traceback"] for r in records)
 
 
+class _KillsTheWorker:
+    """Unpickling it ends the process at once, as a segfault or the OOM killer would."""
+
+    def __reduce__(self):
+        return os._exit, (3,)
+
+
+def test_a_ray_worker_that_dies_fails_its_child_not_the_search(local_ray, tmp_path, caplog):
+    dataset = synthetic_dataset()
+    dataset.append(_KillsTheWorker())  # every task's worker dies as it receives the dataset
+    search, paths = _search(tmp_path, "ray", dataset, B=1, MAX_CONSECUTIVE_FAILURES=10, RAY_MAX_RETRIES=1)
+    with caplog.at_level(logging.WARNING, logger="pnas.runners"):
+        records = search.run()  # no exception: the search goes on past each dead worker
+    assert [(r["sr_no"], r["status"]) for r in records] == [(1, "failed"), (2, "failed"), (3, "failed")]
+    assert all(r["error"].startswith("WorkerDied: WorkerCrashedError") for r in records)
+    assert [m for m in caplog.messages if "Ray worker died" in m] == [
+        f"Child #{n}: its Ray worker died (WorkerCrashedError)" for n in (1, 2, 3)
+    ]
+
+
 def test_nothing_listening_at_the_address_is_runner_unavailable(local_ray):
     # Port 9 (discard) on loopback: nothing listens, and ray.init would retry for minutes.
     with pytest.raises(RunnerUnavailable, match=r"RAY_ADDRESS='127.0.0.1:9'.*ray start --head"):
