@@ -34,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
+from pnas.report import hms  # noqa: E402
 from pnas.space_table import BUDGETS, all_cells, append_row, read_table, row_key  # noqa: E402
 
 
@@ -49,11 +50,6 @@ def plan(state_space, seeds, max_b, shuffle_seed=0):
     for seed in seeds:
         jobs += [(c, seed) for c in large]
     return jobs
-
-
-def _hms(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def main():
@@ -136,14 +132,14 @@ def main():
                 elapsed = time.time() - start
                 left = len(todo) + len(running)
                 eta = elapsed / finished * left
-                print(f"[{finished}/{len(jobs)} | elapsed {_hms(elapsed)} | ETA {_hms(eta)}] b={b} seed={seed} "
+                print(f"[{finished}/{len(jobs)} | elapsed {hms(elapsed)} | ETA {hms(eta)}] b={b} seed={seed} "
                       f"reward {result['reward']:.4f} test {result['test_accuracy']:.4f} "
                       f"{result['seconds']:.1f}s {state_space.parse(child)}", flush=True)
     finally:
         for worker in workers:
             worker.close()
     per_b = ", ".join(f"b={b} {sum(s) / len(s):.1f}" for b, s in sorted(seconds_by_b.items()))
-    print(f"Done: {finished} rows written, {failed} failed, total {_hms(time.time() - start)} "
+    print(f"Done: {finished} rows written, {failed} failed, total {hms(time.time() - start)} "
           f"(seconds per child, {args.parallel} side by side: {per_b})")
 
 

@@ -81,6 +81,11 @@ def new_encoder(state_space, s):
 
 
 # ----------------------------------------------------------------- measures
+def seen_cells(table, b):
+    """What the surrogate trains on before ranking stage b + 1: every cell of <= b blocks with a seed-0 reward."""
+    return [c for k in range(1, b + 1) for c in table.children(b=k, seed=0)]
+
+
 def heldout_encoder(table, b, seed, s):
     """The encoder trained stage by stage on b <= `b` (as the search does); Spearman on b + 1."""
     import keras
@@ -89,7 +94,7 @@ def heldout_encoder(table, b, seed, s):
     keras.utils.set_random_seed(seed)
     encoder = new_encoder(table.state_space, s)
     for stage in range(1, b + 1):
-        seen = [c for k in range(1, stage + 1) for c in table.children(b=k, seed=0)]
+        seen = seen_cells(table, stage)
         encoder.fit(seen, [table.reward(c, 0) for c in seen])
     targets = table.children(b=b + 1)
     predicted = encoder.predict(targets)
@@ -116,7 +121,7 @@ BASELINES = {
 
 
 def heldout_baseline(table, b, seed, name):
-    seen = [c for k in range(1, b + 1) for c in table.children(b=k, seed=0)]
+    seen = seen_cells(table, b)
     model = BASELINES[name](seed)
     model.fit(np.array([op_counts(table.state_space, c) for c in seen]), [table.reward(c, 0) for c in seen])
     targets = table.children(b=b + 1)

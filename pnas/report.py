@@ -62,6 +62,12 @@ def accuracy(value):
     return "-" if value is None else f"{value:.4f}"
 
 
+def hms(seconds):
+    """Seconds as `h:mm:ss`."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def _trained(records):
     return [r for r in records if r["status"] == "ok"]
 

@@ -287,8 +287,8 @@ class Search:
         eta = estimate_eta(per_child, remaining)
         best = max((r["reward"] for r in self.state.records() if r["status"] == Status.OK), default=None)
         return (
-            f"[b {b}/{self.config.max_blocks} | child {i}/{n_beam} | #{sr_no} of ~{total} | elapsed {_hms(elapsed)} | "
-            f"ETA {_hms(eta) if eta is not None else '?'} | best {'-' if best is None else f'{best:.4f}'}]"
+            f"[b {b}/{self.config.max_blocks} | child {i}/{n_beam} | #{sr_no} of ~{total} | elapsed {report.hms(elapsed)} | "
+            f"ETA {report.hms(eta) if eta is not None else '?'} | best {'-' if best is None else f'{best:.4f}'}]"
         )
 
     def _tick(self, b):
@@ -415,7 +415,3 @@ def estimate_eta(per_child, remaining):
             eta += n * per_child[known] * b / known
     return eta
 
-
-def _hms(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
