@@ -1,12 +1,16 @@
-"""How fast the encoder trains: Keras's CPU defaults against XLA with several steps per call.
+"""How fast the encoder trains: one step per call, several steps per call, and XLA.
 
 The encoder trains one child per gradient step (the original's recipe), so a
 step's fixed cost (a call into TensorFlow, the callbacks) outweighs its
 arithmetic. For the b <= 2 cells of the default space (65 children,
-`RNN_TRAINING_EPOCHS` passes), it times `Encoder.fit` from a fresh encoder,
-compilation included, in both configurations, alternating them `--repeats`
-times in one process, and prints seconds per fit, the ratio, and whether the
-two rank the three-block cells alike.
+`RNN_TRAINING_EPOCHS` passes), it times a fresh encoder's `fit`, compilation
+included, in three configurations, alternated `--repeats` times in one
+process, and prints seconds per fit, the ratio to Keras's CPU defaults, and
+whether they rank the three-block cells alike:
+
+- Keras's defaults on a CPU: no XLA, one step per call;
+- `Encoder`'s default: no XLA, `Encoder.STEPS_PER_EXECUTION` steps per call;
+- `Encoder(jit_compile=True)`: the same with XLA.
 
     python bench/encoder_speed.py [--repeats 3]
 """
@@ -28,10 +32,15 @@ from pnas.encoder import Encoder, StateSpace  # noqa: E402
 from pnas.space_table import all_cells  # noqa: E402
 
 
-class KerasDefaults(Encoder):
-    """The encoder as Keras compiles it by default on a CPU: no XLA, one step per call."""
-
+class OneStepPerCall(Encoder):
     STEPS_PER_EXECUTION = 1
+
+
+CONFIGS = {
+    "keras defaults (no XLA, 1 step per call)": (OneStepPerCall, False),
+    f"Encoder default (no XLA, {Encoder.STEPS_PER_EXECUTION} steps per call)": (Encoder, False),
+    f"jit_compile=True (XLA, {Encoder.STEPS_PER_EXECUTION} steps per call)": (Encoder, True),
+}
 
 
 def fit_seconds(cls, jit_compile, children, rewards, targets):
@@ -52,18 +61,21 @@ def main():
     children = cells[1] + cells[2]
     rng = np.random.default_rng(0)
     rewards = 0.78 + 0.06 * rng.random(len(children))  # the proxy's range of rewards
-    times = {"defaults": [], "xla": []}
+    times = {name: [] for name in CONFIGS}
+    predictions = {}
     for _ in range(args.repeats):
-        t0, steps, p0 = fit_seconds(KerasDefaults, False, children, rewards, cells[3])
-        t1, _, p1 = fit_seconds(Encoder, True, children, rewards, cells[3])
-        times["defaults"].append(t0)
-        times["xla"].append(t1)
-    d, x = np.median(times["defaults"]), np.median(times["xla"])
-    print(f"encoder fit of {len(children)} children, {steps} steps of batch 1 (median of {args.repeats}):")
-    print(f"  keras defaults (no XLA, 1 step per call): {d:.2f} s ({1000 * d / steps:.1f} ms/step)")
-    print(f"  XLA, {Encoder.STEPS_PER_EXECUTION} steps per call:           {x:.2f} s ({1000 * x / steps:.1f} ms/step)")
-    print(f"  speed-up {d / x:.2f}x; rank agreement of their 220 three-block predictions: "
-          f"Spearman {spearmanr(p0, p1).statistic:.3f}")
+        for name, (cls, jit) in CONFIGS.items():
+            seconds, steps, predictions[name] = fit_seconds(cls, jit, children, rewards, cells[3])
+            times[name].append(seconds)
+    print(f"encoder fit of {len(children)} children, {steps} steps of batch 1, compilation included "
+          f"(median of {args.repeats}):")
+    base_name = next(iter(CONFIGS))
+    base = np.median(times[base_name])
+    for name in CONFIGS:
+        t = np.median(times[name])
+        rho = spearmanr(predictions[base_name], predictions[name]).statistic
+        print(f"  {name:<48} {t:6.2f} s  {1000 * t / steps:5.1f} ms/step  {base / t:4.2f}x  "
+              f"ranks the 220 three-block cells as the defaults do: Spearman {rho:.3f}")
 
 
 if __name__ == "__main__":

@@ -358,10 +358,11 @@ class Encoder:
         tensorboard_dir: Write the loss and learning rate of every epoch
             here (None: no summaries).
         jit_compile: Compile the training step with XLA. With one child per
-            step, a step's fixed cost outweighs its arithmetic; XLA and
-            `STEPS_PER_EXECUTION` steps per call cut it, at the price of a
-            compilation per new encoder (bench/encoder_speed.py measures
-            both). Keras leaves XLA off on machines without a GPU.
+            step, a step's fixed cost outweighs its arithmetic: running
+            `STEPS_PER_EXECUTION` steps per call cuts some of it, and XLA
+            more, but XLA compiles for several seconds per new encoder, and
+            the search builds one per stage. Off by default, as Keras leaves
+            it on a CPU; bench/encoder_speed.py measures the three.
     """
 
     TARGETS = ("standardize", "raw")
@@ -380,7 +381,7 @@ class Encoder:
         batch_size=1,
         targets="raw",
         tensorboard_dir=None,
-        jit_compile=True,
+        jit_compile=False,
     ):
         import keras
 
