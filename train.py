@@ -25,6 +25,8 @@ VERBOSE = 2  # Keras fit output per child: 0 silent, 1 per-batch progress bar, 2
 # -------Controller Training Settings-------
 B = 3  # Maximum number of blocks in the cell
 K_ = 128  # Number of children to be trained for each block size (beam width)
+SURROGATE = 'ridge'  # What ranks the candidates: 'ridge' (a ridge regression on operand counts) or 'lstm'
+                     # (the original's RNN encoder, set up by the settings below): docs/surrogate.md
 REGULARIZATION = 0  # L2 regularization strength on the RNN controller (encoder) weights
 CONTROLLER_CELLS = 100  # Number of cells (units) in the RNN controller
 RNN_TRAINING_EPOCHS = 15  # Number of training epochs during each run of the encoder training

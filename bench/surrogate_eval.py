@@ -5,24 +5,32 @@ one line each, in a form meant to be parsed:
 
     noise_ceiling b=2 rho=0.xx               seed 0 against seed 1 within a stage:
     noise_ceiling b=3 rho=0.xx               no predictor can be expected to beat it
-    heldout b=1->2 rho=0.xx sd=0.xx          the search's encoder (train.py's settings),
-    heldout b=2->3 rho=0.xx sd=0.xx          trained on the cells of <= b blocks (seed 0),
-                                             predicting every cell of b + 1 blocks, against
-                                             the table's mean reward; mean and sd over seeds
-    heldout_ensemble5 b=...                  the same, ENCODER_ENSEMBLE = 5
-    heldout_ridge b=... / heldout_gbr b=...  baselines on operator counts (scikit-learn)
+    heldout b=1->2 rho=0.xx sd=0.xx          the search's surrogate (train.py's settings,
+    heldout b=2->3 rho=0.xx sd=0.xx          SURROGATE included), trained stage by stage on
+                                             the cells of <= b blocks (seed 0), predicting
+                                             every cell of b + 1 blocks, against the table's
+                                             mean reward; mean and sd over seeds
+    heldout_lstm b=...                       the same, SURROGATE = 'lstm' (the original's encoder)
+    heldout_ensemble5 b=...                  the same, 'lstm' with ENCODER_ENSEMBLE = 5
+    heldout_ridge b=... / heldout_gbr b=...  scikit-learn baselines on operand counts
     search K_=k pnas_best_rank=x.x random_best_rank=y.y pnas_best_reward=0.xxxx
         random_best_reward=0.xxxx repeats=n pnas_rank_se=x.x random_rank_se=y.y
+    search_lstm K_=k ...                     the same search with SURROGATE = 'lstm'
+    oracle K_=k best_rank=x best_reward=0.xxxx cells=n
+                                             the beam ranked by the rewards themselves:
+                                             the bound of any surrogate
 
-The search line runs the real search loop (`pnas.search.Search`: encoder, beam,
-dedup) with each child's reward looked up in the table (seed 0), and a random
-search that trains as many distinct cells, drawn uniformly from the table. The
-best-found cell is the one with the highest seed-0 reward among those trained;
-its rank is among all cells by mean reward (1 = best), averaged over repeats
-with different seeds, with the standard error.
+The search line runs the real search loop (`pnas.search.Search`: surrogate,
+beam, dedup) with each child's reward looked up in the table (seed 0), and a
+random search that trains as many distinct cells, drawn uniformly from the
+table. The best-found cell is the one with the highest seed-0 reward among
+those trained; its rank is among all cells by mean reward (1 = best), over
+the seeds every cell has, averaged over repeats with different seeds, with
+the standard error.
 
     python bench/surrogate_eval.py [--table bench/results/space_proxy.csv] [--repeats 20]
-    python bench/surrogate_eval.py --ablation      # held-out rho of each encoder recipe
+    python bench/surrogate_eval.py --quick         # without the LSTM lines: about a minute
+    python bench/surrogate_eval.py --ablation      # held-out rho of each surrogate recipe
 """
 
 import argparse
@@ -41,6 +49,8 @@ from sklearn.ensemble import GradientBoostingRegressor  # noqa: E402
 from sklearn.linear_model import Ridge  # noqa: E402
 
 import train  # noqa: E402
+from pnas.search import top_k  # noqa: E402
+from pnas.encoder import op_counts  # noqa: E402
 from pnas.space_table import (  # noqa: E402
     SpaceTable, TableError, all_cells, best_found, noise_ceiling, random_search, simulate_search,
 )
@@ -49,18 +59,19 @@ DEFAULT_TABLE = os.path.join(ROOT, "bench", "results", "space_proxy.csv")
 
 # Encoder recipes of the ablation: train.py's names -> values, on top of train.py's settings.
 RECIPES = {
+    "ridge on operand counts (SURROGATE='ridge')": dict(SURROGATE="ridge"),
     "original (batch 1, lr 1e-3, sigmoid on raw rewards)": dict(
-        ENCODER_BATCHSIZE=1, ENCODER_LR=1e-3, ENCODER_TARGETS="raw"),
+        SURROGATE="lstm", ENCODER_BATCHSIZE=1, ENCODER_LR=1e-3, ENCODER_TARGETS="raw"),
     "full batch, lr 2e-3, sigmoid on raw rewards (before)": dict(
-        ENCODER_BATCHSIZE=None, ENCODER_LR=2e-3, ENCODER_TARGETS="raw"),
+        SURROGATE="lstm", ENCODER_BATCHSIZE=None, ENCODER_LR=2e-3, ENCODER_TARGETS="raw"),
     "full batch, lr 2e-3, standardized": dict(
-        ENCODER_BATCHSIZE=None, ENCODER_LR=2e-3, ENCODER_TARGETS="standardize"),
+        SURROGATE="lstm", ENCODER_BATCHSIZE=None, ENCODER_LR=2e-3, ENCODER_TARGETS="standardize"),
     "batch 1, lr 1e-3, standardized": dict(
-        ENCODER_BATCHSIZE=1, ENCODER_LR=1e-3, ENCODER_TARGETS="standardize"),
+        SURROGATE="lstm", ENCODER_BATCHSIZE=1, ENCODER_LR=1e-3, ENCODER_TARGETS="standardize"),
     "batch 8, lr 1e-3, standardized": dict(
-        ENCODER_BATCHSIZE=8, ENCODER_LR=1e-3, ENCODER_TARGETS="standardize"),
+        SURROGATE="lstm", ENCODER_BATCHSIZE=8, ENCODER_LR=1e-3, ENCODER_TARGETS="standardize"),
     "batch 1, lr 1e-3, standardized, ensemble 5": dict(
-        ENCODER_BATCHSIZE=1, ENCODER_LR=1e-3, ENCODER_TARGETS="standardize", ENCODER_ENSEMBLE=5),
+        SURROGATE="lstm", ENCODER_BATCHSIZE=1, ENCODER_LR=1e-3, ENCODER_TARGETS="standardize", ENCODER_ENSEMBLE=5),
 }
 
 
@@ -73,11 +84,11 @@ def settings(**overrides):
 
 
 def new_encoder(state_space, s):
-    """The encoder a search with settings `s` builds (no output files)."""
+    """The surrogate a search with settings `s` builds (no output files)."""
     from pnas.config import SearchConfig
-    from pnas.encoder import Encoder
+    from pnas.encoder import new_surrogate
 
-    return Encoder(state_space, **SearchConfig.from_settings(s).encoder.encoder_kwargs())
+    return new_surrogate(state_space, **SearchConfig.from_settings(s).encoder.encoder_kwargs())
 
 
 # ----------------------------------------------------------------- measures
@@ -87,7 +98,7 @@ def seen_cells(table, b):
 
 
 def heldout_encoder(table, b, seed, s):
-    """The encoder trained stage by stage on b <= `b` (as the search does); Spearman on b + 1."""
+    """The surrogate trained stage by stage on b <= `b` (as the search does); Spearman on b + 1."""
     import keras
 
     keras.backend.clear_session(free_memory=True)
@@ -101,17 +112,7 @@ def heldout_encoder(table, b, seed, s):
     return float(spearmanr(predicted, [table.mean_reward(c) for c in targets]).statistic)
 
 
-def op_counts(state_space, child):
-    """Features of the baselines: how often each (input, operator) pair occurs, and the block count."""
-    inputs = state_space.input_size
-    x = np.zeros(inputs * state_space.op_size + 1)
-    for i in range(0, len(child), 2):
-        x[child[i] * state_space.op_size + child[i + 1]] += 1
-    x[-1] = len(child) // 4
-    return x
-
-
-# Baselines on `op_counts`: seed -> an unfitted scikit-learn regressor.
+# Baselines on operand counts (`pnas.encoder.op_counts`): seed -> an unfitted scikit-learn regressor.
 BASELINES = {
     "ridge": lambda seed: Ridge(alpha=1.0),
     "gbr": lambda seed: GradientBoostingRegressor(
@@ -137,24 +138,54 @@ def mean_sd(values):
 
 
 # ------------------------------------------------------------------- search
-def search_lines(table, results, ks, repeats):
-    """The search lines from `results[(K, seed)] = (best cell's rank, its mean reward)` of the PNAS runs."""
-    ranks = table.ranks()
+def search_lines(table, label, results, ks, repeats, ranks, seeds):
+    """The `label` lines from `results[K, seed] = (cells trained, best cell)` of the PNAS runs.
+
+    Ranks and rewards are by the mean over `seeds` (`ranks` = `table.ranks(seeds=seeds)`).
+    """
     lines = []
     for K in ks:
-        pnas = np.array([results[K, seed] for seed in range(repeats)])
+        pnas = np.array([(ranks[results[K, seed][1]], table.mean_reward(results[K, seed][1], seeds))
+                         for seed in range(repeats)])
         rand = []
         for seed in range(repeats):
-            best = best_found(table, random_search(table, int(results["n", K, seed]), seed))
-            rand.append((ranks[best], table.mean_reward(best)))
+            best = best_found(table, random_search(table, results[K, seed][0], seed))
+            rand.append((ranks[best], table.mean_reward(best, seeds)))
         rand = np.array(rand)
         se = lambda v: float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")  # noqa: E731
         lines.append(
-            f"search K_={K} pnas_best_rank={pnas[:, 0].mean():.1f} random_best_rank={rand[:, 0].mean():.1f} "
+            f"{label} K_={K} pnas_best_rank={pnas[:, 0].mean():.1f} random_best_rank={rand[:, 0].mean():.1f} "
             f"pnas_best_reward={pnas[:, 1].mean():.4f} random_best_reward={rand[:, 1].mean():.4f} "
             f"repeats={repeats} pnas_rank_se={se(pnas[:, 0]):.1f} random_rank_se={se(rand[:, 0]):.1f}"
         )
     return lines
+
+
+def oracle_line(table, K, ranks, seeds):
+    """PNAS's beam (`StateSpace.expand`, `top_k`) ranked by the seed-0 rewards themselves.
+
+    The bound of any surrogate with this beam: a surrogate that knew the
+    reward each candidate would get. Deterministic, so no repeats.
+    """
+    space = table.state_space
+    trained = parents = list(space.initial_children())
+    for _ in range(2, space.B + 1):
+        candidates = space.expand(parents)
+        ranked = sorted(((c, table.reward(c, 0)) for c in candidates), key=lambda item: -item[1])
+        parents, _ = top_k(ranked, K)
+        trained = trained + parents
+    best = best_found(table, trained)
+    return (f"oracle K_={K} best_rank={ranks[best]} best_reward={table.mean_reward(best, seeds):.4f} "
+            f"cells={len(trained)}")
+
+
+# The surrogates of the held-out lines and the searches: (label, overrides of train.py's settings).
+SURROGATES = (
+    ("heldout", {}),
+    ("heldout_lstm", {"SURROGATE": "lstm"}),
+    ("heldout_ensemble5", {"SURROGATE": "lstm", "ENCODER_ENSEMBLE": 5}),
+)
+SEARCHES = (("search", {}), ("search_lstm", {"SURROGATE": "lstm"}))
 
 
 # ---------------------------------------------------------------- the tasks
@@ -180,16 +211,15 @@ def _init(path, threads):
 
 
 def _run_task(task):
-    """("heldout", b, seed, overrides) -> rho; ("search", K, seed) -> (rank, mean reward, cells trained)."""
+    """("heldout", b, seed, overrides) -> rho; ("search", K, seed, overrides) -> (cells trained, best cell)."""
     kind, *args = task
     if kind == "heldout":
         b, seed, overrides = args
         return heldout_encoder(_TABLE, b, seed, settings(**overrides))
-    K, seed = args
+    K, seed, overrides = args
     with tempfile.TemporaryDirectory(prefix="surrogate_eval_") as root:
-        trained = simulate_search(_TABLE, settings(K_=K, SEED=seed), root)
-    best = best_found(_TABLE, trained)
-    return _TABLE.ranks()[best], _TABLE.mean_reward(best), len(trained)
+        trained = simulate_search(_TABLE, settings(**overrides, K_=K, SEED=seed), root)
+    return len(trained), best_found(_TABLE, trained)
 
 
 def run_tasks(tasks, path, jobs):
@@ -227,7 +257,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=20, help="repeats of each search")
     parser.add_argument("--k", default="4,8,16,32", help="comma-separated beam sizes K_ of the search lines")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes training encoders")
-    parser.add_argument("--ablation", action="store_true", help="held-out rho of each encoder recipe instead")
+    parser.add_argument("--ablation", action="store_true", help="held-out rho of each surrogate recipe instead")
+    parser.add_argument("--quick", action="store_true",
+                        help="leave out the LSTM lines (heldout_lstm, heldout_ensemble5, search_lstm): about a minute")
     args = parser.parse_args()
     if not os.path.exists(args.table):
         sys.exit(f"error: no table at {args.table}; run python bench/space_table.py first")
@@ -264,25 +296,29 @@ def main():
         for b in stages:
             m, sd = mean_sd([heldout_baseline(table, b, seed, name) for seed in seeds])
             print(f"heldout_{name} b={b}->{b + 1} rho={m:.2f} sd={sd:.2f}", flush=True)
-    surrogates = (("heldout", {}), ("heldout_ensemble5", {"ENCODER_ENSEMBLE": 5}))
+    surrogates = [(label, o) for label, o in SURROGATES if not (args.quick and o.get("SURROGATE") == "lstm")]
+    searches = [(label, o) for label, o in SEARCHES if not (args.quick and o.get("SURROGATE") == "lstm")]
     tasks = [("heldout", b, seed, overrides) for _, overrides in surrogates for b in stages for seed in seeds]
     ks = [int(k) for k in args.k.split(",")]
     complete = all(coverage[b] == len(cells[b]) for b in cells)
     if complete:
-        tasks += [("search", K, seed) for K in ks for seed in range(args.repeats)]
+        tasks += [("search", K, seed, overrides) for _, overrides in searches for K in ks
+                  for seed in range(args.repeats)]
     results = iter(run_tasks(tasks, args.table, args.jobs))
     for label, _ in surrogates:
         for b in stages:
             m, sd = mean_sd([next(results) for _ in seeds])
             print(f"{label} b={b}->{b + 1} rho={m:.2f} sd={sd:.2f}", flush=True)
     if complete:
-        found = {}
+        rank_seeds = table.common_seeds()
+        ranks = table.ranks(seeds=rank_seeds)
+        print(f"# best-found ranks by the mean reward over seed(s) {rank_seeds}, which every cell has")
+        for label, _ in searches:
+            found = {(K, seed): next(results) for K in ks for seed in range(args.repeats)}
+            for line in search_lines(table, label, found, ks, args.repeats, ranks, rank_seeds):
+                print(line)
         for K in ks:
-            for seed in range(args.repeats):
-                rank, reward, n = next(results)
-                found[K, seed], found["n", K, seed] = (rank, reward), n
-        for line in search_lines(table, found, ks, args.repeats):
-            print(line)
+            print(oracle_line(table, K, ranks, rank_seeds))
     else:
         print("# search lines skipped: the table lacks seed-0 rewards for some cells")
     print(f"# {time.time() - start:.0f} s with {args.jobs} processes")

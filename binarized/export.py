@@ -107,36 +107,32 @@ def _thresholds(bn, h, n, rank, channels=slice(None)):
     return thr, flip
 
 
+class _Section:
+    """One flat array of the payload, appended to piece by piece."""
+
+    def __init__(self, dtype):
+        self.dtype, self.parts, self.size = dtype, [], 0
+
+    def add(self, values):
+        """Appends `values` (flattened); returns their `[offset, size]` reference."""
+        flat = np.asarray(values, self.dtype).ravel()
+        ref = [self.size, int(flat.size)]
+        self.parts.append(flat)
+        self.size += flat.size
+        return ref
+
+    def array(self):
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, self.dtype)
+
+
 class _Builder:
+    """The nodes of an export and their payload: sign bits, integer thresholds, floats."""
+
     def __init__(self):
         self.nodes = []
-        self.bits = []  # flat bool arrays
-        self.n_bits = 0
-        self.ints = []
-        self.n_ints = 0
-        self.floats = []
-        self.n_floats = 0
-
-    def add_bits(self, negative):
-        flat = np.asarray(negative, bool).ravel()
-        ref = [self.n_bits, int(flat.size)]
-        self.bits.append(flat)
-        self.n_bits += flat.size
-        return ref
-
-    def add_ints(self, values):
-        values = np.asarray(values, np.int64).ravel()
-        ref = [self.n_ints, int(values.size)]
-        self.ints.append(values)
-        self.n_ints += values.size
-        return ref
-
-    def add_floats(self, values):
-        values = np.asarray(values, np.float32).ravel()
-        ref = [self.n_floats, int(values.size)]
-        self.floats.append(values)
-        self.n_floats += values.size
-        return ref
+        self.bits = _Section(bool)
+        self.ints = _Section(np.int64)
+        self.floats = _Section(np.float32)
 
     def add_node(self, spec):
         self.nodes.append(spec)
@@ -144,12 +140,12 @@ class _Builder:
 
     def payload(self):
         """(sections, bytes): bit words, then thresholds, then floats, little-endian."""
-        bits = np.concatenate(self.bits) if self.bits else np.zeros(0, bool)
+        bits = self.bits.array()
         words = pack_bits(bits).astype("<u4") if bits.size else np.zeros(0, "<u4")
-        ints = np.concatenate(self.ints) if self.ints else np.zeros(0, np.int64)
+        ints = self.ints.array()
         small = ints.size == 0 or np.abs(ints).max() < 2**15
         ints = ints.astype("<i2" if small else "<i4")
-        floats = (np.concatenate(self.floats) if self.floats else np.zeros(0)).astype("<f4")
+        floats = self.floats.array().astype("<f4")
         chunks, sections, offset = [], {}, 0
         for key, arr in (("bits", words), ("ints", ints), ("floats", floats)):
             raw = arr.tobytes()
@@ -214,16 +210,16 @@ def _binary_node(layer, bn, sign, src, in_shape, in_kind, builder, channels=None
         thr, flip = _thresholds(bn, h, n, len(bn.input.shape), channels)
         w = w.copy()
         w[flip] = ~w[flip]  # negated weights negate s for that channel
-        spec["thr"] = builder.add_ints(thr)
+        spec["thr"] = builder.ints.add(thr)
     else:
         inv, off = _bn_terms(bn)
-        spec["inv"] = builder.add_floats(inv[channels])
-        spec["off"] = builder.add_floats(off[channels])
+        spec["inv"] = builder.floats.add(inv[channels])
+        spec["off"] = builder.floats.add(off[channels])
     if spec["op"] == "sep":
-        spec["wd"] = builder.add_bits(dw)
-        spec["wp"] = builder.add_bits(w)
+        spec["wd"] = builder.bits.add(dw)
+        spec["wp"] = builder.bits.add(w)
     else:
-        spec["w"] = builder.add_bits(w)
+        spec["w"] = builder.bits.add(w)
     return spec, (out_hw[0], out_hw[1], int(cout)), spec["out"]
 
 

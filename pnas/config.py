@@ -14,6 +14,7 @@ import json
 from typing import Optional
 
 RUNNERS = ("processes", "inline", "ray")
+SURROGATES = ("ridge", "lstm")
 NoneType = type(None)
 
 
@@ -111,9 +112,14 @@ class ChildConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
-    """The surrogate that ranks the candidates (`pnas.encoder.Encoder`) and the beam width."""
+    """The surrogate that ranks the candidates (`pnas.encoder.new_surrogate`) and the beam width.
+
+    `surrogate` is 'ridge' or 'lstm' (the original's `Encoder`, which the
+    other fields but `k` and `restore` configure).
+    """
 
     k: int = setting("K_", 128, identity=True)
+    surrogate: str = setting("SURROGATE", "ridge", identity=True)
     controller_cells: int = setting("CONTROLLER_CELLS", 100, identity=True)
     regularization: float = setting("REGULARIZATION", 0, identity=True)
     epochs: int = setting("RNN_TRAINING_EPOCHS", 15, identity=True)
@@ -124,9 +130,9 @@ class EncoderConfig:
     restore: bool = setting("RESTORE_CONTROLLER", True)
 
     def encoder_kwargs(self):
-        """`pnas.encoder.Encoder` arguments other than the state space and the TensorBoard folder."""
+        """`pnas.encoder.new_surrogate` arguments other than the state space and the TensorBoard folder."""
         return dict(
-            controller_cells=self.controller_cells, regularization=self.regularization,
+            kind=self.surrogate, controller_cells=self.controller_cells, regularization=self.regularization,
             epochs=self.epochs, ensemble=self.ensemble, learning_rate=self.learning_rate,
             batch_size=self.batch_size, targets=self.targets,
         )

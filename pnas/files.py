@@ -37,3 +37,11 @@ def write_atomic(path, data):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+
+def copy_atomic(source, path):
+    """Copies the file `source` to `path` through a temporary file and `os.replace`."""
+    import shutil
+
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)

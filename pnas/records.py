@@ -41,6 +41,7 @@ CONFIG_ADDED = {
     "ENCODER_BATCHSIZE": None,
     "ENCODER_LR": 2e-3,
     "ENCODER_TARGETS": "raw",
+    "SURROGATE": "lstm",
 }
 
 

@@ -10,13 +10,13 @@
 
 import logging
 import os
-import shutil
 import time
 
 import keras
 
 from pnas import report
-from pnas.encoder import Encoder, StateSpace
+from pnas.encoder import StateSpace, new_surrogate
+from pnas.files import copy_atomic
 from pnas.model import model_fn
 from pnas.records import ChildRecord, SearchConfigError, SearchState, Status, write_logs, write_scores
 from pnas.runners import ChildJob, make_runner
@@ -107,7 +107,7 @@ class Search:
 
     # ----------------------------------------------------------------- decide
     def _new_encoder(self, tensorboard_dir=None):
-        return Encoder(self.state_space, tensorboard_dir=tensorboard_dir, **self.config.encoder.encoder_kwargs())
+        return new_surrogate(self.state_space, tensorboard_dir=tensorboard_dir, **self.config.encoder.encoder_kwargs())
 
     def _adopt_earlier_encoder(self):
         """With RESTORE_CONTROLLER, a fresh search starts from an earlier run's encoder.
@@ -132,14 +132,14 @@ class Search:
         os.makedirs(os.path.dirname(self.paths.stage_encoder_weights(0)), exist_ok=True)
         sources = encoder.weight_files(self.paths.encoder_weights)
         for source, target in zip(sources, encoder.weight_files(self.paths.stage_encoder_weights(0))):
-            shutil.copyfile(source, target)
+            copy_atomic(source, target)
         self.state.data["encoder_restored"] = True
-        print(f"Restored the encoder from {self.paths.encoder_weights}")
+        print(f"Restored the encoder from {', '.join(sources)}")
 
     def train_encoder(self, b):
         """Trains the encoder on stages 1..b, continuing from its stage b-1 weights.
 
-        The weights are saved twice: per stage (for resume) and as the
+        The weights are saved per stage (for resume) and copied to the
         search's encoder (`weights/{EXPERIMENT_NAME}/`, which RESTORE_CONTROLLER
         starts a later search from).
         """
@@ -152,14 +152,17 @@ class Search:
         steps_before = encoder.steps
         loss = encoder.fit([tuple(r["child"]) for r in seen], [r["reward"] for r in seen])
         encoder.save_weights(self.paths.stage_encoder_weights(b))
-        encoder.save_weights(self.paths.encoder_weights)
+        for source, target in zip(encoder.weight_files(self.paths.stage_encoder_weights(b)),
+                                  encoder.weight_files(self.paths.encoder_weights)):
+            copy_atomic(source, target)
         # Cumulative: the steps behind the ranking of stage b + 1 (shown in the summary).
         self.state.data.setdefault("encoder_steps", {})[str(b)] = encoder.steps
         logger.info("Encoder trained on %d children, loss %.5f", len(seen), loss)
-        print(
-            f"Encoder trained on {len(seen)} children after b = {b}: {encoder.steps - steps_before} gradient steps "
-            f"({encoder.steps} in all), loss {loss:.5f}"
-        )
+        if encoder.steps is None:
+            how = "a closed-form ridge fit"
+        else:
+            how = f"{encoder.steps - steps_before} gradient steps ({encoder.steps} in all)"
+        print(f"Encoder trained on {len(seen)} children after b = {b}: {how}, loss {loss:.5f}")
         return encoder
 
     def mul_ops(self, child):
@@ -308,7 +311,10 @@ class Search:
             n = sum(r.get("predicted_reward") is not None and r["status"] == Status.OK for r in records)
             shown = "undefined" if rho is None else f"{rho:.3f}"
             steps = self.state.data.get("encoder_steps", {}).get(str(b - 1))
-            after = "" if steps is None else f", ranked after {steps} gradient steps"
+            if steps is not None:
+                after = f", ranked after {steps} gradient steps"
+            else:
+                after = ", ranked by a closed-form ridge fit" if self.config.encoder.surrogate == "ridge" else ""
             print(f"Encoder Spearman rank correlation at b = {b}: {shown} (held out: {n} children "
                   f"predicted before they trained{after})")
         write_logs(self.state, self.state_space, self.paths)

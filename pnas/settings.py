@@ -3,7 +3,7 @@
 import ast
 import os
 
-from pnas.config import RUNNERS
+from pnas.config import RUNNERS, SURROGATES
 from pnas.model import OPERATORS
 
 
@@ -129,6 +129,13 @@ def validate(settings):
         raise SettingsError(f"ENCODER_BATCHSIZE must be None or >= 1, received {s['ENCODER_BATCHSIZE']}")
     if not s["ENCODER_LR"] > 0:
         raise SettingsError(f"ENCODER_LR must be > 0, received {s['ENCODER_LR']}")
+    if s["SURROGATE"] not in SURROGATES:
+        raise SettingsError(f"SURROGATE must be one of {', '.join(map(repr, SURROGATES))}, received {s['SURROGATE']!r}")
+    if s["SURROGATE"] == "ridge" and s["ENCODER_ENSEMBLE"] != 1:
+        raise SettingsError(
+            f"ENCODER_ENSEMBLE={s['ENCODER_ENSEMBLE']} averages LSTM encoders; with SURROGATE='ridge' set it to 1, "
+            "or use SURROGATE='lstm'"
+        )
     if s["ENCODER_TARGETS"] not in ("standardize", "raw"):
         raise SettingsError(f"ENCODER_TARGETS must be 'standardize' or 'raw', received {s['ENCODER_TARGETS']!r}")
     if s["MAX_MUL_OPS"] is not None and not s["MAX_MUL_OPS"] > 0:

@@ -132,14 +132,25 @@ class SpaceTable:
         """The reward of `child` trained with `seed` (KeyError when missing)."""
         return self.rewards[tuple(child)][seed]
 
-    def mean_reward(self, child):
-        """The mean over the seeds in the table."""
-        return float(np.mean(list(self.rewards[tuple(child)].values())))
+    def mean_reward(self, child, seeds=None):
+        """The mean over the seeds in the table (or over `seeds`, which the cell must have)."""
+        rewards = self.rewards[tuple(child)]
+        return float(np.mean([rewards[s] for s in (rewards if seeds is None else seeds)]))
 
-    def ranks(self, children=None):
-        """Rank by mean reward among `children` (default: all), 1 = best; ties share the best rank."""
+    def common_seeds(self):
+        """The seeds every cell in the table has a reward for, sorted."""
+        seeds = [set(r) for r in self.rewards.values()]
+        return sorted(set.intersection(*seeds)) if seeds else []
+
+    def ranks(self, children=None, seeds=None):
+        """Rank by mean reward (over `seeds`, default: all a cell has) among `children` (default: all).
+
+        1 = best; ties share the best rank. Rank cells on the same seeds
+        (`common_seeds`) when some have more than others: a cell measured
+        once is more likely to sit at an extreme than one averaged over two.
+        """
         children = self.children() if children is None else children
-        means = {c: self.mean_reward(c) for c in children}
+        means = {c: self.mean_reward(c, seeds) for c in children}
         ordered = sorted(means.values(), reverse=True)
         first = {}
         for i, value in enumerate(ordered, start=1):

@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 
 import train  # noqa: E402
 from pnas import footprint, report  # noqa: E402
-from pnas.encoder import Encoder, StateSpace  # noqa: E402
+from pnas.encoder import Encoder, RidgeSurrogate, StateSpace  # noqa: E402
 from pnas.model import model_fn  # noqa: E402
 from pnas.search import Search, SearchAborted, SearchPaths  # noqa: E402
 from _search_helpers import keras_run_child, search_with, synthetic_dataset, tiny_config  # noqa: E402
@@ -302,10 +302,10 @@ def test_op_budget_the_next_candidates_in_rank_order_fill_the_beam(tmp_path, mon
         return {"reward": 0.5 - cost / 1e6, "best_epoch": 1, "val_accuracy": [0.5], "test_accuracy": 0.5,
                 "mul_ops": cost, "params": 1, "footprint": {"packed_kib": 1.0}, "seconds": 0.0}
 
-    def predict(self, children, batch_size=1024):
+    def predict(self, children):
         return np.array([child[1::2].count(0) / 4 for child in children], np.float32)  # more convs, higher
 
-    monkeypatch.setattr(Encoder, "predict", predict)
+    monkeypatch.setattr(RidgeSurrogate, "predict", predict)  # the default SURROGATE
     paths = SearchPaths("tiny", root=str(tmp_path))
     search = search_with(run_child, _settings(MAX_MUL_OPS=40000), _dataset(n_train=32, n_val=16, n_test=16), paths)
     records = search.run()

@@ -12,7 +12,7 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from pnas.encoder import Encoder, RepresentationError, StateSpace  # noqa: E402
+from pnas.encoder import Encoder, RepresentationError, RidgeSurrogate, StateSpace, new_surrogate, op_counts  # noqa: E402
 
 # The operators of train.py, which the original research code's logs were written with.
 DEFAULT_OPS = ["3x3 sep-bconv", "5x5 sep-bconv", "1x7-7x1 bconv", "3x3 bconv"]
@@ -280,6 +280,9 @@ def test_standardized_targets_predict_in_reward_units_and_restore(tmp_path):
     encoder = Encoder(space, controller_cells=8, epochs=30, learning_rate=1e-2, targets="standardize")
     encoder.fit(children, rewards)
     encoder.save_weights(path)
+    # The reward units are one of its files, so that copies of the weights (restore) take them along.
+    assert encoder.weight_files(path) == [path, str(tmp_path / "encoder.units.json")]
+    assert encoder.has_weights(path)
     assert encoder.target_mean == pytest.approx(np.mean(rewards))
     predicted = encoder.predict(children)
     assert np.all((predicted > 0.7) & (predicted < 0.95))  # rewards, not z-scores
@@ -290,3 +293,44 @@ def test_standardized_targets_predict_in_reward_units_and_restore(tmp_path):
     np.testing.assert_allclose(restored.predict(children), predicted, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="targets"):
         Encoder(space, targets="zscore")
+
+
+def test_op_counts_count_each_operand_and_the_blocks():
+    space = StateSpace(3, DEFAULT_OPS, input_lookback_depth=-1, input_lookforward_depth=None)
+    child = (-1, 2, 0, 2, 1, 0, -1, 3)  # block 1 reads the cell inputs, block 2 block 1 and input -1
+    x = op_counts(space, child)
+    assert x.shape == (space.input_size * space.op_size + 1,)
+    assert x[space.input_index(-1) * space.op_size + 2] == 1
+    assert x[space.input_index(0) * space.op_size + 2] == 1
+    assert x[space.input_index(1) * space.op_size + 0] == 1
+    assert x[space.input_index(-1) * space.op_size + 3] == 1
+    assert x.sum() == 4 + 2 and x[-1] == 2
+
+
+def test_ridge_surrogate_ranks_unseen_cells_of_an_additive_reward(tmp_path):
+    # A reward that is a sum over operands, as the ridge models it: trained on
+    # the cells of <= 2 blocks it must order the unseen three-block cells.
+    space = StateSpace(3, DEFAULT_OPS)
+    value = {0: 0.03, 1: 0.01, 2: -0.01, 3: 0.0}
+    reward = lambda c: 0.7 + sum(value[op] for op in c[1::2])  # noqa: E731
+    cells = {1: space.initial_children()}
+    cells[2] = space.expand(cells[1])
+    cells[3] = space.expand(cells[2])
+    ridge = new_surrogate(space, "ridge")
+    assert isinstance(ridge, RidgeSurrogate) and ridge.steps is None
+    loss = ridge.fit(cells[1] + cells[2], [reward(c) for c in cells[1] + cells[2]])
+    assert loss < 1e-4
+    rho = spearmanr(ridge.predict(cells[3]), [reward(c) for c in cells[3]]).statistic
+    assert rho > 0.99
+    assert ridge.rank(cells[3])[0][0] == (0, 0, 0, 0) * 3
+
+    path = str(tmp_path / "encoder.weights.h5")
+    ridge.save_weights(path)
+    assert ridge.has_weights(path) and ridge.weight_files(path) == [str(tmp_path / "encoder.ridge.json")]
+    restored = RidgeSurrogate(space)
+    restored.load_weights(path)
+    np.testing.assert_allclose(restored.predict(cells[3]), ridge.predict(cells[3]))
+    with pytest.raises(ValueError, match="coefficients"):
+        RidgeSurrogate(StateSpace(3, DEFAULT_OPS[:2])).load_weights(path)
+    with pytest.raises(ValueError, match="kind"):
+        new_surrogate(space, "tree")

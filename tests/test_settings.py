@@ -63,8 +63,9 @@ def test_the_derived_setting_lists_are_those_kept_by_hand_before():
         "REGULARIZATION", "RNN_TRAINING_EPOCHS", "INPUT_LOOKBACK_DEPTH", "INPUT_LOOKFORWARD_DEPTH",
         "BINARY_H", "KERNEL_LR_MULTIPLIER", "LR_START", "LR_END", "LOSS",
         "MAX_MUL_OPS", "ENCODER_ENSEMBLE", "ENCODER_BATCHSIZE", "ENCODER_LR", "ENCODER_TARGETS",
+        "SURROGATE",  # added since; earlier saved searches ran with 'lstm' (pnas.records.CONFIG_ADDED)
     }
-    assert len(IDENTITY) == len(set(IDENTITY)) == 27
+    assert len(IDENTITY) == len(set(IDENTITY)) == 28
     assert set(RETRAIN_SETTINGS) == {
         "EXPERIMENT_NAME", "B", "operators", "INPUT_LOOKBACK_DEPTH", "INPUT_LOOKFORWARD_DEPTH", "NUM_CELLS",
         "NUM_CELL_FILTERS", "DENSE_LAYERS", "DROP_INPUT", "DROP_HIDDEN", "DROPOUT", "BATCHSIZE", "USE_EXPANSION",
@@ -99,6 +100,8 @@ BAD = {
     "not a literal": ("--B=two", "not a Python literal"),
     "no form": ("B=2", "overrides take the form --NAME=value"),
     "side by side in-process": ("--PARALLEL_CHILDREN=2|--CHILDREN_PER_PROCESS=0", "PARALLEL_CHILDREN=2"),
+    "unknown surrogate": ("--SURROGATE='mlp'", "SURROGATE must be one of 'ridge', 'lstm'"),
+    "ridge ensemble": ("--ENCODER_ENSEMBLE=5", "ENCODER_ENSEMBLE=5 averages LSTM encoders; with SURROGATE='ridge'"),
     "unknown runner": ("--RUNNER='spark'", "RUNNER must be one of 'processes', 'inline', 'ray'"),
     "inline side by side": ("--RUNNER='inline'|--PARALLEL_CHILDREN=2", "RUNNER='inline' trains one child"),
     "ray address type": ("--RAY_ADDRESS=6379", "--RAY_ADDRESS must be of type str or NoneType"),

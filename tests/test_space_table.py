@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from pnas.encoder import Encoder, StateSpace
+from pnas.encoder import Encoder, StateSpace, new_surrogate
 from pnas.space_table import (
     COLUMNS,
     SpaceTable,
@@ -105,6 +105,10 @@ def test_mean_reward_ranks_and_ties():
     assert table.mean_reward(a) == pytest.approx(0.75)
     assert table.ranks() == {c: 1, a: 2, b: 2}
     assert best_found(table, [a, b]) == a  # by the seed-0 reward the searcher saw
+    # Ranked on the seeds every cell has, a's second seed no longer counts.
+    assert table.common_seeds() == [0]
+    assert table.mean_reward(a, seeds=[0]) == pytest.approx(0.80)
+    assert table.ranks(seeds=table.common_seeds()) == {c: 1, a: 2, b: 3}
 
 
 def _typed(space, child, seed, reward):
@@ -140,18 +144,31 @@ def test_a_perfect_surrogate_makes_the_search_find_the_best_cell(tmp_path, monke
     assert best == (0, 0, 0, 0) * 3
     # The real search loop with the encoder's predictions replaced by the truth.
     monkeypatch.setattr(Encoder, "predict", lambda self, children: np.array([table.reward(c, 0) for c in children]))
-    settings = tiny_settings(K_=1, SEED=3)
+    settings = tiny_settings(K_=1, SEED=3, SURROGATE="lstm")
     trained = simulate_search(table, settings, str(tmp_path))
     assert best_found(table, trained) == best
     assert len(trained) == len(all_cells(space)[1]) + 2  # all 1-block cells, then K_ = 1 per stage
     assert os.path.exists(tmp_path / "architectures" / "sim_k1_s3.jsonl")
 
 
+def test_the_ridge_surrogate_leads_the_search_to_the_best_cell(tmp_path):
+    # The synthetic reward is additive in the operators, as the ridge models it:
+    # the search must reach the best three-block cell with a beam of 2.
+    path = tmp_path / "t.csv"
+    space = _synthetic_table(path, B=3, seeds=(0,))
+    table = SpaceTable.load(path, space)
+    trained = simulate_search(table, tiny_settings(K_=2, SEED=0, SURROGATE="ridge"), str(tmp_path))
+    assert best_found(table, trained) == (0, 0, 0, 0) * 3
+    assert len(trained) == len(all_cells(space)[1]) + 4
+    # The surrogate saved per stage is the ridge's JSON, not Keras weights.
+    assert os.path.exists(tmp_path / "logs" / "sim_k2_s0" / "encoder" / "after_b2.ridge.json")
+
+
 def test_simulated_search_trains_distinct_table_cells_with_the_real_encoder(tmp_path):
     path = tmp_path / "t.csv"
     space = _synthetic_table(path, B=2, seeds=(0,))
     table = SpaceTable.load(path, space)
-    trained = simulate_search(table, tiny_settings(K_=4, SEED=0), str(tmp_path))
+    trained = simulate_search(table, tiny_settings(K_=4, SEED=0, SURROGATE="lstm"), str(tmp_path))
     assert len(trained) == len(set(trained)) == len(all_cells(space)[1]) + 4
     assert all(c in table for c in trained)
     sample = random_search(table, len(trained), seed=0)
@@ -169,7 +186,7 @@ def test_the_search_saves_its_encoder_and_a_new_search_starts_from_it(tmp_path, 
     table = SpaceTable.load(path, space)
     settings = tiny_settings(
         B=2, operators=OPERATORS, INPUT_LOOKBACK_DEPTH=0, INPUT_LOOKFORWARD_DEPTH=0, K_=2, SEED=0,
-        MAX_MUL_OPS=None, EXPERIMENT_NAME="restore", RESTORE_CONTROLLER=True,
+        MAX_MUL_OPS=None, EXPERIMENT_NAME="restore", RESTORE_CONTROLLER=True, SURROGATE="lstm",
     )
     config = SearchConfig.from_settings(settings)
     paths = SearchPaths("restore", root=str(tmp_path))
@@ -178,7 +195,7 @@ def test_the_search_saves_its_encoder_and_a_new_search_starts_from_it(tmp_path, 
 
     # The saved encoder has been trained after both stages, on every child.
     n1 = len(all_cells(space)[1])
-    saved = Encoder(space, **config.encoder.encoder_kwargs())
+    saved = new_surrogate(space, **config.encoder.encoder_kwargs())
     saved.load_weights(paths.encoder_weights)
     assert saved.steps == config.encoder.epochs * (n1 + (n1 + 2))
     cells = all_cells(space)[2]
@@ -187,6 +204,6 @@ def test_the_search_saves_its_encoder_and_a_new_search_starts_from_it(tmp_path, 
     again = SearchConfig.from_settings(dict(settings, OVERWRITE=True))
     Search(again, None, paths, train_fn=table_train_fn(table), plots=False).run()
     assert f"Restored the encoder from {paths.encoder_weights}" in capsys.readouterr().out
-    start = Encoder(space, **config.encoder.encoder_kwargs())
+    start = new_surrogate(space, **config.encoder.encoder_kwargs())
     start.load_weights(paths.stage_encoder_weights(0))
     np.testing.assert_allclose(start.predict(cells), saved.predict(cells), rtol=1e-6, atol=1e-7)
