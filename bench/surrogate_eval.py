@@ -238,16 +238,18 @@ def run_tasks(tasks, path, jobs):
 
 # --------------------------------------------------------------------- main
 def load_table(path):
+    """The table at `path`, in the default space of as many blocks as its largest cell has."""
     from pnas.encoder import StateSpace
+    from pnas.space_table import read_table
 
-    state_space = StateSpace(3, train.operators, 0, 0)
     try:
-        table = SpaceTable.load(path, state_space)
+        rows = read_table(path)
+        if not rows:
+            sys.exit(f"error: {path} holds no rows; run python bench/space_table.py first")
+        state_space = StateSpace(max(row["b"] for row in rows), train.operators, 0, 0)
+        return SpaceTable(rows, state_space)
     except TableError as exc:
         sys.exit(f"error: {exc}")
-    if not len(table):
-        sys.exit(f"error: {path} holds no rows; run python bench/space_table.py first")
-    return table
 
 
 def main():
@@ -266,15 +268,16 @@ def main():
 
     start = time.time()
     table = load_table(args.table)
-    cells = all_cells(table.state_space, 3)
+    B = table.state_space.B
+    cells = all_cells(table.state_space, B)
     coverage = {b: sum(c in table and 0 in table.rewards[c] for c in cells[b]) for b in cells}
     print(f"# {args.table}: {len(table)} cells; seed-0 coverage "
           + ", ".join(f"b={b} {coverage[b]}/{len(cells[b])}" for b in cells)
           + f"; seed 1 for {sum(1 in r for r in table.rewards.values())}", flush=True)
     # A held-out stage needs every cell of b blocks and some of b + 1.
-    stages = [b for b in (1, 2) if coverage[b] == len(cells[b]) and coverage[b + 1] >= 3]
-    if coverage[3] < len(cells[3]) and 2 in stages:
-        print(f"# b=2->3 is measured on the {coverage[3]} three-block cells in the table so far")
+    stages = [b for b in range(1, B) if coverage[b] == len(cells[b]) and coverage[b + 1] >= 3]
+    if coverage[B] < len(cells[B]) and B - 1 in stages:
+        print(f"# b={B - 1}->{B} is measured on the {coverage[B]} cells of {B} blocks in the table so far")
     seeds = range(args.seeds)
 
     if args.ablation:
@@ -289,7 +292,7 @@ def main():
         print(f"# {time.time() - start:.0f} s")
         return
 
-    for b in (2, 3):
+    for b in range(2, B + 1):
         rho, n = noise_ceiling(table, b)
         print(f"noise_ceiling b={b} rho={'nan' if rho is None else f'{rho:.2f}'}  # {n} cells with 2 seeds")
     for name in BASELINES:

@@ -207,3 +207,41 @@ def test_the_search_saves_its_encoder_and_a_new_search_starts_from_it(tmp_path, 
     start = new_surrogate(space, **config.encoder.encoder_kwargs())
     start.load_weights(paths.stage_encoder_weights(0))
     np.testing.assert_allclose(start.predict(cells), saved.predict(cells), rtol=1e-6, atol=1e-7)
+
+
+def test_surrogate_eval_prints_each_line_once_on_a_two_block_table(tmp_path):
+    """bench/surrogate_eval.py on a complete B = 2 table (as the reference table's b <= 2 is)."""
+    import re
+    import subprocess
+    import sys
+
+    import train
+
+    space = StateSpace(2, train.operators)
+    path = tmp_path / "t.csv"
+    value = {0: 0.01, 1: 0.02, 2: 0.04, 3: 0.0}  # additive: the best cell has four of operator 2
+    rng = np.random.default_rng(0)
+    for b, cells in all_cells(space).items():
+        for child in cells:
+            for seed in (0, 1):
+                reward = 0.7 + sum(value[op] for op in child[1::2]) + rng.normal(0, 0.001)
+                append_row(path, _row(space, child, seed, reward))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, os.path.join(root, "bench", "surrogate_eval.py"), "--table", str(path), "--quick",
+         "--seeds", "2", "--repeats", "3", "--k", "4,8", "--jobs", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if not line.startswith("#")]
+    names = [line.split()[0] + " " + line.split()[1] for line in lines]
+    assert len(names) == len(set(names)), lines  # each line once
+    ceiling = re.search(r"^noise_ceiling b=2 rho=(\S+)", result.stdout, re.M)
+    assert float(ceiling.group(1)) > 0.9
+    heldout = re.search(r"^heldout b=1->2 rho=(\S+) sd=(\S+)$", result.stdout, re.M)
+    assert float(heldout.group(1)) > 0.9  # the ridge on an additive reward
+    for K in (4, 8):
+        line = re.search(rf"^search K_={K} pnas_best_rank=(\S+) random_best_rank=(\S+) .*repeats=3 ", result.stdout, re.M)
+        assert float(line.group(1)) == 1.0, line.group(0)  # the ridge's beam reaches the best cell
+    assert re.search(r"^oracle K_=4 best_rank=1 ", result.stdout, re.M)
+    assert "heldout_lstm" not in result.stdout and "search_lstm" not in result.stdout  # --quick
