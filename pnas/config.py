@@ -11,7 +11,8 @@ the library receives the objects below and never indexes a settings dict.
 
 import dataclasses
 import json
-from typing import Optional
+import typing
+from typing import Optional, Union
 
 RUNNERS = ("processes", "inline", "ray")
 SURROGATES = ("ridge", "lstm")
@@ -31,6 +32,7 @@ class Setting:
             found architecture repeats its override (the summary's command).
         types: The types an override may take, where others than its
             default's (e.g. None as well as an int); () for its default's type.
+            A config field's are derived from its annotation (`_override_types`).
     """
 
     name: str
@@ -39,9 +41,24 @@ class Setting:
     types: tuple = ()
 
 
-def setting(name, default, *, identity=False, retrain=False, types=()):
-    """A config field read from train.py's setting `name` (see `Setting`)."""
-    return dataclasses.field(default=default, metadata={"setting": Setting(name, identity, retrain, types)})
+def setting(name, default, *, identity=False, retrain=False):
+    """A config field read from train.py's setting `name` (see `Setting`); its annotation types the overrides."""
+    return dataclasses.field(default=default, metadata={"setting": Setting(name, identity, retrain)})
+
+
+def _override_types(annotation):
+    """The types an override of a field annotated `annotation` may take; () where its default's type decides.
+
+    A float takes an int too (`--LR_START=1`); Optional and Union fields take
+    each of their types.
+    """
+    members = typing.get_args(annotation) if typing.get_origin(annotation) is Union else (annotation,)
+    if members == (annotation,) and annotation is not float:
+        return ()
+    types = []
+    for t in members:
+        types += [int, float] if t is float else [t]
+    return tuple(dict.fromkeys(types))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,9 +90,9 @@ class ChildConfig:
     initial_lr: float = setting("LR_START", 3e-2, identity=True, retrain=True)
     final_lr: float = setting("LR_END", 1e-4, identity=True, retrain=True)
     loss: str = setting("LOSS", "squared_hinge", identity=True, retrain=True)
-    binary_h: object = setting("BINARY_H", "Glorot", identity=True, retrain=True, types=(str, int, float))
-    kernel_lr_multiplier: object = setting(
-        "KERNEL_LR_MULTIPLIER", "Glorot", identity=True, retrain=True, types=(str, int, float, NoneType)
+    binary_h: Union[str, int, float] = setting("BINARY_H", "Glorot", identity=True, retrain=True)
+    kernel_lr_multiplier: Union[str, int, float, None] = setting(
+        "KERNEL_LR_MULTIPLIER", "Glorot", identity=True, retrain=True
     )
     evaluate_test: bool = setting("TEST_CHILDREN", True)
     verbose: int = setting("VERBOSE", 2)
@@ -125,7 +142,7 @@ class EncoderConfig:
     epochs: int = setting("RNN_TRAINING_EPOCHS", 15, identity=True)
     ensemble: int = setting("ENCODER_ENSEMBLE", 1, identity=True)
     learning_rate: float = setting("ENCODER_LR", 1e-3, identity=True)
-    batch_size: Optional[int] = setting("ENCODER_BATCHSIZE", 1, identity=True, types=(int, NoneType))
+    batch_size: Optional[int] = setting("ENCODER_BATCHSIZE", 1, identity=True)
     targets: str = setting("ENCODER_TARGETS", "raw", identity=True)
     restore: bool = setting("RESTORE_CONTROLLER", True)
 
@@ -157,9 +174,9 @@ class RunnerConfig:
     kind: str = setting("RUNNER", "processes")
     parallel_children: int = setting("PARALLEL_CHILDREN", 1)
     children_per_process: int = setting("CHILDREN_PER_PROCESS", 10)
-    ray_address: Optional[str] = setting("RAY_ADDRESS", None, types=(str, NoneType))
-    ray_cpus_per_child: float = setting("RAY_CPUS_PER_CHILD", 1, types=(int, float))
-    ray_gpus_per_child: float = setting("RAY_GPUS_PER_CHILD", 0, types=(int, float))
+    ray_address: Optional[str] = setting("RAY_ADDRESS", None)
+    ray_cpus_per_child: float = setting("RAY_CPUS_PER_CHILD", 1)
+    ray_gpus_per_child: float = setting("RAY_GPUS_PER_CHILD", 0)
     ray_max_retries: int = setting("RAY_MAX_RETRIES", 1)
 
 
@@ -188,10 +205,10 @@ class SearchConfig:
     operators: tuple = setting("operators", (), identity=True, retrain=True)
     input_lookback_depth: int = setting("INPUT_LOOKBACK_DEPTH", 0, identity=True, retrain=True)
     input_lookforward_depth: Optional[int] = setting(
-        "INPUT_LOOKFORWARD_DEPTH", 0, identity=True, retrain=True, types=(int, NoneType)
+        "INPUT_LOOKFORWARD_DEPTH", 0, identity=True, retrain=True
     )
     max_consecutive_failures: int = setting("MAX_CONSECUTIVE_FAILURES", 3)
-    max_mul_ops: Optional[float] = setting("MAX_MUL_OPS", None, identity=True, types=(int, float, NoneType))
+    max_mul_ops: Optional[float] = setting("MAX_MUL_OPS", None, identity=True)
     child: ChildConfig = ChildConfig()
     encoder: EncoderConfig = EncoderConfig()
     runner: RunnerConfig = RunnerConfig()
@@ -224,7 +241,7 @@ def _settings_of(cls):
     """The `Setting` of each field of `cls` and of its nested configs, in field order."""
     for field in dataclasses.fields(cls):
         if "setting" in field.metadata:
-            yield field.metadata["setting"]
+            yield dataclasses.replace(field.metadata["setting"], types=_override_types(field.type))
         elif dataclasses.is_dataclass(field.default):
             yield from _settings_of(type(field.default))
 

@@ -77,7 +77,15 @@ def test_the_derived_setting_lists_are_those_kept_by_hand_before():
         "BINARY_H": (str, int, float), "KERNEL_LR_MULTIPLIER": (str, int, float, none),
         "ENCODER_BATCHSIZE": (int, none), "RAY_ADDRESS": (str, none), "RAY_CPUS_PER_CHILD": (int, float),
         "RAY_GPUS_PER_CHILD": (int, float),
+        # Derived from the config fields' annotations: every float setting takes an int too.
+        "LR_START": (int, float), "LR_END": (int, float), "REGULARIZATION": (int, float), "ENCODER_LR": (int, float),
     }
+
+
+def test_a_float_setting_with_an_int_default_takes_a_float():
+    # REGULARIZATION defaults to 0 (an int): its override was refused as "must be of type int".
+    _, s = train.parse_args(["--REGULARIZATION=1e-4", "--RAY_CPUS_PER_CHILD=0.5"])
+    assert s["REGULARIZATION"] == 1e-4 and s["RAY_CPUS_PER_CHILD"] == 0.5
 
 
 def test_retrain_args_repeat_only_the_overrides_that_shape_the_child_in_file_order():
