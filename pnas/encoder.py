@@ -326,7 +326,27 @@ def tokens(state_space, child):
     ]
 
 
-class Encoder:
+class Surrogate:
+    """What ranks the candidates for the search: `fit`, `predict`, `rank` and its weight files.
+
+    Subclasses implement `fit(children, rewards)` (returns the training
+    loss), `predict(children)`, `weight_files(path)`, `save_weights(path)`
+    and `load_weights(path)`, and `steps` (gradient steps so far, or None).
+    """
+
+    def rank(self, children):
+        """`(child, predicted reward)` pairs, best first; ties keep the order of `children`."""
+        children = list(children)
+        scores = self.predict(children)
+        order = np.argsort(-scores, kind="stable")
+        return [(children[i], float(scores[i])) for i in order]
+
+    def has_weights(self, path):
+        """Whether every file `save_weights(path)` writes exists."""
+        return all(os.path.exists(f) for f in self.weight_files(path))
+
+
+class Encoder(Surrogate):
     """The PNAS surrogate: embedding -> LSTM -> Dense(1), with `fit`, `predict` and `rank`.
 
     It learns to predict a child's reward from its token sequence. Children
@@ -425,10 +445,6 @@ class Encoder:
         return int(sum(int(m.optimizer.iterations.numpy()) for m in self.models))
 
     # ------------------------------------------------------------ persistence
-    def has_weights(self, path):
-        """Whether every weights file of this encoder (one per ensemble member) exists at `path`."""
-        return all(os.path.exists(f) for f in self.weight_files(path))
-
     def _model_files(self, path):
         if len(self.models) == 1:
             return [path]
@@ -522,13 +538,6 @@ class Encoder:
         preds = [m.predict(x, batch_size=batch_size, verbose=0)[:, 0] for m in self.models]
         return np.mean(preds, axis=0) * self.target_std + self.target_mean
 
-    def rank(self, children):
-        """`(child, predicted reward)` pairs, best first; ties keep the order of `children`."""
-        children = list(children)
-        scores = self.predict(children)
-        order = np.argsort(-scores, kind="stable")
-        return [(children[i], float(scores[i])) for i in order]
-
 
 def op_counts(state_space, child):
     """Features of the ridge surrogate: how often each (input, operator) operand occurs, and the block count."""
@@ -539,7 +548,7 @@ def op_counts(state_space, child):
     return x
 
 
-class RidgeSurrogate:
+class RidgeSurrogate(Surrogate):
     """A ridge regression on operand counts (`op_counts`), with the `Encoder`'s interface.
 
     A cell's reward is modelled as a sum of what each of its operands adds.
@@ -590,13 +599,6 @@ class RidgeSurrogate:
             return np.zeros((0,), np.float64)
         return self._features(children) @ self.coef + self.intercept
 
-    def rank(self, children):
-        """`(child, predicted reward)` pairs, best first; ties keep the order of `children`."""
-        children = list(children)
-        scores = self.predict(children)
-        order = np.argsort(-scores, kind="stable")
-        return [(children[i], float(scores[i])) for i in order]
-
     # ------------------------------------------------------------ persistence
     # The search names its encoder files `*.weights.h5`; the ridge keeps its
     # coefficients in a JSON file beside that name.
@@ -604,9 +606,6 @@ class RidgeSurrogate:
         """The file `save_weights(path)` writes."""
         stem = path[: -len(".weights.h5")] if path.endswith(".weights.h5") else path
         return [f"{stem}.ridge.json"]
-
-    def has_weights(self, path):
-        return os.path.exists(self.weight_files(path)[0])
 
     def save_weights(self, path):
         from pnas.files import write_atomic
