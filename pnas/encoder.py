@@ -549,7 +549,7 @@ def op_counts(state_space, child):
 
 
 class RidgeSurrogate(Surrogate):
-    """A ridge regression on operand counts (`op_counts`), with the `Encoder`'s interface.
+    """A ridge regression on operand counts (`op_counts`): train.py's default surrogate.
 
     A cell's reward is modelled as a sum of what each of its operands adds.
     On the table of the default space (bench/results/space_proxy.csv) it
@@ -620,12 +620,13 @@ class RidgeSurrogate(Surrogate):
             saved = json.load(f)
         coef = np.asarray(saved["coef"], dtype=np.float64)
         if coef.shape != self.coef.shape:
-            raise ValueError(f"{self.weight_files(path)[0]} has {coef.size} coefficients, this state space {self.coef.size}")
+            raise ValueError(
+                f"{self.weight_files(path)[0]} has {coef.size} coefficients, this state space {self.coef.size}"
+            )
         self.coef, self.intercept = coef, float(saved["intercept"])
 
 
-
-def new_surrogate(state_space, kind="lstm", tensorboard_dir=None, **encoder_kwargs):
+def new_surrogate(state_space, kind="ridge", tensorboard_dir=None, **encoder_kwargs):
     """The surrogate a search ranks with: 'lstm' (`Encoder`, with `encoder_kwargs`) or 'ridge' (`RidgeSurrogate`)."""
     if kind == "ridge":
         return RidgeSurrogate(state_space)

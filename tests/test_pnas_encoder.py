@@ -12,7 +12,9 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from pnas.encoder import Encoder, RepresentationError, RidgeSurrogate, StateSpace, new_surrogate, op_counts  # noqa: E402
+from pnas.encoder import (  # noqa: E402
+    Encoder, RepresentationError, RidgeSurrogate, StateSpace, new_surrogate, op_counts,
+)
 
 # The operators of train.py, which the original research code's logs were written with.
 DEFAULT_OPS = ["3x3 sep-bconv", "5x5 sep-bconv", "1x7-7x1 bconv", "3x3 bconv"]

@@ -241,7 +241,8 @@ def test_surrogate_eval_prints_each_line_once_on_a_two_block_table(tmp_path):
     heldout = re.search(r"^heldout b=1->2 rho=(\S+) sd=(\S+)$", result.stdout, re.M)
     assert float(heldout.group(1)) > 0.9  # the ridge on an additive reward
     for K in (4, 8):
-        line = re.search(rf"^search K_={K} pnas_best_rank=(\S+) random_best_rank=(\S+) .*repeats=3 ", result.stdout, re.M)
+        pattern = rf"^search K_={K} pnas_best_rank=(\S+) random_best_rank=(\S+) .*repeats=3 "
+        line = re.search(pattern, result.stdout, re.M)
         assert float(line.group(1)) == 1.0, line.group(0)  # the ridge's beam reaches the best cell
     assert re.search(r"^oracle K_=4 best_rank=1 ", result.stdout, re.M)
     assert "heldout_lstm" not in result.stdout and "search_lstm" not in result.stdout  # --quick
