@@ -3,6 +3,8 @@
 Reads the exhaustive table of `bench/space_table.py` (no training) and prints,
 one line each, in a form meant to be parsed:
 
+    against b=1 rho=0.xx (with --against OTHER_CSV)
+                                             seed-0 rewards of the two tables, per stage
     noise_ceiling b=2 rho=0.xx               seed 0 against seed 1 within a stage:
     noise_ceiling b=3 rho=0.xx               no predictor can be expected to beat it
     heldout b=1->2 rho=0.xx sd=0.xx          the search's surrogate (train.py's settings,
@@ -30,6 +32,7 @@ the standard error.
 
     python bench/surrogate_eval.py [--table bench/results/space_proxy.csv] [--repeats 20]
     python bench/surrogate_eval.py --quick         # without the LSTM lines: about a minute
+    python bench/surrogate_eval.py --table bench/results/space_reference.csv --against bench/results/space_proxy.csv
     python bench/surrogate_eval.py --ablation      # held-out rho of each surrogate recipe
 """
 
@@ -130,6 +133,15 @@ def heldout_baseline(table, b, seed, name):
     if len(set(np.round(predicted, 12))) < 2:
         return float("nan")
     return float(spearmanr(predicted, [table.mean_reward(c) for c in targets]).statistic)
+
+
+def agreement_line(table, other, b):
+    """Spearman of two tables' seed-0 rewards over the cells of b blocks that both have."""
+    cells = [c for c in table.children(b=b, seed=0) if c in other and 0 in other.rewards[c]]
+    if len(cells) < 3:
+        return f"against b={b} rho=nan  # {len(cells)} cells in both"
+    rho = spearmanr([table.reward(c, 0) for c in cells], [other.reward(c, 0) for c in cells]).statistic
+    return f"against b={b} rho={rho:.2f}  # {len(cells)} cells in both"
 
 
 def mean_sd(values):
@@ -260,11 +272,14 @@ def main():
     parser.add_argument("--k", default="4,8,16,32", help="comma-separated beam sizes K_ of the search lines")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes training encoders")
     parser.add_argument("--ablation", action="store_true", help="held-out rho of each surrogate recipe instead")
+    parser.add_argument("--against", default=None,
+                        help="another table (e.g. the proxy's): print how its seed-0 rewards rank alike, per stage")
     parser.add_argument("--quick", action="store_true",
                         help="leave out the LSTM lines (heldout_lstm, heldout_ensemble5, search_lstm): about a minute")
     args = parser.parse_args()
-    if not os.path.exists(args.table):
-        sys.exit(f"error: no table at {args.table}; run python bench/space_table.py first")
+    for path in (args.table, args.against):
+        if path is not None and not os.path.exists(path):
+            sys.exit(f"error: no table at {path}; run python bench/space_table.py first")
 
     start = time.time()
     table = load_table(args.table)
@@ -292,6 +307,10 @@ def main():
         print(f"# {time.time() - start:.0f} s")
         return
 
+    if args.against:
+        other = load_table(args.against)
+        for b in range(1, B + 1):
+            print(agreement_line(table, other, b))
     for b in range(2, B + 1):
         rho, n = noise_ceiling(table, b)
         print(f"noise_ceiling b={b} rho={'nan' if rho is None else f'{rho:.2f}'}  # {n} cells with 2 seeds")
