@@ -18,6 +18,8 @@ one line each, in a form meant to be parsed:
     search K_=k pnas_best_rank=x.x random_best_rank=y.y pnas_best_reward=0.xxxx
         random_best_reward=0.xxxx repeats=n pnas_rank_se=x.x random_rank_se=y.y
     search_lstm K_=k ...                     the same search with SURROGATE = 'lstm'
+    search_seed1 K_=k ...                    the default search on the seed-1 rewards
+                                             (once every cell has them)
     oracle K_=k best_rank=x best_reward=0.xxxx cells=n
                                              the beam ranked by the rewards themselves:
                                              the bound of any surrogate
@@ -150,10 +152,11 @@ def mean_sd(values):
 
 
 # ------------------------------------------------------------------- search
-def search_lines(table, label, results, ks, repeats, ranks, seeds):
+def search_lines(table, label, results, ks, repeats, ranks, seeds, reward_seed=0):
     """The `label` lines from `results[K, seed] = (cells trained, best cell)` of the PNAS runs.
 
-    Ranks and rewards are by the mean over `seeds` (`ranks` = `table.ranks(seeds=seeds)`).
+    Ranks and rewards are by the mean over `seeds` (`ranks` = `table.ranks(seeds=seeds)`);
+    the searches saw the rewards of `reward_seed`, and so does the random search's pick.
     """
     lines = []
     for K in ks:
@@ -161,7 +164,7 @@ def search_lines(table, label, results, ks, repeats, ranks, seeds):
                          for seed in range(repeats)])
         rand = []
         for seed in range(repeats):
-            best = best_found(table, random_search(table, results[K, seed][0], seed))
+            best = best_found(table, random_search(table, results[K, seed][0], seed), reward_seed)
             rand.append((ranks[best], table.mean_reward(best, seeds)))
         rand = np.array(rand)
         se = lambda v: float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")  # noqa: E731
@@ -197,7 +200,10 @@ SURROGATES = (
     ("heldout_lstm", {"SURROGATE": "lstm"}),
     ("heldout_ensemble5", {"SURROGATE": "lstm", "ENCODER_ENSEMBLE": 5}),
 )
-SEARCHES = (("search", {}), ("search_lstm", {"SURROGATE": "lstm"}))
+# The searches: (label, overrides, the table seed whose rewards the search sees). search_seed1
+# repeats the default search on the second training of every cell, once the table has it: an
+# independent draw of the training noise, which the repeats of a deterministic surrogate do not vary.
+SEARCHES = (("search", {}, 0), ("search_lstm", {"SURROGATE": "lstm"}, 0), ("search_seed1", {}, 1))
 
 
 # ---------------------------------------------------------------- the tasks
@@ -223,15 +229,15 @@ def _init(path, threads):
 
 
 def _run_task(task):
-    """("heldout", b, seed, overrides) -> rho; ("search", K, seed, overrides) -> (cells trained, best cell)."""
+    """("heldout", b, seed, overrides) -> rho; ("search", K, seed, overrides, reward seed) -> (cells, best cell)."""
     kind, *args = task
     if kind == "heldout":
         b, seed, overrides = args
         return heldout_encoder(_TABLE, b, seed, settings(**overrides))
-    K, seed, overrides = args
+    K, seed, overrides, reward_seed = args
     with tempfile.TemporaryDirectory(prefix="surrogate_eval_") as root:
-        trained = simulate_search(_TABLE, settings(**overrides, K_=K, SEED=seed), root)
-    return len(trained), best_found(_TABLE, trained)
+        trained = simulate_search(_TABLE, settings(**overrides, K_=K, SEED=seed), root, reward_seed)
+    return len(trained), best_found(_TABLE, trained, reward_seed)
 
 
 def run_tasks(tasks, path, jobs):
@@ -319,12 +325,13 @@ def main():
             m, sd = mean_sd([heldout_baseline(table, b, seed, name) for seed in seeds])
             print(f"heldout_{name} b={b}->{b + 1} rho={m:.2f} sd={sd:.2f}", flush=True)
     surrogates = [(label, o) for label, o in SURROGATES if not (args.quick and o.get("SURROGATE") == "lstm")]
-    searches = [(label, o) for label, o in SEARCHES if not (args.quick and o.get("SURROGATE") == "lstm")]
+    searches = [(label, o, r) for label, o, r in SEARCHES
+                if not (args.quick and o.get("SURROGATE") == "lstm") and r in table.common_seeds()]
     tasks = [("heldout", b, seed, overrides) for _, overrides in surrogates for b in stages for seed in seeds]
     ks = [int(k) for k in args.k.split(",")]
     complete = all(coverage[b] == len(cells[b]) for b in cells)
     if complete:
-        tasks += [("search", K, seed, overrides) for _, overrides in searches for K in ks
+        tasks += [("search", K, seed, overrides, r) for _, overrides, r in searches for K in ks
                   for seed in range(args.repeats)]
     results = iter(run_tasks(tasks, args.table, args.jobs))
     for label, _ in surrogates:
@@ -335,9 +342,9 @@ def main():
         rank_seeds = table.common_seeds()
         ranks = table.ranks(seeds=rank_seeds)
         print(f"# best-found ranks by the mean reward over seed(s) {rank_seeds}, which every cell has")
-        for label, _ in searches:
+        for label, _, reward_seed in searches:
             found = {(K, seed): next(results) for K in ks for seed in range(args.repeats)}
-            for line in search_lines(table, label, found, ks, args.repeats, ranks, rank_seeds):
+            for line in search_lines(table, label, found, ks, args.repeats, ranks, rank_seeds, reward_seed):
                 print(line)
         for K in ks:
             print(oracle_line(table, K, ranks, rank_seeds))

@@ -194,8 +194,8 @@ def table_train_fn(table, seed=0):
     return train_fn
 
 
-def simulate_search(table, settings, root):
-    """Runs the real search (`pnas.search.Search`) with seed-0 rewards from the table.
+def simulate_search(table, settings, root, reward_seed=0):
+    """Runs the real search (`pnas.search.Search`) with the table's rewards of `reward_seed`.
 
     Args:
         table: A `SpaceTable` holding every cell the search can reach.
@@ -218,7 +218,8 @@ def simulate_search(table, settings, root):
              RESTORE_CONTROLLER=False, MAX_MUL_OPS=None, MAX_CONSECUTIVE_FAILURES=1)
     config = SearchConfig.from_settings(s)
     paths = SearchPaths(config.experiment_name, root=root)
-    search = Search(config, None, paths, train_fn=table_train_fn(table), plots=False, final_encoder=False)
+    train_fn = table_train_fn(table, reward_seed)
+    search = Search(config, None, paths, train_fn=train_fn, plots=False, final_encoder=False)
     with contextlib.redirect_stdout(io.StringIO()):
         records = search.run()
     trained = []
@@ -236,6 +237,6 @@ def random_search(table, n, seed):
     return [cells[i] for i in rng.choice(len(cells), size=min(n, len(cells)), replace=False)]
 
 
-def best_found(table, cells):
-    """The cell with the highest seed-0 reward among `cells`: the one a searcher would pick."""
-    return max(cells, key=lambda c: (table.reward(c, 0), c))
+def best_found(table, cells, seed=0):
+    """The cell with the highest reward of `seed` among `cells`: the one a searcher who saw them would pick."""
+    return max(cells, key=lambda c: (table.reward(c, seed), c))

@@ -245,4 +245,5 @@ def test_surrogate_eval_prints_each_line_once_on_a_two_block_table(tmp_path):
         line = re.search(pattern, result.stdout, re.M)
         assert float(line.group(1)) == 1.0, line.group(0)  # the ridge's beam reaches the best cell
     assert re.search(r"^oracle K_=4 best_rank=1 ", result.stdout, re.M)
+    assert re.search(r"^search_seed1 K_=8 pnas_best_rank=1.0 ", result.stdout, re.M)  # both seeds in the table
     assert "heldout_lstm" not in result.stdout and "search_lstm" not in result.stdout  # --quick
