@@ -57,7 +57,7 @@ import train  # noqa: E402
 from pnas.search import top_k  # noqa: E402
 from pnas.encoder import op_counts  # noqa: E402
 from pnas.space_table import (  # noqa: E402
-    SpaceTable, TableError, all_cells, best_found, noise_ceiling, random_search, simulate_search,
+    SpaceTable, TableError, all_cells, best_found, noise_ceiling, random_search, read_table, simulate_search,
 )
 
 DEFAULT_TABLE = os.path.join(ROOT, "bench", "results", "space_proxy.csv")
@@ -258,7 +258,6 @@ def run_tasks(tasks, path, jobs):
 def load_table(path):
     """The table at `path`, in the default space of as many blocks as its largest cell has."""
     from pnas.encoder import StateSpace
-    from pnas.space_table import read_table
 
     try:
         rows = read_table(path)

@@ -6,6 +6,7 @@ logs, weights, the MNIST cache, exports) goes through `atomic_path`.
 
 import contextlib
 import os
+import shutil
 
 
 @contextlib.contextmanager
@@ -41,7 +42,5 @@ def write_atomic(path, data):
 
 def copy_atomic(source, path):
     """Copies the file `source` to `path` through a temporary file and `os.replace`."""
-    import shutil
-
     with atomic_path(path) as tmp:
         shutil.copyfile(source, tmp)
