@@ -355,12 +355,13 @@ class Encoder(Surrogate):
     and the files (`pnas.search`).
 
     Two target recipes:
-    - 'raw' (default, the original's): a sigmoid output regressed on the
-      rewards as they are.
-    - 'standardize': the rewards are standardised over the training set
-      (minus their mean, over their std) and regressed by a linear output;
-      predictions are mapped back to reward units. It keeps the output away
-      from the sigmoid's flat tails whatever the range of the rewards.
+    - 'standardize' (default): the rewards are standardised over the
+      training set (minus their mean, over their std) and regressed by a
+      linear output; predictions are mapped back to reward units. It works
+      whatever the range of the rewards.
+    - 'raw' (the original's): a sigmoid output regressed on the rewards as
+      they are. With rewards near 1 (a budget that trains children to 95 %
+      and more) it saturates: every cell gets the same prediction.
 
     Training follows the original's optimiser: Adam with a staircase decay of
     the learning rate (x0.98 every 500 steps), `epochs` passes over the data
@@ -401,7 +402,7 @@ class Encoder(Surrogate):
         ensemble=1,
         learning_rate=1e-3,
         batch_size=1,
-        targets="raw",
+        targets="standardize",
         tensorboard_dir=None,
         jit_compile=False,
     ):

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import re
 from typing import Optional
 
 from pnas.files import write_atomic
@@ -43,6 +44,22 @@ CONFIG_ADDED = {
     "ENCODER_TARGETS": "raw",
     "SURROGATE": "lstm",
 }
+
+
+def _override(name, value):
+    """`value` as a train.py override a shell passes unchanged (JSON's lists stand for tuples)."""
+    text = value if isinstance(value, str) else repr(value)
+    return f"--{name}={text}" if re.fullmatch(r"[\w.+\-]*", text) else f'--{name}="{text}"'
+
+
+def _config_mismatch(saved, config):
+    """The error line for resuming a search saved with the settings `saved` under `config`."""
+    diff = sorted(k for k in set(config) | set(saved) if config.get(k) != saved.get(k))
+    shown = ", ".join(f"{k}={saved.get(k, '(none)')!r} (now {config.get(k, '(none)')!r})" for k in diff)
+    fix = "start afresh with a new --EXPERIMENT_NAME or --OVERWRITE=True"
+    if all(k in saved and k in config for k in diff):
+        fix = f"resume it with {' '.join(_override(k, saved[k]) for k in diff)}, or {fix}"
+    return f"a search with other settings already exists under this EXPERIMENT_NAME: {shown}; {fix}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,14 +159,7 @@ class SearchState:
         for key, value in CONFIG_ADDED.items():
             saved["config"].setdefault(key, value)
         if saved.get("config") != config:
-            diff = sorted(
-                k for k in set(config) | set(saved.get("config", {}))
-                if config.get(k) != saved.get("config", {}).get(k)
-            )
-            raise SearchConfigError(
-                f"a search with other settings ({', '.join(diff)}) already exists under this "
-                "EXPERIMENT_NAME; use a new --EXPERIMENT_NAME or --OVERWRITE=True to start afresh"
-            )
+            raise SearchConfigError(_config_mismatch(saved.get("config", {}), config))
         state.data = saved
         return state
 

@@ -412,7 +412,7 @@ def test_encoder_ensemble_trains_on_different_thirds_and_averages(tmp_path):
     children = SPACE.initial_children() + SPACE.expand(SPACE.initial_children())
     rewards = [0.1 + 0.05 * i for i in range(len(children))]  # distinct, to tell the samples apart
     assert len(children) == 9
-    encoder = Encoder(SPACE, controller_cells=8, epochs=2, ensemble=3)
+    encoder = Encoder(SPACE, controller_cells=8, epochs=2, ensemble=3, targets="raw")
     assert len(encoder.models) == 3
     seen = []
     for i, model in enumerate(encoder.models):
@@ -445,7 +445,7 @@ def test_encoder_ensemble_trains_on_different_thirds_and_averages(tmp_path):
     encoder.save_weights(path)
     assert sorted(os.listdir(tmp_path / "enc")) == [f"encoder.{i}.weights.h5" for i in range(3)]
     keras.utils.set_random_seed(1)
-    fresh = Encoder(SPACE, controller_cells=8, epochs=2, ensemble=3)
+    fresh = Encoder(SPACE, controller_cells=8, epochs=2, ensemble=3, targets="raw")
     assert not np.allclose(fresh.predict(children), predicted, atol=1e-5)
     fresh.load_weights(path)
     np.testing.assert_allclose(fresh.predict(children), predicted, rtol=1e-6, atol=1e-7)

@@ -162,3 +162,30 @@ def test_the_defaults_are_valid_and_make_the_search_config():
     # Settings that do not define the search (where children run) leave its identity alone.
     moved = SearchConfig.from_settings(dict(settings, RUNNER="ray", PARALLEL_CHILDREN=2, VERBOSE=0))
     assert moved.identity == config.identity and moved.runner.kind == "ray"
+
+
+def test_resuming_with_other_settings_names_them_and_the_overrides_that_resume(tmp_path):
+    import shlex
+
+    from pnas.records import SearchConfigError, SearchState
+
+    state = str(tmp_path / "search_state.json")
+    saved_args = ["--ENCODER_TARGETS=raw", "--NUM_CELL_FILTERS=[8, 16, 16]", "--operators=['3x3 bconv', 'linear']"]
+    saved, _ = apply_overrides(_defaults(), saved_args, TYPES)
+    SearchState.load_or_create(state, SearchConfig.from_settings(saved).identity_dict()).save()
+
+    now = SearchConfig.from_settings(_defaults()).identity_dict()
+    with pytest.raises(SearchConfigError) as error:
+        SearchState.load_or_create(state, now)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "ENCODER_TARGETS='raw' (now 'standardize')" in message
+    assert "NUM_CELL_FILTERS=[8, 16, 16] (now [16, 24, 32])" in message
+    assert "--OVERWRITE=True" in message
+    # The overrides it suggests, as a shell splits them, resume the saved search.
+    suggested = shlex.split(re.search(r"resume it with (.*), or start afresh", message).group(1))
+    assert len(suggested) == 3
+    resumed, _ = apply_overrides(_defaults(), suggested, TYPES)
+    assert SearchState.load_or_create(state, SearchConfig.from_settings(resumed).identity_dict()).data["config"] == (
+        SearchConfig.from_settings(saved).identity_dict()
+    )
