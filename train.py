@@ -40,9 +40,9 @@ ENCODER_ENSEMBLE = 1  # Encoders averaged for ranking; with n > 1 each trains on
 ENCODER_BATCHSIZE = 1  # Children per encoder gradient step (the original's: 1; None: all in one batch,
                        # 15 steps per stage, which ranked no better than chance: docs/surrogate.md)
 ENCODER_LR = 1e-3  # Encoder's Adam learning rate, x0.98 every 500 steps (the original's schedule)
-ENCODER_TARGETS = 'standardize'  # 'standardize': rewards z-scored, linear output; 'raw': the original's sigmoid
-                                 # on the rewards as they are, which with rewards near 1 predicts the same
-                                 # for every cell (docs/surrogate.md)
+ENCODER_TARGETS = 'scaled'  # 'scaled': rewards z-scored, then to 0.5 +- 0.1 for the sigmoid output;
+                            # 'standardize': z-scored, linear output; 'raw': the original's sigmoid on the
+                            # rewards as they are, which predicts one value for all when rewards near 1
 CHILDREN_PER_PROCESS = 10  # Children trained per worker process before it is replaced (0: in this process);
                            # TensorFlow leaks ~30 MB per trained model, which a fresh process returns
 PARALLEL_CHILDREN = 1  # Children trained side by side, each in a worker with its share of the CPU cores;

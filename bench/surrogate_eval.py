@@ -71,6 +71,8 @@ RECIPES = {
         SURROGATE="lstm", ENCODER_BATCHSIZE=None, ENCODER_LR=2e-3, ENCODER_TARGETS="raw"),
     "full batch, lr 2e-3, standardized": dict(
         SURROGATE="lstm", ENCODER_BATCHSIZE=None, ENCODER_LR=2e-3, ENCODER_TARGETS="standardize"),
+    "batch 1, lr 1e-3, scaled (0.5 +- 0.1, sigmoid)": dict(
+        SURROGATE="lstm", ENCODER_BATCHSIZE=1, ENCODER_LR=1e-3, ENCODER_TARGETS="scaled"),
     "batch 1, lr 1e-3, standardized": dict(
         SURROGATE="lstm", ENCODER_BATCHSIZE=1, ENCODER_LR=1e-3, ENCODER_TARGETS="standardize"),
     "batch 8, lr 1e-3, standardized": dict(
@@ -147,8 +149,9 @@ def agreement_line(table, other, b):
 
 
 def mean_sd(values):
+    """Mean and sd over the seeds; nan if a seed's rho is undefined (a constant prediction)."""
     values = np.array(values, dtype=float)
-    return float(np.nanmean(values)), float(np.nanstd(values))
+    return float(np.mean(values)), float(np.std(values))
 
 
 # ------------------------------------------------------------------- search

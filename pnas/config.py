@@ -143,7 +143,7 @@ class EncoderConfig:
     ensemble: int = setting("ENCODER_ENSEMBLE", 1, identity=True)
     learning_rate: float = setting("ENCODER_LR", 1e-3, identity=True)
     batch_size: Optional[int] = setting("ENCODER_BATCHSIZE", 1, identity=True)
-    targets: str = setting("ENCODER_TARGETS", "standardize", identity=True)
+    targets: str = setting("ENCODER_TARGETS", "scaled", identity=True)
     restore: bool = setting("RESTORE_CONTROLLER", True)
 
     def encoder_kwargs(self):

@@ -354,12 +354,13 @@ class Encoder(Surrogate):
     masked. It holds no search state: the search owns the beam, the history
     and the files (`pnas.search`).
 
-    Two target recipes:
-    - 'standardize' (default): the rewards are standardised over the
-      training set (minus their mean, over their std) and regressed by a
-      linear output; predictions are mapped back to reward units. It works
-      whatever the range of the rewards.
-    - 'raw' (the original's): a sigmoid output regressed on the rewards as
+    Three target recipes:
+    - 'scaled' (default): the rewards are standardised over the training
+      set (minus their mean, over their std), then mapped to mean 0.5 and
+      std 0.1 for the original's sigmoid output, into its middle, far from
+      its flat tails; predictions are mapped back to reward units.
+    - 'standardize': the standardised rewards regressed by a linear output.
+    - 'raw' (the original's): the sigmoid output regressed on the rewards as
       they are. With rewards near 1 (a budget that trains children to 95 %
       and more) it saturates: every cell gets the same prediction.
 
@@ -377,7 +378,7 @@ class Encoder(Surrogate):
             (n-1)/n of the data and their predictions are averaged.
         learning_rate: Adam's initial learning rate.
         batch_size: Children per gradient step (None: all in one batch).
-        targets: 'raw' or 'standardize' (see above).
+        targets: 'scaled', 'standardize' or 'raw' (see above).
         tensorboard_dir: Write the loss and learning rate of every epoch
             here (None: no summaries).
         jit_compile: Compile the training step with XLA. With one child per
@@ -388,7 +389,9 @@ class Encoder(Surrogate):
             it on a CPU; bench/encoder_speed.py measures the three.
     """
 
-    TARGETS = ("standardize", "raw")
+    TARGETS = ("scaled", "standardize", "raw")
+    # 'scaled': the standardised rewards' mean and std in the sigmoid's units.
+    SCALED_CENTER, SCALED_SPREAD = 0.5, 0.1
     # Gradient steps per call into the compiled training function.
     STEPS_PER_EXECUTION = 32
 
@@ -402,7 +405,7 @@ class Encoder(Surrogate):
         ensemble=1,
         learning_rate=1e-3,
         batch_size=1,
-        targets="standardize",
+        targets="scaled",
         tensorboard_dir=None,
         jit_compile=False,
     ):
@@ -419,6 +422,8 @@ class Encoder(Surrogate):
         self.tensorboard_dir = tensorboard_dir
         # Reward units of the standardised outputs, set by `fit`.
         self.target_mean, self.target_std = 0.0, 1.0
+        # The standardised rewards' mean and std in the output's units.
+        self.center, self.spread = (self.SCALED_CENTER, self.SCALED_SPREAD) if targets == "scaled" else (0.0, 1.0)
         vocab = state_space.input_size + state_space.op_size + 1
         reg = keras.regularizers.L2(regularization) if regularization else None
         self.models = []
@@ -429,7 +434,7 @@ class Encoder(Surrogate):
                     keras.layers.Embedding(vocab, embedding_dim, mask_zero=True, embeddings_regularizer=reg),
                     keras.layers.LSTM(controller_cells, kernel_regularizer=reg, recurrent_regularizer=reg),
                     keras.layers.Dense(
-                        1, activation="sigmoid" if targets == "raw" else None, kernel_regularizer=reg
+                        1, activation=None if targets == "standardize" else "sigmoid", kernel_regularizer=reg
                     ),
                 ]
             )
@@ -454,7 +459,7 @@ class Encoder(Surrogate):
 
     def weight_files(self, path):
         """The files `save_weights(path)` writes: `path` or one per ensemble member, and the reward units."""
-        units = [self._units_file(path)] if self.targets == "standardize" else []
+        units = [self._units_file(path)] if self.targets != "raw" else []
         return self._model_files(path) + units
 
     def save_weights(self, path):
@@ -468,7 +473,7 @@ class Encoder(Surrogate):
         for model, target in zip(self.models, self._model_files(path)):
             with atomic_path(target, suffix=".weights.h5") as tmp:
                 model.save_weights(tmp)
-        if self.targets == "standardize":
+        if self.targets != "raw":
             write_atomic(self._units_file(path), json.dumps({"mean": self.target_mean, "std": self.target_std}))
 
     def load_weights(self, path):
@@ -477,7 +482,7 @@ class Encoder(Surrogate):
             # moments) is restored too and training continues exactly.
             model.optimizer.build(model.trainable_variables)
             model.load_weights(source)
-        if self.targets == "standardize" and os.path.exists(self._units_file(path)):
+        if self.targets != "raw" and os.path.exists(self._units_file(path)):
             with open(self._units_file(path)) as f:
                 units = json.load(f)
             self.target_mean, self.target_std = float(units["mean"]), float(units["std"])
@@ -508,10 +513,10 @@ class Encoder(Surrogate):
             raise ValueError(f"got {len(rewards)} rewards for {len(children)} children")
         x = self._batch(list(children))
         y = np.asarray(rewards, dtype=np.float32)
-        if self.targets == "standardize":
+        if self.targets != "raw":
             self.target_mean = float(y.mean())
             self.target_std = float(y.std()) if y.std() > 0 else 1.0
-            y = (y - self.target_mean) / self.target_std
+            y = self.center + self.spread * (y - self.target_mean) / self.target_std
         losses = []
         n = len(self.models)
         for i, model in enumerate(self.models):
@@ -537,7 +542,7 @@ class Encoder(Surrogate):
             return np.zeros((0,), np.float32)
         x = self._batch(children)
         preds = [m.predict(x, batch_size=batch_size, verbose=0)[:, 0] for m in self.models]
-        return np.mean(preds, axis=0) * self.target_std + self.target_mean
+        return (np.mean(preds, axis=0) - self.center) / self.spread * self.target_std + self.target_mean
 
 
 def op_counts(state_space, child):

@@ -136,8 +136,10 @@ def validate(settings):
             f"ENCODER_ENSEMBLE={s['ENCODER_ENSEMBLE']} averages LSTM encoders; with SURROGATE='ridge' set it to 1, "
             "or use SURROGATE='lstm'"
         )
-    if s["ENCODER_TARGETS"] not in ("standardize", "raw"):
-        raise SettingsError(f"ENCODER_TARGETS must be 'standardize' or 'raw', received {s['ENCODER_TARGETS']!r}")
+    if s["ENCODER_TARGETS"] not in ("scaled", "standardize", "raw"):
+        raise SettingsError(
+            f"ENCODER_TARGETS must be 'scaled', 'standardize' or 'raw', received {s['ENCODER_TARGETS']!r}"
+        )
     if s["MAX_MUL_OPS"] is not None and not s["MAX_MUL_OPS"] > 0:
         raise SettingsError(f"MAX_MUL_OPS must be None or > 0, received {s['MAX_MUL_OPS']}")
     if s["INPUT_LOOKBACK_DEPTH"] not in (0, -1):

@@ -273,13 +273,16 @@ def test_top_k_keeps_k_best_and_skips_rejected_children(tmp_path):
     assert rows[1]["predicted_reward"] == "0.990000"
 
 
-def test_standardized_targets_predict_in_reward_units_and_restore(tmp_path):
+@pytest.mark.parametrize(
+    "targets, rewards",
+    [("standardize", [0.80, 0.82, 0.86]), ("scaled", [0.80, 0.82, 0.86]), ("scaled", [0.975, 0.978, 0.985])],
+)
+def test_standardized_targets_predict_in_reward_units_and_restore(tmp_path, targets, rewards):
     keras.utils.set_random_seed(0)
     space = StateSpace(2, ["3x3 bconv", "3x3 maxpool"])
     children = space.initial_children()
-    rewards = [0.80, 0.82, 0.86]
     path = str(tmp_path / "encoder.weights.h5")
-    encoder = Encoder(space, controller_cells=8, epochs=30, learning_rate=1e-2, targets="standardize")
+    encoder = Encoder(space, controller_cells=8, epochs=30, learning_rate=1e-2, targets=targets)
     encoder.fit(children, rewards)
     encoder.save_weights(path)
     # The reward units are one of its files, so that copies of the weights (restore) take them along.
@@ -287,10 +290,14 @@ def test_standardized_targets_predict_in_reward_units_and_restore(tmp_path):
     assert encoder.has_weights(path)
     assert encoder.target_mean == pytest.approx(np.mean(rewards))
     predicted = encoder.predict(children)
-    assert np.all((predicted > 0.7) & (predicted < 0.95))  # rewards, not z-scores
+    assert np.all((predicted > min(rewards) - 0.1) & (predicted < max(rewards) + 0.1))  # rewards, not z-scores
     assert np.argmax(predicted) == 2
+    if targets == "scaled":
+        # The sigmoid's outputs sit about its middle, whatever the rewards' level.
+        outputs = encoder.models[0].predict(encoder._batch(children), verbose=0)[:, 0]
+        assert np.all((outputs > 0.2) & (outputs < 0.8)) and np.ptp(outputs) > 0.05
     keras.utils.set_random_seed(1)
-    restored = Encoder(space, controller_cells=8, epochs=30, targets="standardize")
+    restored = Encoder(space, controller_cells=8, epochs=30, targets=targets)
     restored.load_weights(path)
     np.testing.assert_allclose(restored.predict(children), predicted, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="targets"):

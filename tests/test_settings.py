@@ -179,7 +179,7 @@ def test_resuming_with_other_settings_names_them_and_the_overrides_that_resume(t
         SearchState.load_or_create(state, now)
     message = str(error.value)
     assert "\n" not in message
-    assert "ENCODER_TARGETS='raw' (now 'standardize')" in message
+    assert f"ENCODER_TARGETS='raw' (now {train.ENCODER_TARGETS!r})" in message
     assert "NUM_CELL_FILTERS=[8, 16, 16] (now [16, 24, 32])" in message
     assert "--OVERWRITE=True" in message
     # The overrides it suggests, as a shell splits them, resume the saved search.
