@@ -275,7 +275,7 @@ def test_top_k_keeps_k_best_and_skips_rejected_children(tmp_path):
 
 @pytest.mark.parametrize(
     "targets, rewards",
-    [("standardize", [0.80, 0.82, 0.86]), ("scaled", [0.80, 0.82, 0.86]), ("scaled", [0.975, 0.978, 0.985])],
+    [("standardize", [0.80, 0.82, 0.86]), ("scaled", [0.975, 0.978, 0.985])],  # 'scaled' near 1, where 'raw' saturates
 )
 def test_standardized_targets_predict_in_reward_units_and_restore(tmp_path, targets, rewards):
     keras.utils.set_random_seed(0)
