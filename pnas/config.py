@@ -16,6 +16,8 @@ from typing import Optional, Union
 
 RUNNERS = ("processes", "inline", "ray")
 SURROGATES = ("ridge", "lstm")
+# The LSTM encoder's target recipes (`pnas.encoder.Encoder`), the default first.
+ENCODER_TARGETS = ("scaled", "standardize", "raw")
 NoneType = type(None)
 
 

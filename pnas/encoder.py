@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from pnas.config import SURROGATES
+from pnas.config import ENCODER_TARGETS, SURROGATES
 
 logger = logging.getLogger(__name__)
 
@@ -389,7 +389,7 @@ class Encoder(Surrogate):
             it on a CPU; bench/encoder_speed.py measures the three.
     """
 
-    TARGETS = ("scaled", "standardize", "raw")
+    TARGETS = ENCODER_TARGETS
     # 'scaled': the standardised rewards' mean and std in the sigmoid's units.
     SCALED_CENTER, SCALED_SPREAD = 0.5, 0.1
     # Gradient steps per call into the compiled training function.

@@ -55,7 +55,10 @@ def _override(name, value):
 def _config_mismatch(saved, config):
     """The error line for resuming a search saved with the settings `saved` under `config`."""
     diff = sorted(k for k in set(config) | set(saved) if config.get(k) != saved.get(k))
-    shown = ", ".join(f"{k}={saved.get(k, '(none)')!r} (now {config.get(k, '(none)')!r})" for k in diff)
+    def value(settings, k):
+        return repr(settings[k]) if k in settings else "(none)"
+
+    shown = ", ".join(f"{k}={value(saved, k)} (now {value(config, k)})" for k in diff)
     fix = "start afresh with a new --EXPERIMENT_NAME or --OVERWRITE=True"
     if all(k in saved and k in config for k in diff):
         fix = f"resume it with {' '.join(_override(k, saved[k]) for k in diff)}, or {fix}"

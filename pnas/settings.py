@@ -3,7 +3,7 @@
 import ast
 import os
 
-from pnas.config import RUNNERS, SURROGATES
+from pnas.config import ENCODER_TARGETS, RUNNERS, SURROGATES
 from pnas.model import OPERATORS
 
 
@@ -136,9 +136,9 @@ def validate(settings):
             f"ENCODER_ENSEMBLE={s['ENCODER_ENSEMBLE']} averages LSTM encoders; with SURROGATE='ridge' set it to 1, "
             "or use SURROGATE='lstm'"
         )
-    if s["ENCODER_TARGETS"] not in ("scaled", "standardize", "raw"):
+    if s["ENCODER_TARGETS"] not in ENCODER_TARGETS:
         raise SettingsError(
-            f"ENCODER_TARGETS must be 'scaled', 'standardize' or 'raw', received {s['ENCODER_TARGETS']!r}"
+            f"ENCODER_TARGETS must be one of {', '.join(map(repr, ENCODER_TARGETS))}, received {s['ENCODER_TARGETS']!r}"
         )
     if s["MAX_MUL_OPS"] is not None and not s["MAX_MUL_OPS"] > 0:
         raise SettingsError(f"MAX_MUL_OPS must be None or > 0, received {s['MAX_MUL_OPS']}")

@@ -109,6 +109,7 @@ BAD = {
     "no form": ("B=2", "overrides take the form --NAME=value"),
     "side by side in-process": ("--PARALLEL_CHILDREN=2|--CHILDREN_PER_PROCESS=0", "PARALLEL_CHILDREN=2"),
     "unknown surrogate": ("--SURROGATE='mlp'", "SURROGATE must be one of 'ridge', 'lstm'"),
+    "unknown targets": ("--ENCODER_TARGETS=zscore", "ENCODER_TARGETS must be one of 'scaled', 'standardize', 'raw'"),
     "ridge ensemble": ("--ENCODER_ENSEMBLE=5", "ENCODER_ENSEMBLE=5 averages LSTM encoders; with SURROGATE='ridge'"),
     "unknown runner": ("--RUNNER='spark'", "RUNNER must be one of 'processes', 'inline', 'ray'"),
     "inline side by side": ("--RUNNER='inline'|--PARALLEL_CHILDREN=2", "RUNNER='inline' trains one child"),
