@@ -52,13 +52,14 @@ def _override(name, value):
     return f"--{name}={text}" if re.fullmatch(r"[\w.+\-]*", text) else f'--{name}="{text}"'
 
 
+def _shown(settings, name):
+    return repr(settings[name]) if name in settings else "(none)"
+
+
 def _config_mismatch(saved, config):
     """The error line for resuming a search saved with the settings `saved` under `config`."""
     diff = sorted(k for k in set(config) | set(saved) if config.get(k) != saved.get(k))
-    def value(settings, k):
-        return repr(settings[k]) if k in settings else "(none)"
-
-    shown = ", ".join(f"{k}={value(saved, k)} (now {value(config, k)})" for k in diff)
+    shown = ", ".join(f"{k}={_shown(saved, k)} (now {_shown(config, k)})" for k in diff)
     fix = "start afresh with a new --EXPERIMENT_NAME or --OVERWRITE=True"
     if all(k in saved and k in config for k in diff):
         fix = f"resume it with {' '.join(_override(k, saved[k]) for k in diff)}, or {fix}"
