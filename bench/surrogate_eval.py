@@ -104,6 +104,13 @@ def seen_cells(table, b):
     return [c for k in range(1, b + 1) for c in table.children(b=k, seed=0)]
 
 
+def heldout_rho(table, targets, predicted):
+    """Spearman of the predictions against the table's mean rewards; nan for a constant prediction."""
+    if len(set(np.round(np.asarray(predicted, dtype=float), 12))) < 2:
+        return float("nan")
+    return float(spearmanr(predicted, [table.mean_reward(c) for c in targets]).statistic)
+
+
 def heldout_encoder(table, b, seed, s):
     """The surrogate trained stage by stage on b <= `b` (as the search does); Spearman on b + 1."""
     import keras
@@ -115,8 +122,7 @@ def heldout_encoder(table, b, seed, s):
         seen = seen_cells(table, stage)
         encoder.fit(seen, [table.reward(c, 0) for c in seen])
     targets = table.children(b=b + 1)
-    predicted = encoder.predict(targets)
-    return float(spearmanr(predicted, [table.mean_reward(c) for c in targets]).statistic)
+    return heldout_rho(table, targets, encoder.predict(targets))
 
 
 # Baselines on operand counts (`pnas.encoder.op_counts`): seed -> an unfitted scikit-learn regressor.
@@ -133,10 +139,7 @@ def heldout_baseline(table, b, seed, name):
     model = BASELINES[name](seed)
     model.fit(np.array([op_counts(table.state_space, c) for c in seen]), [table.reward(c, 0) for c in seen])
     targets = table.children(b=b + 1)
-    predicted = model.predict(np.array([op_counts(table.state_space, c) for c in targets]))
-    if len(set(np.round(predicted, 12))) < 2:
-        return float("nan")
-    return float(spearmanr(predicted, [table.mean_reward(c) for c in targets]).statistic)
+    return heldout_rho(table, targets, model.predict(np.array([op_counts(table.state_space, c) for c in targets])))
 
 
 def agreement_line(table, other, b):
