@@ -87,6 +87,11 @@ def apply_overrides(defaults, args, types=None):
     return settings, overridden
 
 
+def _require_one_of(settings, name, choices):
+    if settings[name] not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(map(repr, choices))}, received {settings[name]!r}")
+
+
 def validate(settings):
     """Checks the search settings; raises `SettingsError` with the fix."""
     s = settings
@@ -110,8 +115,7 @@ def validate(settings):
             f"PARALLEL_CHILDREN={s['PARALLEL_CHILDREN']} trains children in worker processes; "
             "set CHILDREN_PER_PROCESS >= 1 or PARALLEL_CHILDREN=1"
         )
-    if s["RUNNER"] not in RUNNERS:
-        raise SettingsError(f"RUNNER must be one of {', '.join(map(repr, RUNNERS))}, received {s['RUNNER']!r}")
+    _require_one_of(s, "RUNNER", RUNNERS)
     if s["RUNNER"] == "inline" and s["PARALLEL_CHILDREN"] > 1:
         raise SettingsError(
             f"RUNNER='inline' trains one child at a time; set PARALLEL_CHILDREN=1 (received {s['PARALLEL_CHILDREN']}) "
@@ -129,17 +133,13 @@ def validate(settings):
         raise SettingsError(f"ENCODER_BATCHSIZE must be None or >= 1, received {s['ENCODER_BATCHSIZE']}")
     if not s["ENCODER_LR"] > 0:
         raise SettingsError(f"ENCODER_LR must be > 0, received {s['ENCODER_LR']}")
-    if s["SURROGATE"] not in SURROGATES:
-        raise SettingsError(f"SURROGATE must be one of {', '.join(map(repr, SURROGATES))}, received {s['SURROGATE']!r}")
+    _require_one_of(s, "SURROGATE", SURROGATES)
     if s["SURROGATE"] == "ridge" and s["ENCODER_ENSEMBLE"] != 1:
         raise SettingsError(
             f"ENCODER_ENSEMBLE={s['ENCODER_ENSEMBLE']} averages LSTM encoders; with SURROGATE='ridge' set it to 1, "
             "or use SURROGATE='lstm'"
         )
-    if s["ENCODER_TARGETS"] not in ENCODER_TARGETS:
-        raise SettingsError(
-            f"ENCODER_TARGETS must be one of {', '.join(map(repr, ENCODER_TARGETS))}, received {s['ENCODER_TARGETS']!r}"
-        )
+    _require_one_of(s, "ENCODER_TARGETS", ENCODER_TARGETS)
     if s["MAX_MUL_OPS"] is not None and not s["MAX_MUL_OPS"] > 0:
         raise SettingsError(f"MAX_MUL_OPS must be None or > 0, received {s['MAX_MUL_OPS']}")
     if s["INPUT_LOOKBACK_DEPTH"] not in (0, -1):
