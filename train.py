@@ -25,8 +25,8 @@ VERBOSE = 2  # Keras fit output per child: 0 silent, 1 per-batch progress bar, 2
 # -------Controller Training Settings-------
 B = 3  # Maximum number of blocks in the cell
 K_ = 128  # Number of children to be trained for each block size (beam width)
-SURROGATE = 'ridge'  # What ranks the candidates: 'ridge' (a ridge regression on operand counts) or 'lstm'
-                     # (the original's RNN encoder, set up by the settings below): docs/surrogate.md
+SURROGATE = 'lstm'  # What ranks the candidates: 'lstm' (the original's RNN encoder, set up by the settings
+                    # below) or 'ridge' (a ridge regression on operand counts; no TensorFlow): docs/surrogate.md
 REGULARIZATION = 0  # L2 regularization strength on the RNN controller (encoder) weights
 CONTROLLER_CELLS = 100  # Number of cells (units) in the RNN controller
 RNN_TRAINING_EPOCHS = 15  # Number of training epochs during each run of the encoder training
@@ -43,6 +43,10 @@ ENCODER_LR = 1e-3  # Encoder's Adam learning rate, x0.98 every 500 steps (the or
 ENCODER_TARGETS = 'scaled'  # 'scaled': rewards z-scored, then to 0.5 +- 0.1 for the sigmoid output;
                             # 'standardize': z-scored, linear output; 'raw': the original's sigmoid on the
                             # rewards as they are, which predicts one value for all when rewards near 1
+ENCODER_AUGMENT = True  # Train on the equivalent token orders of a cell (blocks reordered, operands swapped),
+                        # one drawn per epoch, and rank by the mean over them: the LSTM then beats random
+                        # search under training noise, which without it it does not (docs/surrogate.md)
+ENCODER_READOUT = 'last'  # 'last': the LSTM's last output (the original's); 'mean': the mean over the tokens
 CHILDREN_PER_PROCESS = 10  # Children trained per worker process before it is replaced (0: in this process);
                            # TensorFlow leaks ~30 MB per trained model, which a fresh process returns
 PARALLEL_CHILDREN = 1  # Children trained side by side, each in a worker with its share of the CPU cores;

@@ -15,9 +15,11 @@ import typing
 from typing import Optional, Union
 
 RUNNERS = ("processes", "inline", "ray")
-SURROGATES = ("ridge", "lstm")
+SURROGATES = ("lstm", "ridge")
 # The LSTM encoder's target recipes (`pnas.encoder.Encoder`), the default first.
 ENCODER_TARGETS = ("scaled", "standardize", "raw")
+# The LSTM encoder's readouts: the last output (the original's) or the mean over the tokens.
+ENCODER_READOUTS = ("last", "mean")
 NoneType = type(None)
 
 
@@ -138,7 +140,7 @@ class EncoderConfig:
     """
 
     k: int = setting("K_", 128, identity=True)
-    surrogate: str = setting("SURROGATE", "ridge", identity=True)
+    surrogate: str = setting("SURROGATE", "lstm", identity=True)
     controller_cells: int = setting("CONTROLLER_CELLS", 100, identity=True)
     regularization: float = setting("REGULARIZATION", 0, identity=True)
     epochs: int = setting("RNN_TRAINING_EPOCHS", 15, identity=True)
@@ -146,6 +148,8 @@ class EncoderConfig:
     learning_rate: float = setting("ENCODER_LR", 1e-3, identity=True)
     batch_size: Optional[int] = setting("ENCODER_BATCHSIZE", 1, identity=True)
     targets: str = setting("ENCODER_TARGETS", "scaled", identity=True)
+    augment: bool = setting("ENCODER_AUGMENT", True, identity=True)
+    readout: str = setting("ENCODER_READOUT", "last", identity=True)
     restore: bool = setting("RESTORE_CONTROLLER", True)
 
     def encoder_kwargs(self):
@@ -153,7 +157,7 @@ class EncoderConfig:
         return dict(
             kind=self.surrogate, controller_cells=self.controller_cells, regularization=self.regularization,
             epochs=self.epochs, ensemble=self.ensemble, learning_rate=self.learning_rate,
-            batch_size=self.batch_size, targets=self.targets,
+            batch_size=self.batch_size, targets=self.targets, augment=self.augment, readout=self.readout,
         )
 
 
@@ -262,6 +266,11 @@ SETTINGS_READ_BY_TRAIN_PY = (
 SETTINGS = (*_settings_of(SearchConfig), *SETTINGS_READ_BY_TRAIN_PY)
 # The settings that define a search (saved with it; a resume with other values is refused).
 IDENTITY = tuple(s.name for s in SETTINGS if s.identity)
+# The identity settings that configure the LSTM encoder only: a search that ranks with the ridge
+# is the same search whatever they hold (`pnas.records.SearchState.load_or_create`).
+LSTM_ONLY = tuple(
+    s.name for s in _settings_of(EncoderConfig) if s.identity and s.name not in ("K_", "SURROGATE")
+)
 # The settings whose overrides a -ta retrain of a found architecture repeats.
 RETRAIN_SETTINGS = tuple(s.name for s in SETTINGS if s.retrain)
 # {name: types} of the settings that take other types than their default's (`pnas.settings.apply_overrides`).

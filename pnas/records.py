@@ -16,6 +16,7 @@ import os
 import re
 from typing import Optional
 
+from pnas.config import LSTM_ONLY
 from pnas.files import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ CONFIG_ADDED = {
     "ENCODER_LR": 2e-3,
     "ENCODER_TARGETS": "raw",
     "SURROGATE": "lstm",
+    "ENCODER_AUGMENT": False,
+    "ENCODER_READOUT": "last",
 }
 
 
@@ -52,13 +55,22 @@ def _override(name, value):
     return f"--{name}={text}" if re.fullmatch(r"[\w.+\-]*", text) else f'--{name}="{text}"'
 
 
+def _search_identity(config):
+    """The identity settings that make a search what it is: the LSTM's own are left out when the ridge ranks."""
+    if config.get("SURROGATE") == "ridge":
+        return {name: value for name, value in config.items() if name not in LSTM_ONLY}
+    return config
+
+
 def _shown(settings, name):
     return repr(settings[name]) if name in settings else "(none)"
 
 
 def _config_mismatch(saved, config):
     """The error line for resuming a search saved with the settings `saved` under `config`."""
-    diff = sorted(k for k in set(config) | set(saved) if config.get(k) != saved.get(k))
+    # A saved ridge search resumes whatever the LSTM's settings hold: only the others need repeating.
+    ignored = LSTM_ONLY if saved.get("SURROGATE") == "ridge" else ()
+    diff = sorted(k for k in set(config) | set(saved) if config.get(k) != saved.get(k) and k not in ignored)
     shown = ", ".join(f"{k}={_shown(saved, k)} (now {_shown(config, k)})" for k in diff)
     fix = "start afresh with a new --EXPERIMENT_NAME or --OVERWRITE=True"
     if all(k in saved and k in config for k in diff):
@@ -162,7 +174,7 @@ class SearchState:
         # Settings added since the state was written take the values those searches ran with.
         for key, value in CONFIG_ADDED.items():
             saved["config"].setdefault(key, value)
-        if saved.get("config") != config:
+        if _search_identity(saved["config"]) != _search_identity(config):
             raise SearchConfigError(_config_mismatch(saved.get("config", {}), config))
         state.data = saved
         return state

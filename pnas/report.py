@@ -141,7 +141,14 @@ def plot_all(records, out_dir):
     return paths
 
 
-def summary_text(records, top=5, retrain_args=()):
+# What ranked the candidates, by the SURROGATE setting, for the summary.
+SURROGATE_NAMES = {
+    "lstm": "the LSTM encoder (SURROGATE='lstm')",
+    "ridge": "a ridge regression on operand counts (SURROGATE='ridge')",
+}
+
+
+def summary_text(records, top=5, retrain_args=(), surrogate=None):
     """The top architectures, the predictor quality and the command to retrain the best.
 
     Args:
@@ -149,11 +156,15 @@ def summary_text(records, top=5, retrain_args=()):
         top: How many architectures to list.
         retrain_args: `--NAME=value` arguments the retrain command repeats
             (the search's overrides that shape a child).
+        surrogate: The search's SURROGATE setting, named in the summary
+            (None: not named, e.g. for records without their settings).
     """
     trained = _trained(records)
     lines = [f"{len(records)} children: {len(trained)} trained, "
              f"{sum(r['status'] == 'failed' for r in records)} failed, "
              f"{sum(r['status'] == 'over_budget' for r in records)} over the op budget"]
+    if surrogate is not None and any(r["stage"] > 1 for r in records):
+        lines.append(f"Candidates ranked by {SURROGATE_NAMES.get(surrogate, repr(surrogate))}")
     rho = stage_spearman(records)
     for b, value in rho.items():
         if value is not None:
@@ -180,12 +191,12 @@ def report(exp_name, root="."):
     records = load_records(os.path.join(root, "architectures", f"{exp_name}.jsonl"))
     out_dir = os.path.join(root, "logs", exp_name)
     settings_path = os.path.join(out_dir, "settings.json")
-    retrain = []
+    settings = {}
     if os.path.exists(settings_path):
         with open(settings_path) as f:
-            retrain = json.load(f).get("RETRAIN_ARGS", [])
+            settings = json.load(f)
     plot_all(records, out_dir)
-    text = summary_text(records, retrain_args=retrain)
+    text = summary_text(records, retrain_args=settings.get("RETRAIN_ARGS", []), surrogate=settings.get("SURROGATE"))
     with open(os.path.join(out_dir, "summary.txt"), "w") as f:
         f.write(text)
     return text

@@ -3,7 +3,7 @@
 import ast
 import os
 
-from pnas.config import ENCODER_TARGETS, RUNNERS, SURROGATES
+from pnas.config import ENCODER_READOUTS, ENCODER_TARGETS, RUNNERS, SURROGATES
 from pnas.model import OPERATORS
 
 
@@ -140,6 +140,7 @@ def validate(settings):
             "or use SURROGATE='lstm'"
         )
     _require_one_of(s, "ENCODER_TARGETS", ENCODER_TARGETS)
+    _require_one_of(s, "ENCODER_READOUT", ENCODER_READOUTS)
     if s["MAX_MUL_OPS"] is not None and not s["MAX_MUL_OPS"] > 0:
         raise SettingsError(f"MAX_MUL_OPS must be None or > 0, received {s['MAX_MUL_OPS']}")
     if s["INPUT_LOOKBACK_DEPTH"] not in (0, -1):

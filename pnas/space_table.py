@@ -177,14 +177,43 @@ def noise_ceiling(table, b):
     return float(rho), len(cells)
 
 
-def table_train_fn(table, seed=0):
-    """A `Search` train_fn that looks a child's reward (of `seed`) up in the table instead of training."""
+def draw_rewards(table, repeat):
+    """One draw of the training noise: every cell's reward from one of its seeds, picked at random.
+
+    A search on a real machine sees each child trained once, with whatever
+    luck that training had. With two seeds in the table, the draw of repeat
+    `repeat` picks seed 0 or seed 1 for each cell independently (the same
+    picks for the same `repeat`); a cell with one seed keeps that one.
+
+    Returns:
+        `{child: reward}` over every cell of the table.
+    """
+    rng = np.random.default_rng(repeat)
+    drawn = {}
+    for child in table.children():
+        seeds = sorted(table.rewards[child])
+        drawn[child] = table.rewards[child][seeds[int(rng.integers(len(seeds)))]]
+    return drawn
+
+
+def seed_rewards(table, seed=0):
+    """`{child: reward}` of the cells trained with `seed`: a draw with no noise."""
+    return {c: r[seed] for c, r in table.rewards.items() if seed in r}
+
+
+def table_train_fn(table, seed=0, rewards=None):
+    """A `Search` train_fn that looks a child's reward up in the table instead of training.
+
+    The reward is the table's for `seed`, or `rewards[child]` when a draw
+    (`draw_rewards`) is given.
+    """
+    rewards = seed_rewards(table, seed) if rewards is None else rewards
 
     def train_fn(job):
         child = table.state_space.canonical(table.state_space.unparse(list(job.actions)))
-        if child not in table or seed not in table.rewards[child]:
+        if child not in rewards:
             raise KeyError(f"{list(job.actions)} has no seed-{seed} reward in the table")
-        reward = table.reward(child, seed)
+        reward = rewards[child]
         return {
             "reward": reward, "best_epoch": 1, "val_accuracy": [reward], "train_accuracy": [],
             "test_accuracy": None, "mul_ops": table.mul_ops.get(child, 0), "params": 0,
@@ -194,14 +223,16 @@ def table_train_fn(table, seed=0):
     return train_fn
 
 
-def simulate_search(table, settings, root, reward_seed=0):
-    """Runs the real search (`pnas.search.Search`) with the table's rewards of `reward_seed`.
+def simulate_search(table, settings, root, reward_seed=0, rewards=None):
+    """Runs the real search (`pnas.search.Search`) with the table's rewards of `reward_seed` (or `rewards`).
 
     Args:
         table: A `SpaceTable` holding every cell the search can reach.
         settings: train.py's settings (`K_`, `SEED` and the encoder's are
             used; `B` and `operators` come from the table's state space).
         root: A folder for the search's files.
+        reward_seed: The seed whose rewards the search sees.
+        rewards: A draw `{child: reward}` (`draw_rewards`) to see instead.
 
     Returns:
         The distinct cells the search trained, in training order.
@@ -218,7 +249,7 @@ def simulate_search(table, settings, root, reward_seed=0):
              RESTORE_CONTROLLER=False, MAX_MUL_OPS=None, MAX_CONSECUTIVE_FAILURES=1)
     config = SearchConfig.from_settings(s)
     paths = SearchPaths(config.experiment_name, root=root)
-    train_fn = table_train_fn(table, reward_seed)
+    train_fn = table_train_fn(table, reward_seed, rewards)
     search = Search(config, None, paths, train_fn=train_fn, plots=False, final_encoder=False)
     with contextlib.redirect_stdout(io.StringIO()):
         records = search.run()
@@ -237,6 +268,8 @@ def random_search(table, n, seed):
     return [cells[i] for i in rng.choice(len(cells), size=min(n, len(cells)), replace=False)]
 
 
-def best_found(table, cells, seed=0):
-    """The cell with the highest reward of `seed` among `cells`: the one a searcher who saw them would pick."""
-    return max(cells, key=lambda c: (table.reward(c, seed), c))
+def best_found(table, cells, seed=0, rewards=None):
+    """The cell with the highest reward of `seed` (or in `rewards`) among `cells`: what a searcher who saw them picks."""
+    if rewards is None:
+        return max(cells, key=lambda c: (table.reward(c, seed), c))
+    return max(cells, key=lambda c: (rewards[c], c))

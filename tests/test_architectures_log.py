@@ -171,3 +171,20 @@ def test_an_interrupted_search_logs_a_prefix_and_resumes_to_the_same_bytes(finis
     search.run()
     with open(paths.architectures, "rb") as f:
         assert f.read() == text
+
+
+@pytest.mark.parametrize("surrogate", ["lstm", "ridge"])
+def test_the_summary_names_the_surrogate_that_ranked(surrogate):
+    from pnas import report
+
+    def record(stage, sr_no, reward):
+        return {"stage": stage, "sr_no": sr_no, "status": "ok", "reward": reward, "test_accuracy": None,
+                "mul_ops": 10, "architecture": [0, "3x3 bconv", 0, "3x3 bconv"] * stage,
+                "representation_string": "r", "predicted_reward": 0.5 if stage > 1 else None, "footprint": {}}
+
+    records = [record(1, 1, 0.7), record(1, 2, 0.6), record(2, 3, 0.8), record(2, 4, 0.75)]
+    text = report.summary_text(records, surrogate=surrogate)
+    assert f"Candidates ranked by {report.SURROGATE_NAMES[surrogate]}" in text
+    assert f"(SURROGATE='{surrogate}')" in text
+    assert "ranked by" not in report.summary_text(records[:2], surrogate=surrogate)  # stage 1 is not ranked
+    assert "ranked by" not in report.summary_text(records)  # settings unknown

@@ -343,3 +343,54 @@ def test_ridge_surrogate_ranks_unseen_cells_of_an_additive_reward(tmp_path):
         RidgeSurrogate(StateSpace(3, DEFAULT_OPS[:2])).load_weights(path)
     with pytest.raises(ValueError, match="kind"):
         new_surrogate(space, "tree")
+
+
+def test_equivalent_forms_are_every_order_of_the_same_network():
+    space = StateSpace(3, DEFAULT_OPS)
+    child = (0, 0, 0, 1, 0, 2, 0, 3, 0, 1, 0, 2)  # three distinct blocks, each with distinct operands
+    forms = space.equivalent_forms(child)
+    assert len(forms) == len(set(forms)) == 6 * 2**3  # block orders x operand swaps
+    assert forms[0] == space.canonical(child)
+    assert {space.canonical(f) for f in forms} == {space.canonical(child)}
+    assert space.equivalent_forms((0, 1, 0, 1)) == [(0, 1, 0, 1)]  # a block of two equal operands
+    # Blocks that read other blocks keep their order; only operands swap, and the inputs follow.
+    reads = StateSpace(3, DEFAULT_OPS, input_lookforward_depth=None)
+    wired = (0, 0, 0, 1, 1, 2, 0, 3)
+    assert set(reads.equivalent_forms(wired)) == {
+        (0, 0, 0, 1, 0, 3, 1, 2), (0, 0, 0, 1, 1, 2, 0, 3), (0, 1, 0, 0, 0, 3, 1, 2), (0, 1, 0, 0, 1, 2, 0, 3),
+    }
+
+
+@pytest.mark.parametrize("readout", ["last", "mean"])
+def test_an_augmented_encoder_predicts_one_value_per_network(readout):
+    keras.utils.set_random_seed(0)
+    space = StateSpace(3, DEFAULT_OPS)
+    one = space.initial_children()
+    two = space.expand(one)
+    encoder = Encoder(space, controller_cells=8, epochs=2, augment=True, readout=readout)
+    steps_before = encoder.steps
+    encoder.fit(one + two[:10], [_synthetic_reward(c) for c in one + two[:10]])
+    assert encoder.steps - steps_before == 2 * 20  # one form per child per epoch, batch 1
+    child = (0, 2, 0, 1, 0, 0, 0, 3, 0, 1, 0, 2)
+    forms = space.equivalent_forms(child)
+    predicted = encoder.predict([forms[0], forms[7], forms[-1]])
+    np.testing.assert_allclose(predicted, predicted[0], rtol=1e-6)
+
+
+def test_the_mean_readout_averages_the_unpadded_outputs_only():
+    keras.utils.set_random_seed(0)
+    space = StateSpace(3, DEFAULT_OPS)
+    encoder = Encoder(space, controller_cells=8, epochs=1, readout="mean", targets="standardize")
+    children = space.initial_children()[:3] + space.expand(space.initial_children()[:1])[:3]
+    together = encoder.predict(children)
+    alone = np.array([encoder.predict([c])[0] for c in children])
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+    # By hand: the mean of the LSTM's outputs over a 2-block cell's 8 tokens, through the Dense layer.
+    model = encoder.models[0]
+    embedding, lstm, pooling, dense = model.layers
+    x = encoder._batch(children[3:4])[:, :8]
+    outputs = np.asarray(lstm(embedding(x)))
+    kernel, bias = (np.asarray(w) for w in dense.get_weights())
+    np.testing.assert_allclose(together[3], (outputs.mean(axis=1) @ kernel + bias)[0, 0], rtol=1e-5)
+    with pytest.raises(ValueError, match="readout"):
+        Encoder(space, readout="max")

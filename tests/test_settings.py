@@ -64,8 +64,9 @@ def test_the_derived_setting_lists_are_those_kept_by_hand_before():
         "BINARY_H", "KERNEL_LR_MULTIPLIER", "LR_START", "LR_END", "LOSS",
         "MAX_MUL_OPS", "ENCODER_ENSEMBLE", "ENCODER_BATCHSIZE", "ENCODER_LR", "ENCODER_TARGETS",
         "SURROGATE",  # added since; earlier saved searches ran with 'lstm' (pnas.records.CONFIG_ADDED)
+        "ENCODER_AUGMENT", "ENCODER_READOUT",  # added since; earlier: False, 'last'
     }
-    assert len(IDENTITY) == len(set(IDENTITY)) == 28
+    assert len(IDENTITY) == len(set(IDENTITY)) == 30
     assert set(RETRAIN_SETTINGS) == {
         "EXPERIMENT_NAME", "B", "operators", "INPUT_LOOKBACK_DEPTH", "INPUT_LOOKFORWARD_DEPTH", "NUM_CELLS",
         "NUM_CELL_FILTERS", "DENSE_LAYERS", "DROP_INPUT", "DROP_HIDDEN", "DROPOUT", "BATCHSIZE", "USE_EXPANSION",
@@ -108,9 +109,10 @@ BAD = {
     "not a literal": ("--B=two", "not a Python literal"),
     "no form": ("B=2", "overrides take the form --NAME=value"),
     "side by side in-process": ("--PARALLEL_CHILDREN=2|--CHILDREN_PER_PROCESS=0", "PARALLEL_CHILDREN=2"),
-    "unknown surrogate": ("--SURROGATE='mlp'", "SURROGATE must be one of 'ridge', 'lstm'"),
+    "unknown surrogate": ("--SURROGATE='mlp'", "SURROGATE must be one of 'lstm', 'ridge'"),
+    "unknown readout": ("--ENCODER_READOUT='max'", "ENCODER_READOUT must be one of 'last', 'mean'"),
     "unknown targets": ("--ENCODER_TARGETS=zscore", "ENCODER_TARGETS must be one of 'scaled', 'standardize', 'raw'"),
-    "ridge ensemble": ("--ENCODER_ENSEMBLE=5", "ENCODER_ENSEMBLE=5 averages LSTM encoders; with SURROGATE='ridge'"),
+    "ridge ensemble": ("--ENCODER_ENSEMBLE=5|--SURROGATE='ridge'", "ENCODER_ENSEMBLE=5 averages LSTM encoders; with SURROGATE='ridge'"),
     "unknown runner": ("--RUNNER='spark'", "RUNNER must be one of 'processes', 'inline', 'ray'"),
     "inline side by side": ("--RUNNER='inline'|--PARALLEL_CHILDREN=2", "RUNNER='inline' trains one child"),
     "ray address type": ("--RAY_ADDRESS=6379", "--RAY_ADDRESS must be of type str or NoneType"),
@@ -190,3 +192,36 @@ def test_resuming_with_other_settings_names_them_and_the_overrides_that_resume(t
     assert SearchState.load_or_create(state, SearchConfig.from_settings(resumed).identity_dict()).data["config"] == (
         SearchConfig.from_settings(saved).identity_dict()
     )
+
+
+def test_a_saved_ridge_search_resumes_whatever_the_lstm_settings_hold(tmp_path):
+    import json
+    import shlex
+
+    from pnas.config import LSTM_ONLY
+    from pnas.records import SearchConfigError, SearchState
+
+    state = str(tmp_path / "search_state.json")
+    saved, _ = apply_overrides(_defaults(), ["--SURROGATE='ridge'"], TYPES)
+    SearchState.load_or_create(state, SearchConfig.from_settings(saved).identity_dict()).save()
+    # As a state written before ENCODER_AUGMENT and ENCODER_READOUT existed.
+    with open(state) as f:
+        data = json.load(f)
+    del data["config"]["ENCODER_AUGMENT"], data["config"]["ENCODER_READOUT"]
+    with open(state, "w") as f:
+        json.dump(data, f)
+
+    with pytest.raises(SearchConfigError) as error:  # today's default ranks with the LSTM
+        SearchState.load_or_create(state, SearchConfig.from_settings(_defaults()).identity_dict())
+    suggested = shlex.split(re.search(r"resume it with (.*), or start afresh", str(error.value)).group(1))
+    assert suggested == ["--SURROGATE=ridge"]  # the LSTM's own settings need not be repeated
+    resumed, _ = apply_overrides(_defaults(), suggested + ["--CONTROLLER_CELLS=7"], TYPES)
+    loaded = SearchState.load_or_create(state, SearchConfig.from_settings(resumed).identity_dict())
+    assert loaded.data["config"]["SURROGATE"] == "ridge" and loaded.data["config"]["ENCODER_AUGMENT"] is False
+    assert "ENCODER_AUGMENT" in LSTM_ONLY and "K_" not in LSTM_ONLY
+    # A search that ranks with the LSTM is still refused when they differ.
+    lstm = str(tmp_path / "lstm_state.json")
+    SearchState.load_or_create(lstm, SearchConfig.from_settings(_defaults()).identity_dict()).save()
+    other, _ = apply_overrides(_defaults(), ["--CONTROLLER_CELLS=7"], TYPES)
+    with pytest.raises(SearchConfigError, match="CONTROLLER_CELLS=100"):
+        SearchState.load_or_create(lstm, SearchConfig.from_settings(other).identity_dict())

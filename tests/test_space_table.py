@@ -238,12 +238,93 @@ def test_surrogate_eval_prints_each_line_once_on_a_two_block_table(tmp_path):
     assert len(names) == len(set(names)), lines  # each line once
     ceiling = re.search(r"^noise_ceiling b=2 rho=(\S+)", result.stdout, re.M)
     assert float(ceiling.group(1)) > 0.9
-    heldout = re.search(r"^heldout b=1->2 rho=(\S+) sd=(\S+)$", result.stdout, re.M)
+    heldout = re.search(r"^heldout_ridge b=1->2 rho=(\S+) sd=(\S+)$", result.stdout, re.M)
     assert float(heldout.group(1)) > 0.9  # the ridge on an additive reward
     for K in (4, 8):
-        pattern = rf"^search K_={K} pnas_best_rank=(\S+) random_best_rank=(\S+) .*repeats=3 "
+        pattern = rf"^search_ridge K_={K} pnas_best_rank=(\S+) random_best_rank=(\S+) .*repeats=3 "
         line = re.search(pattern, result.stdout, re.M)
         assert float(line.group(1)) == 1.0, line.group(0)  # the ridge's beam reaches the best cell
     assert re.search(r"^oracle K_=4 best_rank=1 ", result.stdout, re.M)
-    assert re.search(r"^search_seed1 K_=8 pnas_best_rank=1.0 ", result.stdout, re.M)  # both seeds in the table
-    assert "heldout_lstm" not in result.stdout and "search_lstm" not in result.stdout  # --quick
+    # --quick leaves out every line of the default surrogate, the LSTM.
+    assert not re.search(r"^(heldout|search|search_seed1|heldout_ensemble5) ", result.stdout, re.M)
+
+    noisy = subprocess.run(
+        [sys.executable, os.path.join(root, "bench", "surrogate_eval.py"), "--table", str(path), "--quick",
+         "--noisy", "--repeats", "3", "--k", "4", "--jobs", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert noisy.returncode == 0, noisy.stderr[-3000:]
+    lines = [line for line in noisy.stdout.splitlines() if not line.startswith("#")]
+    pattern = r"noisy K_=4 searcher=(\w+) regret=\d\.\d{4} regret_se=\d\.\d{4} rank=[\d.]+ rank_se=[\d.]+ repeats=3"
+    assert [re.fullmatch(pattern, line).group(1) for line in lines] == ["ridge", "random", "oracle"], lines
+
+
+def _load_surrogate_eval():
+    """bench/surrogate_eval.py as a module (it is a script, not a package module)."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("surrogate_eval", os.path.join(root, "bench", "surrogate_eval.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_noise_draw_is_fixed_by_its_repeat_and_takes_each_cell_from_one_of_its_seeds(tmp_path):
+    from pnas.space_table import draw_rewards
+
+    path = tmp_path / "t.csv"
+    space = _synthetic_table(path, B=2, noise=0.01)
+    table = SpaceTable.load(path, space)
+    drawn = draw_rewards(table, 3)
+    assert drawn == draw_rewards(table, 3)  # the same repeat, the same table
+    assert drawn != draw_rewards(table, 4)
+    assert set(drawn) == set(table.children())
+    picked = [[s for s in (0, 1) if table.reward(c, s) == r] for c, r in drawn.items()]
+    assert all(picked)  # every value is one of the cell's own rewards
+    assert {s for p in picked for s in p} == {0, 1}  # and both seeds are drawn from
+
+
+def test_the_search_and_random_search_pick_by_the_same_draw(tmp_path):
+    from pnas.space_table import draw_rewards, table_train_fn
+    from pnas.runners import ChildJob
+
+    surrogate_eval = _load_surrogate_eval()
+    path = tmp_path / "t.csv"
+    space = _synthetic_table(path, B=2, noise=0.01)
+    table = SpaceTable.load(path, space)
+    drawn = draw_rewards(table, 5)
+    # The search's train_fn returns the drawn reward of each child it trains.
+    train_fn = table_train_fn(table, rewards=drawn)
+    for child in all_cells(space)[2][:5]:
+        job = ChildJob(1, 2, child, tuple(space.parse(child)), 0)
+        assert train_fn(job)["reward"] == drawn[child]
+    n, found = surrogate_eval.noisy_found(table, 2, 5, {"SURROGATE": "ridge"})
+    outcomes = surrogate_eval.noisy_outcomes(table, 2, 5, {"ridge": found}, n)
+    # Random search's pick in each subset is the best by the same draw, judged by the mean.
+    means = {c: table.mean_reward(c) for c in table.children()}
+    regrets = [max(means.values()) - means[best_found(table, random_search(table, n, 200 * 5 + i), rewards=drawn)]
+               for i in range(surrogate_eval.RANDOM_SUBSETS)]
+    assert outcomes["random"][0] == pytest.approx(np.mean(regrets))
+    assert outcomes["ridge"][0] == pytest.approx(max(means.values()) - means[found])
+    assert found == best_found(table, found_cells := simulate_search(
+        table, surrogate_eval.settings(SURROGATE="ridge", K_=2, SEED=5), str(tmp_path / "again"), rewards=drawn),
+        rewards=drawn) and n == len(found_cells)
+
+
+def test_without_seed_noise_the_noisy_search_gives_the_old_figures(tmp_path):
+    surrogate_eval = _load_surrogate_eval()
+    path = tmp_path / "t.csv"
+    space = _synthetic_table(path, B=3, noise=0.0)  # seed 1 repeats seed 0
+    table = SpaceTable.load(path, space)
+    ranks = table.ranks(seeds=[0])
+    for K in (1, 2):
+        for repeat in (0, 1):
+            n, found = surrogate_eval.noisy_found(table, K, repeat, {"SURROGATE": "ridge"})
+            old = simulate_search(table, surrogate_eval.settings(SURROGATE="ridge", K_=K, SEED=repeat),
+                                  str(tmp_path / f"old{K}{repeat}"))
+            assert found == best_found(table, old) and n == len(old)
+            outcomes = surrogate_eval.noisy_outcomes(table, K, repeat, {"ridge": found}, n)
+            assert outcomes["ridge"][1] == ranks[found]
+            oracle = best_found(table, surrogate_eval.oracle_search(table, K, surrogate_eval.seed_rewards(table, 0)))
+            assert outcomes["oracle"][1] == ranks[oracle]
