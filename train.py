@@ -2,7 +2,7 @@
 
     python train.py                      # run (or resume) the architecture search
     python train.py -ta True             # train REPRESENTATION_STRING to convergence
-    python train.py --B=2 --RUNNER=ray  # override any constant below (see --help)
+    python train.py --B=2 --RUNNER=ray   # override any constant below (see --help)
     python train.py --help               # every setting, its default and what it does
 """
 
@@ -153,7 +153,9 @@ def retrain_args(settings, overridden):
     from pnas.config import RETRAIN_SETTINGS
     from pnas.settings import format_override
 
-    return [format_override(name, settings[name]) for name in SETTINGS if name in RETRAIN_SETTINGS and name in overridden]
+    return [
+        format_override(name, settings[name]) for name in SETTINGS if name in RETRAIN_SETTINGS and name in overridden
+    ]
 
 
 def print_settings(settings):
@@ -197,7 +199,7 @@ def search(settings, overridden=()):
             removed = paths.discard()
             if removed:
                 print(f"OVERWRITE: removed the {len(removed)} outputs of the earlier search {config.experiment_name!r} "
-                      f"(kept its encoder weights for RESTORE_CONTROLLER)")
+                      "(its encoder weights, if any, stay for RESTORE_CONTROLLER)")
         # A resume that will be refused is refused before the data is loaded.
         state = SearchState.load_or_create(
             paths.state, config.identity_dict(), overwrite=config.overwrite, records_path=paths.records

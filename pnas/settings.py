@@ -164,7 +164,8 @@ def validate(settings):
             "or use --RUNNER=processes"
         )
     address = s["RAY_ADDRESS"]
-    if address is not None and address != "auto" and not re.fullmatch(r"[\w.\-\[\]:]+:\d+", address.strip()):
+    # Ray's own forms: 'auto', host:port of a cluster's head, ray://host:port of a Ray Client server.
+    if address is not None and address != "auto" and not re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d+", address):
         raise SettingsError(
             f"RAY_ADDRESS must be None (a Ray on this machine), 'auto' or 'host:port', received {address!r}; "
             "write e.g. --RAY_ADDRESS=None, --RAY_ADDRESS=auto or --RAY_ADDRESS=127.0.0.1:6379"

@@ -44,6 +44,7 @@ def test_the_text_settings_are_those_that_take_a_str():
     (["--RAY_ADDRESS='auto'"], {"RAY_ADDRESS": "auto"}),
     (["--RAY_ADDRESS=10.0.0.1:6379"], {"RAY_ADDRESS": "10.0.0.1:6379"}),
     (["--RAY_ADDRESS=None"], {"RAY_ADDRESS": None}),
+    (["--RAY_ADDRESS=ray://10.0.0.1:10001"], {"RAY_ADDRESS": "ray://10.0.0.1:10001"}),
     (["--EXPERIMENT_NAME=try1"], {"EXPERIMENT_NAME": "try1"}),
     (["--EXPERIMENT_NAME=2024"], {"EXPERIMENT_NAME": "2024"}),  # text, not the int
     (["--SURROGATE=lstm", "--ENCODER_TARGETS=raw"], {"SURROGATE": "lstm", "ENCODER_TARGETS": "raw"}),
@@ -210,3 +211,24 @@ def test_pyproject_reads_its_dependencies_from_requirements_and_packages_every_p
         lines = [line.strip() for line in f if line.strip()]
     assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][A-Za-z0-9.]*", line) for line in lines)
 
+
+
+# ------------------------------------------------------------------------ quiet tools
+@pytest.mark.slow
+def test_the_export_prints_its_one_line_and_no_tensorflow_line(tmp_path):
+    model_path = tmp_path / "child.keras"
+    build = (
+        "import sys; from binarized.quiet import import_keras_quietly; import_keras_quietly()\n"
+        "from pnas.model import model_fn\n"
+        "model, _ = model_fn([0, '3x3 bconv', 0, '3x3 maxpool'], num_cells=1, num_cell_filters=[4], dense_layers=[10])\n"
+        "model.save(sys.argv[1])\n"
+    )
+    made = _run([sys.executable, "-c", build, str(model_path)], env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    assert made.returncode == 0, made.stderr
+    # The user's environment as it comes: no TF_CPP_MIN_LOG_LEVEL of their own.
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = _run([sys.executable, "-m", "binarized.export", str(model_path), str(tmp_path / "child.npz")], env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert re.fullmatch(r"wrote \S+child\.npz: \d+ bytes, \d+ bytes of float32 weights \([\d.]+x smaller\)\n",
+                        result.stdout)
