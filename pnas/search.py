@@ -169,7 +169,8 @@ class Search:
             encoder.load_weights(self.paths.encoder_weights)
         except Exception as exc:  # e.g. saved with other operators or CONTROLLER_CELLS
             print(
-                f"Warning: RESTORE_CONTROLLER: {self.paths.encoder_weights} does not fit these settings "
+                f"Warning: RESTORE_CONTROLLER: {', '.join(encoder.weight_files(self.paths.encoder_weights))} "
+                "does not fit these settings "
                 f"({type(exc).__name__}); the encoder starts untrained."
             )
             return

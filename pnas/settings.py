@@ -1,4 +1,4 @@
-"""Command-line overrides and validation of the train.py settings."""
+"""Command-line overrides of the train.py settings: one rule to read them, their validation, the --help text."""
 
 import ast
 import io

@@ -645,7 +645,13 @@ def test_the_printed_retrain_command_runs(cli_search):
     _ok(loud)
     assert best_line in quiet.stdout
     assert re.search(r"^Best validation accuracy 0\.\d{4} at epoch 1$", quiet.stdout, flags=re.M)
-    assert re.search(r"^total +\d+ +\d+ +\d+ +\d+$", quiet.stdout, flags=re.M)  # the footprint table
+    total = re.search(r"^total +\d+ +\d+ +(\d+) +(\d+)$", quiet.stdout, flags=re.M)  # the footprint table
+    assert total
+    # One figure per name: the binary MACs line repeats the table's 1-bit MACs; mul_ops is their sum with
+    # the 32-bit ones (every MAC of a binary-weight layer, the original's count).
+    binary, floating = int(total[1]), int(total[2])
+    assert (f"Binary MACs (binary inputs and weights, as Larq counts) {binary}, 32-bit MACs {floating}, "
+            f"mul_ops {binary + floating}, ") in quiet.stdout
 
 
 def test_verbose_sets_the_keras_epoch_lines(cli_search):

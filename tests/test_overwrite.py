@@ -28,7 +28,7 @@ def _train(cwd, *args):
     env = dict(os.environ, MNIST_DATA_DIR=str(REPO_ROOT / "data" / "mnist"), MNIST_MIRRORS="http://127.0.0.1:9/",
                PYTHONPATH=str(REPO_ROOT))
     return subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1500)
 
 
 def _files(root):
@@ -86,3 +86,32 @@ def test_overwrite_leaves_no_file_of_the_old_search_but_the_encoder_restore_cont
     epoch_lines = [line for line in second.stdout.splitlines() if " epoch 1/1 - " in line]
     assert sorted(line.split()[0] for line in epoch_lines) == ["#1", "#2", "#3"], second.stdout[-3000:]
     assert all("val_accuracy: " in line for line in epoch_lines)
+
+
+def test_discard_removes_the_search_outputs_and_keeps_the_encoder_and_what_others_wrote(tmp_path):
+    from pnas.search import SearchPaths
+
+    paths = SearchPaths(NAME, root=str(tmp_path))
+    search_files = [
+        "architectures/try1.txt", "architectures/try1.jsonl", "architectures/try1.jsonl.tmp123",
+        "scores/try1/scores_2.csv", "logs/try1/search_state.json", "logs/try1/settings.json",
+        "logs/try1/retrain_args.json", "logs/try1/summary.txt", "logs/try1/rewards.png",
+        "logs/try1/predicted_vs_actual.png", "logs/try1/pareto.png", "logs/try1/child_0005/train/events.out",
+        "logs/try1/encoder/after_b2.ridge.json", "logs/try1/encoder/b2/train/events.out",
+        "weights/try1/child.weights.h5", "weights/try1/child1.weights.h5",
+    ]
+    kept = [
+        "weights/try1/encoder.weights.h5", "weights/try1/encoder.units.json", "weights/try1/encoder.ridge.json",
+        # train.py -ta's outputs, another search's, and files the search does not write.
+        "weights/try1/best.weights.h5", "weights/try1/model.keras", "weights/try1/model.bnn.npz",
+        "logs/try1/best/train/events.out", "logs/try1/train_architecture_settings.json",
+        "architectures/try10.txt", "logs/try10/search_state.json", "logs/try1/notes.txt",
+    ]
+    for name in search_files + kept:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    removed = paths.discard()
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == sorted(kept)
+    assert len(removed) == 15  # 2 logs and a temporary file, the scores folder, 9 under logs/try1/, 2 weights
+    assert paths.discard() == []
