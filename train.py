@@ -2,7 +2,8 @@
 
     python train.py                      # run (or resume) the architecture search
     python train.py -ta True             # train REPRESENTATION_STRING to convergence
-    python train.py --B=2 --K_=4 ...     # override any constant below (Python literals)
+    python train.py --B=2 --RUNNER=ray   # override any constant below (see --help)
+    python train.py --help               # every setting, its default and what it does
 """
 
 import os
@@ -14,11 +15,13 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
+import textwrap  # noqa: E402
 
 # ------- Experiment Settings -------
 EXPERIMENT_NAME = "default"  # Names the files under architectures/, logs/, weights/, scores/
 SEED = 0  # Seeds every child's and the encoder's training; same SEED on CPU -> same search
-OVERWRITE = False  # True: discard a saved search of the same EXPERIMENT_NAME instead of resuming it
+OVERWRITE = False  # True: remove the outputs of a saved search of the same EXPERIMENT_NAME and start afresh
+                   # (all but its encoder weights, which RESTORE_CONTROLLER adopts) instead of resuming it
 VERBOSE = 2  # Keras fit output per child: 0 silent, 1 per-batch progress bar, 2 one line per epoch
 # -----------------------------------
 
@@ -35,7 +38,7 @@ INPUT_LOOKBACK_DEPTH = 0  # 0: a block reads the cell input and earlier blocks; 
                           # cell's input (the PNAS paper's cell), reduced to the cell input's size
 INPUT_LOOKFORWARD_DEPTH = 0  # Earlier blocks of the same cell a block may read (0: none, None: all)
 MAX_CONSECUTIVE_FAILURES = 3  # Stop the search after this many failed children in a row
-MAX_MUL_OPS = None  # Op budget: children with more binary multiply-accumulates are skipped (None: off)
+MAX_MUL_OPS = None  # Op budget: children with a larger mul_ops (MACs of the binary-weight layers) are skipped (None: off)
 ENCODER_ENSEMBLE = 1  # Encoders averaged for ranking; with n > 1 each trains on a different (n-1)/n
 ENCODER_BATCHSIZE = 1  # Children per encoder gradient step (the original's: 1; None: all in one batch,
                        # 15 steps per stage, which ranked no better than chance: docs/surrogate.md)
@@ -109,20 +112,34 @@ def fail(message):
     sys.exit(2)
 
 
-def parse_args(argv):
-    from pnas.config import TYPES
-    from pnas.settings import SettingsError, apply_overrides, validate
+OVERRIDE_RULE = (
+    "Override any setting below as --NAME=value. A text setting takes a bare word (--RUNNER=ray, "
+    "--EXPERIMENT_NAME=try1) or a quoted Python literal (--RUNNER=\"'ray'\"); every other value is a "
+    "Python literal (--B=2, --TRAIN_SIZE=None, --DENSE_LAYERS=\"[64, 10]\")."
+)
 
+
+def parse_args(argv):
+    """(whether -ta True, the settings with the overrides of `argv` applied and checked, the names overridden).
+
+    Imports no Keras: `--help` and a bad setting answer at once.
+    """
+    from pnas.config import TYPES
+    from pnas.settings import SettingsError, apply_overrides, settings_help, validate
+
+    defaults = {name: globals()[name] for name in SETTINGS}
+    with open(os.path.abspath(__file__), encoding="utf-8") as f:
+        settings_text = settings_help(f.read(), defaults)
     parser = argparse.ArgumentParser(
         description="Progressive NAS over binarized CNN cells on MNIST.",
-        epilog="Override any constant of train.py as --NAME=value (a Python literal), e.g. --B=2 --TRAIN_SIZE=1000.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"{textwrap.fill(OVERRIDE_RULE, 100)}\n\nSettings (defaults as set in train.py):\n\n{settings_text}",
     )
     parser.add_argument(
         "-ta", "--train_architecture", default="False", choices=["True", "False"],
         help="True: train REPRESENTATION_STRING for NUM_EPOCHS instead of searching",
     )
     args, overrides = parser.parse_known_args(argv)
-    defaults = {name: globals()[name] for name in SETTINGS}
     try:
         settings, overridden = apply_overrides(defaults, overrides, TYPES)
         if "DROPOUT" not in overridden:
@@ -132,21 +149,17 @@ def parse_args(argv):
         validate(settings)
     except SettingsError as exc:
         fail(str(exc))
-    settings["RETRAIN_ARGS"] = retrain_args(settings, overridden)
-    return args.train_architecture == "True", settings
+    return args.train_architecture == "True", settings, overridden
 
 
 def retrain_args(settings, overridden):
     """`--NAME=value` arguments repeating the overrides that shape a retrained child, in train.py's order."""
     from pnas.config import RETRAIN_SETTINGS
+    from pnas.settings import format_override
 
-    args = []
-    for name in SETTINGS:
-        if name in RETRAIN_SETTINGS and name in overridden:
-            value = settings[name]
-            text = value if isinstance(value, str) else repr(value)
-            args.append(f'--{name}="{text}"' if " " in text or "[" in text or "(" in text else f"--{name}={text}")
-    return args
+    return [
+        format_override(name, settings[name]) for name in SETTINGS if name in RETRAIN_SETTINGS and name in overridden
+    ]
 
 
 def print_settings(settings):
@@ -160,7 +173,9 @@ def load_dataset(settings):
     from mnist.mnist_data import MnistFormatError, get_dataset
 
     try:
-        return get_dataset(settings["USE_EXPANSION"], train_size=settings["TRAIN_SIZE"], seed=settings["SEED"])
+        return get_dataset(
+            settings["USE_EXPANSION"], train_size=settings["TRAIN_SIZE"], seed=settings["SEED"], verbose=True
+        )
     except (MnistUnavailableError, MnistFormatError) as exc:
         fail(" ".join(str(exc).split()))
     except ValueError as exc:
@@ -173,8 +188,9 @@ def save_settings(settings, path):
     write_atomic(path, json.dumps(settings, indent=2, default=list) + "\n")
 
 
-def search(settings):
+def search(settings, overridden=()):
     from pnas.config import SearchConfig
+    from pnas.records import SearchState
     from pnas.runners import RunnerUnavailable, make_runner
     from pnas.search import Search, SearchAborted, SearchConfigError, SearchPaths
     from pnas.settings import SettingsError, check_writable
@@ -183,7 +199,16 @@ def search(settings):
     paths = SearchPaths(config.experiment_name)
     try:
         check_writable(paths.outputs())
-    except SettingsError as exc:
+        if config.overwrite:
+            removed = paths.discard()
+            if removed:
+                print(f"OVERWRITE: removed the {len(removed)} outputs of the earlier search {config.experiment_name!r} "
+                      "(its encoder weights, if any, stay for RESTORE_CONTROLLER)")
+        # A resume that will be refused is refused before the data is loaded.
+        state = SearchState.load_or_create(
+            paths.state, config.identity_dict(), overwrite=config.overwrite, records_path=paths.records
+        )
+    except (SettingsError, SearchConfigError) as exc:
         fail(str(exc))
     dataset = load_dataset(settings)
     try:
@@ -191,13 +216,14 @@ def search(settings):
     except RunnerUnavailable as exc:
         fail(str(exc))
     try:
-        search = Search(config, dataset, paths, runner=runner)
+        search = Search(config, dataset, paths, runner=runner, state=state)
     except SearchConfigError as exc:
         runner.close()
         fail(str(exc))
     search.state_space.print_state_space()
     search.state_space.print_total_models(config.encoder.k)
     save_settings(settings, paths.settings)
+    save_settings(retrain_args(settings, overridden), paths.retrain_args)
     try:
         records = search.run()
     except KeyboardInterrupt:
@@ -207,7 +233,7 @@ def search(settings):
         fail(str(exc))
     from pnas import report
 
-    print(f"Search finished: {len(records)} children; architectures in {paths.architectures}")
+    print(f"Search finished: {len(records)} children trained or failed; architectures in {paths.architectures}")
     print(report.report(config.experiment_name), end="")
     print(f"Plots and this summary are in {paths.exp_log_dir}/")
 
@@ -264,7 +290,9 @@ def train_architecture(settings):
     print(format_table(result["footprint_layers"]))
     print(f"Best validation accuracy {result['reward']:.4f} at epoch {result['best_epoch']}")
     print(f"Test accuracy {result['test_accuracy']:.4f}")
-    print(f"Binary multiply-accumulates {result['mul_ops']}, parameters {result['params']}, {result['seconds']:.0f}s")
+    macs = result["footprint"]
+    print(f"Binary MACs (binary inputs and weights, as Larq counts) {macs['binary_macs']}, 32-bit MACs "
+          f"{macs['float_macs']}, mul_ops {result['mul_ops']}, parameters {result['params']}, {result['seconds']:.0f}s")
     print(f"Saved {weights_dir}/best.weights.h5 and {model_path}")
     # The deployable form: bit-packed weights run by the NumPy XNOR-popcount engine (docs/packed.md).
     from binarized.export import UnsupportedLayerError, export_and_evaluate
@@ -285,15 +313,15 @@ def main(argv=None):
     # Library warnings (e.g. a corrupt MNIST file being replaced) join the
     # progress on stdout: stderr is kept for the one-line errors.
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stdout)
-    from pnas.worker import import_keras_quietly
+    from binarized.quiet import import_keras_quietly
 
+    train_arch, settings, overridden = parse_args(sys.argv[1:] if argv is None else argv)
     import_keras_quietly()
-    train_arch, settings = parse_args(sys.argv[1:] if argv is None else argv)
     print_settings(settings)
     if train_arch:
         train_architecture(settings)
     else:
-        search(settings)
+        search(settings, overridden)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ and prints the validation accuracy per epoch, the reward (best validation
 accuracy), the spread of the reward across seeds and the largest
 epoch-to-epoch drop of validation accuracy after epoch 1.
 
-    python bench/child_quality.py [--epochs 3] [--seeds 3] [--config '{"H": 1.0}'] [--jsonl out.jsonl]
+    python bench/child_quality.py [--epochs 3] [--seeds 3] [--config '{"BINARY_H": 1.0}'] [--jsonl out.jsonl]
 
-`--config` overrides the child-training settings of train.py for an
-experiment: H, KERNEL_LR_MULTIPLIER, LR_START, LR_END, LOSS, BATCHSIZE,
-DENSE_LAYERS, NUM_CELL_FILTERS, BN_MOMENTUM, FLOAT_TWIN. With the defaults three
+`--config` overrides, by their train.py names, the child-training settings of
+train.py for an experiment: BINARY_H, KERNEL_LR_MULTIPLIER, LR_START, LR_END,
+LOSS, BATCHSIZE, DENSE_LAYERS, NUM_CELL_FILTERS; and two that only this bench
+varies: BN_MOMENTUM (pnas.model's) and FLOAT_TWIN (float layers in place of the
+binary ones). `--help` lists them with their defaults. With the defaults three
 of the four references meet the targets; all four do with
 `--config '{"NUM_CELL_FILTERS": [32, 48, 64], "DENSE_LAYERS": [256, 10]}'`
 (docs/child-training.md).
@@ -23,11 +25,10 @@ import os
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pnas.worker import import_keras_quietly  # noqa: E402
+from binarized.quiet import import_keras_quietly  # noqa: E402
 
 import_keras_quietly()
 
@@ -58,7 +59,7 @@ TARGET_DROP = 2.0  # points, largest fall of validation accuracy from one epoch 
 def child_settings(overrides):
     """train.py's child-training settings, with the experiment's overrides."""
     settings = {
-        "H": train.BINARY_H,
+        "BINARY_H": train.BINARY_H,
         "KERNEL_LR_MULTIPLIER": train.KERNEL_LR_MULTIPLIER,
         "LR_START": train.LR_START,
         "LR_END": train.LR_END,
@@ -71,7 +72,8 @@ def child_settings(overrides):
     }
     unknown = set(overrides) - set(settings)
     if unknown:
-        sys.exit(f"error: unknown --config keys {sorted(unknown)}; known: {sorted(settings)}")
+        renamed = " (H is now BINARY_H, as in train.py)" if "H" in unknown else ""
+        sys.exit(f"error: unknown --config keys {sorted(unknown)}{renamed}; known: {sorted(settings)}")
     settings.update(overrides)
     return settings
 
@@ -82,7 +84,7 @@ def train_one(dataset, actions, seed, epochs, s):
         dataset, exp_name="child_quality", epochs=epochs, batchsize=s["BATCHSIZE"],
         weights_dir=WEIGHTS_DIR, log_dir=None, verbose=0,
         initial_lr=s["LR_START"], final_lr=s["LR_END"], loss=s["LOSS"],
-        binary_kwargs={"H": s["H"], "kernel_lr_multiplier": s["KERNEL_LR_MULTIPLIER"]},
+        binary_kwargs={"H": s["BINARY_H"], "kernel_lr_multiplier": s["KERNEL_LR_MULTIPLIER"]},
     )
     model_fn = functools.partial(pnas.model.model_fn, bn_momentum=s["BN_MOMENTUM"], float_twin=s["FLOAT_TWIN"])
     return manager.train_child(
@@ -95,7 +97,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--config", default="{}", help="JSON object of settings to override")
+    keys = ", ".join(f"{k} ({v!r})" for k, v in child_settings({}).items())
+    parser.add_argument("--config", default="{}", help=f"JSON object of settings to override; keys (defaults): {keys}")
     parser.add_argument("--archs", default=None, help="comma-separated indices into the reference set")
     parser.add_argument("--jsonl", default=None, help="also append one JSON record per run here")
     args = parser.parse_args()

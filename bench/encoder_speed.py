@@ -20,8 +20,11 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from binarized.quiet import import_keras_quietly  # noqa: E402
+
+import_keras_quietly()  # TensorFlow's start-up lines stay off the terminal
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -14,8 +14,11 @@ import os
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from binarized.quiet import import_keras_quietly  # noqa: E402
+
+import_keras_quietly()  # TensorFlow's start-up lines stay off the terminal
 
 from mnist.mnist_data import get_dataset  # noqa: E402
 from pnas.encoder import StateSpace  # noqa: E402

@@ -25,9 +25,12 @@ import random
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from binarized.quiet import import_keras_quietly  # noqa: E402
+
+import_keras_quietly()  # TensorFlow's start-up lines stay off the terminal
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

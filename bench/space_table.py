@@ -29,9 +29,12 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from binarized.quiet import import_keras_quietly  # noqa: E402
+
+import_keras_quietly()  # TensorFlow's start-up lines stay off the terminal
 
 import train  # noqa: E402
 from pnas.report import hms  # noqa: E402

@@ -62,9 +62,12 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from binarized.quiet import import_keras_quietly  # noqa: E402
+
+import_keras_quietly()  # TensorFlow's start-up lines stay off the terminal
 
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
@@ -319,7 +322,7 @@ _TABLE = None
 def _init(path, threads):
     """A pool process: quiet Keras, `threads` CPU threads, the table loaded once."""
     global _TABLE
-    from pnas.worker import import_keras_quietly
+    from binarized.quiet import import_keras_quietly
 
     import_keras_quietly()
     if threads:

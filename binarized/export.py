@@ -12,6 +12,7 @@ A model holding a layer the engine cannot run is refused with one line that
 names the layer (exit code 2), and nothing is written.
 """
 
+import argparse
 import io
 import json
 import os
@@ -445,12 +446,18 @@ def export_and_evaluate(model_path, out_path, x_test, y_test):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print("usage: python -m binarized.export MODEL.keras OUT.npz", file=sys.stderr)
-        return 2
-    src, dst = argv
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    parser = argparse.ArgumentParser(
+        prog="python -m binarized.export",
+        description="Exports a binary Keras child to one bit-packed file that "
+                    "binarized.packed.PackedModel runs with NumPy (docs/packed.md).",
+    )
+    parser.add_argument("model", metavar="MODEL.keras", help="the Keras model (e.g. weights/NAME/model.keras of -ta)")
+    parser.add_argument("out", metavar="OUT.npz", help="the packed file to write")
+    args = parser.parse_args(argv)
+    src, dst = args.model, args.out
+    from binarized.quiet import import_keras_quietly
+
+    import_keras_quietly()
     import keras
 
     import binarized.binary_layers  # noqa: F401  (registers the custom layers)

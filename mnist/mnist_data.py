@@ -271,7 +271,7 @@ def _check_size(name, value, available):
 
 
 def get_dataset(use_expansion=False, train_size=None, val_size=None, test_size=None,
-                data_dir=None, seed=0, verbose=True):
+                data_dir=None, seed=0, verbose=False):
     """Returns MNIST split into training, validation and test arrays.
 
     Validation is the first VALIDATION_SIZE (5,000) images of the original
@@ -291,7 +291,7 @@ def get_dataset(use_expansion=False, train_size=None, val_size=None, test_size=N
         data_dir: Directory of the MNIST files, passed to ``ensure_mnist``;
             None means its default.
         seed: Seed of the expansion's random rotations and shifts.
-        verbose: Print the shape of each array.
+        verbose: Print the shape of each array (scripts ask; a library call prints nothing).
 
     Returns:
         ``[x_train, y_train, x_val, y_val, x_test, y_test]``; images float32

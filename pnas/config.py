@@ -14,6 +14,20 @@ import json
 import typing
 from typing import Optional, Union
 
+# The search space's operators: name -> (kind, kernel size). Here, not in pnas.model, so that the
+# settings are checked (and train.py --help runs) without importing Keras; pnas.model builds them.
+OPERATORS = {
+    "3x3 sep-bconv": ("sep", 3),
+    "5x5 sep-bconv": ("sep", 5),
+    "7x7 sep-bconv": ("sep", 7),
+    "3x3 bconv": ("conv", 3),
+    "5x5 bconv": ("conv", 5),
+    "7x7 bconv": ("conv", 7),
+    "1x7-7x1 bconv": ("factorized", 7),
+    "3x3 maxpool": ("maxpool", 3),
+    "3x3 avgpool": ("avgpool", 3),
+    "linear": ("linear", 1),
+}
 RUNNERS = ("processes", "inline", "ray")
 SURROGATES = ("lstm", "ridge")
 # The LSTM encoder's target recipes (`pnas.encoder.Encoder`), the default first.
@@ -123,11 +137,12 @@ class ChildConfig:
             loss=self.loss, binary_kwargs=self.binary_kwargs, evaluate_test=self.evaluate_test,
         )
 
-    def train_kwargs(self, actions, name="child", log_name=None):
+    def train_kwargs(self, actions, name="child", log_name=None, label=None):
         """`NetworkManager.train_child` arguments (after `model_fn`) for the architecture `actions`."""
         return dict(
             actions=list(actions), num_cells=self.num_cells, num_cell_filters=list(self.num_cell_filters),
             dense_layers=list(self.dense_layers), dropout=tuple(self.dropout), name=name, log_name=log_name,
+            label=label,
         )
 
 

@@ -99,6 +99,27 @@ class _CalibratedValidation(keras.callbacks.Callback):
             logs["val_loss"], logs["val_accuracy"] = float(loss), float(accuracy)
 
 
+class _EpochLine(keras.callbacks.Callback):
+    """One line per epoch that names the child, in place of Keras' `verbose=2` line.
+
+    Children trained side by side print into one terminal; Keras' lines do not
+    say whose they are.
+    """
+
+    def __init__(self, label, epochs):
+        super().__init__()
+        self.label = label
+        self.epochs = epochs
+        self.start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        shown = " - ".join(f"{k}: {v:.4f}" for k, v in (logs or {}).items() if isinstance(v, (int, float)))
+        print(f"  {self.label} epoch {epoch + 1}/{self.epochs} - {time.time() - self.start:.0f}s - {shown}", flush=True)
+
+
 def _save_weights_atomic(model, path):
     with atomic_path(path, suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
@@ -203,6 +224,7 @@ class NetworkManager:
         name="child",
         model_path=None,
         log_name=None,
+        label=None,
     ):
         """Trains one child and returns a dict of its numbers: build, compile, fit, summarise.
 
@@ -214,6 +236,8 @@ class NetworkManager:
             name: Weights file name of this child.
             log_name: TensorBoard run name (default: `name`).
             model_path: Also save the best model as a `.keras` file here.
+            label: With `verbose=2`, begin each epoch line with it (e.g. '#12',
+                when children train side by side).
 
         Returns:
             dict with reward (best validation accuracy), best_epoch,
@@ -232,7 +256,7 @@ class NetworkManager:
             weights_path if load_saved else None,
         )
         self.compile(model)
-        history, keep_best = self.fit(model, weights_path, log_name or name)
+        history, keep_best = self.fit(model, weights_path, log_name or name, label)
         result = self.summarise(model, history, keep_best, mul_ops, model_path)
         result["seconds"] = round(time.time() - start, 2)
         del model, history, keep_best
@@ -262,7 +286,7 @@ class NetworkManager:
         """Compiles `model` for the manager's epochs, loss and learning-rate schedule."""
         compile_child(model, self.epochs, len(self.x_train), self.batchsize, self.initial_lr, self.final_lr, self.loss)
 
-    def fit(self, model, weights_path, log_name):
+    def fit(self, model, weights_path, log_name, label=None):
         """Trains `model`, validating after each epoch; returns `(history, keep_best)`.
 
         Raises:
@@ -283,8 +307,8 @@ class NetworkManager:
             self.y_train,
             batch_size=self.batchsize,
             epochs=self.epochs,
-            callbacks=callbacks,
-            verbose=self.verbose,
+            callbacks=callbacks + ([_EpochLine(label, self.epochs)] if label and self.verbose == 2 else []),
+            verbose=0 if label and self.verbose == 2 else self.verbose,
         )
         losses = history.history.get("loss", [])
         if not losses or not np.all(np.isfinite(losses)):

@@ -23,21 +23,8 @@ from binarized.binary_layers import (
     DropoutNoScale,
 )
 from binarized.binary_ops import binary_tanh
+from pnas.config import OPERATORS  # noqa: F401  (name -> (kind, kernel size), defined without Keras)
 from pnas.footprint import BINARY_LAYERS, layer_macs
-
-# name -> (kind, kernel size)
-OPERATORS = {
-    "3x3 sep-bconv": ("sep", 3),
-    "5x5 sep-bconv": ("sep", 5),
-    "7x7 sep-bconv": ("sep", 7),
-    "3x3 bconv": ("conv", 3),
-    "5x5 bconv": ("conv", 5),
-    "7x7 bconv": ("conv", 7),
-    "1x7-7x1 bconv": ("factorized", 7),
-    "3x3 maxpool": ("maxpool", 3),
-    "3x3 avgpool": ("avgpool", 3),
-    "linear": ("linear", 1),
-}
 
 # BatchNorm after every binary layer (the original's settings).
 BN_MOMENTUM = 0.9

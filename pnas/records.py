@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import os
-import re
 from typing import Optional
 
 from pnas.config import LSTM_ONLY
@@ -51,8 +50,9 @@ CONFIG_ADDED = {
 
 def _override(name, value):
     """`value` as a train.py override a shell passes unchanged (JSON's lists stand for tuples)."""
-    text = value if isinstance(value, str) else repr(value)
-    return f"--{name}={text}" if re.fullmatch(r"[\w.+\-]*", text) else f'--{name}="{text}"'
+    from pnas.settings import format_override
+
+    return format_override(name, value)
 
 
 def _search_identity(config):
@@ -296,10 +296,16 @@ def write_logs(state, state_space, paths):
 
 
 def write_scores(path, state_space, ranked):
-    """Writes a stage's ranked candidates (`(child, predicted reward)`, best first) as CSV."""
+    """Writes a stage's ranked candidates (`(child, predicted reward)`, best first) as CSV.
+
+    A surrogate's estimate can leave [0, 1] (a ridge fit extrapolates); the
+    file shows it clipped to the range of a reward, and `rank` keeps the
+    surrogate's order. The records keep the estimate as it was.
+    """
     out = io.StringIO(newline="")
     writer = csv.writer(out)
     writer.writerow(["rank", "predicted_reward", "architecture", "representation_string"])
     for rank, (child, score) in enumerate(ranked, start=1):
-        writer.writerow([rank, f"{score:.6f}", state_space.parse(child), state_space.representation_string(child)])
+        clipped = min(max(float(score), 0.0), 1.0)
+        writer.writerow([rank, f"{clipped:.6f}", state_space.parse(child), state_space.representation_string(child)])
     write_atomic(path, out.getvalue())

@@ -5,8 +5,13 @@
 Reads `architectures/{EXPERIMENT_NAME}.jsonl` and writes, under
 `logs/{EXPERIMENT_NAME}/`: rewards.png (reward of every child by stage, with
 the best so far), predicted_vs_actual.png (the encoder's prediction against
-the reward, per stage), pareto.png (reward against mul_ops with the Pareto
+the reward, per stage), pareto.png (reward against binary MACs with the Pareto
 front) and summary.txt.
+
+Binary MACs are Larq's: multiply-accumulates with a binary input and a binary
+weight (the record's `footprint.binary_macs`). The record's `mul_ops` is the
+original's count: every MAC of a layer with binary weights, including the
+first layer, which reads the real-valued image (docs/differences.md).
 """
 
 import argparse
@@ -47,10 +52,19 @@ def stage_spearman(records):
     return result
 
 
+def binary_macs(record):
+    """A trained child's binary MACs (binary inputs and weights, Larq's count); None where not measured.
+
+    (A search simulated from a table of rewards, `pnas.space_table`, has no footprint.)
+    """
+    return record.get("footprint", {}).get("binary_macs")
+
+
 def pareto_front(records):
-    """Records not dominated in (higher reward, fewer mul_ops), by mul_ops."""
+    """Records not dominated in (higher reward, fewer binary MACs), by binary MACs."""
     front, best = [], -math.inf
-    for r in sorted(records, key=lambda r: (r["mul_ops"], -r["reward"])):
+    measured = [r for r in records if binary_macs(r) is not None]
+    for r in sorted(measured, key=lambda r: (binary_macs(r), -r["reward"])):
         if r["reward"] > best:
             front.append(r)
             best = r["reward"]
@@ -125,15 +139,15 @@ def plot_all(records, out_dir):
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for b in stages:
-        rs = [r for r in trained if r["stage"] == b]
-        ax.scatter([r["mul_ops"] for r in rs], [r["reward"] for r in rs], s=14, color=colors[b], label=f"b = {b}")
+        rs = [r for r in trained if r["stage"] == b and binary_macs(r) is not None]
+        ax.scatter([binary_macs(r) for r in rs], [r["reward"] for r in rs], s=14, color=colors[b], label=f"b = {b}")
     front = pareto_front(trained)
     if front:
-        ax.step([r["mul_ops"] for r in front], [r["reward"] for r in front], where="post", color="red", lw=1)
-        ax.scatter([r["mul_ops"] for r in front], [r["reward"] for r in front], s=40, facecolors="none",
+        ax.step([binary_macs(r) for r in front], [r["reward"] for r in front], where="post", color="red", lw=1)
+        ax.scatter([binary_macs(r) for r in front], [r["reward"] for r in front], s=40, facecolors="none",
                    edgecolors="red", label="Pareto front")
     ax.set_xscale("log")
-    ax.set_xlabel("mul_ops (binary multiply-accumulates per image)")
+    ax.set_xlabel("binary MACs per image (binary inputs and weights)")
     ax.set_ylabel("reward")
     ax.set_title("Accuracy against cost")
     ax.legend(loc="lower right", fontsize=8)
@@ -160,9 +174,10 @@ def summary_text(records, top=5, retrain_args=(), surrogate=None):
             (None: not named, e.g. for records without their settings).
     """
     trained = _trained(records)
-    lines = [f"{len(records)} children: {len(trained)} trained, "
-             f"{sum(r['status'] == 'failed' for r in records)} failed, "
-             f"{sum(r['status'] == 'over_budget' for r in records)} over the op budget"]
+    failed = sum(r["status"] == "failed" for r in records)
+    skipped = sum(r["status"] == "over_budget" for r in records)
+    lines = [f"{len(trained) + failed} children: {len(trained)} trained, {failed} failed"
+             + (f"; {skipped} candidate{'s' * (skipped != 1)} over the op budget (MAX_MUL_OPS) skipped" if skipped else "")]
     if surrogate is not None and any(r["stage"] > 1 for r in records):
         lines.append(f"Candidates ranked by {SURROGATE_NAMES.get(surrogate, repr(surrogate))}")
     rho = stage_spearman(records)
@@ -174,11 +189,11 @@ def summary_text(records, top=5, retrain_args=(), surrogate=None):
     if not trained:
         return "\n".join(lines) + "\n"
     lines.append(f"Top {min(top, len(trained))} architectures:")
-    lines.append(f"{'#':>4} {'reward':>7} {'test':>7} {'mul_ops':>10} {'packed KiB':>10}  architecture")
+    lines.append(f"{'#':>4} {'reward':>7} {'test':>7} {'bin. MACs':>10} {'packed KiB':>10}  architecture")
     ranked = sorted(trained, key=lambda r: -r["reward"])[:top]
     for r in ranked:
         packed = r.get("footprint", {}).get("packed_kib", float("nan"))
-        lines.append(f"{r['sr_no']:>4} {r['reward']:7.4f} {accuracy(r['test_accuracy']):>7} {r['mul_ops']:>10} "
+        lines.append(f"{r['sr_no']:>4} {r['reward']:7.4f} {accuracy(r['test_accuracy']):>7} {binary_macs(r) if binary_macs(r) is not None else '-':>10} "
                      f"{packed:>10.2f}  {r['architecture']}")
     lines.append("Retrain the best:")
     extra = "".join(f" {arg}" for arg in retrain_args)
@@ -190,13 +205,16 @@ def report(exp_name, root="."):
     """Regenerates the plots and summary.txt of a search; returns the summary text."""
     records = load_records(os.path.join(root, "architectures", f"{exp_name}.jsonl"))
     out_dir = os.path.join(root, "logs", exp_name)
-    settings_path = os.path.join(out_dir, "settings.json")
     settings = {}
-    if os.path.exists(settings_path):
-        with open(settings_path) as f:
+    if os.path.exists(os.path.join(out_dir, "settings.json")):
+        with open(os.path.join(out_dir, "settings.json")) as f:
             settings = json.load(f)
+    retrain = settings.get("RETRAIN_ARGS", [])  # searches saved before retrain_args.json
+    if os.path.exists(os.path.join(out_dir, "retrain_args.json")):
+        with open(os.path.join(out_dir, "retrain_args.json")) as f:
+            retrain = json.load(f)
     plot_all(records, out_dir)
-    text = summary_text(records, retrain_args=settings.get("RETRAIN_ARGS", []), surrogate=settings.get("SURROGATE"))
+    text = summary_text(records, retrain_args=retrain, surrogate=settings.get("SURROGATE"))
     with open(os.path.join(out_dir, "summary.txt"), "w") as f:
         f.write(text)
     return text

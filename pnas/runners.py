@@ -175,7 +175,9 @@ class ProcessRunner(Runner):
                         on_start(job)
                     # One weights file per worker: side by side they must not share one.
                     name = "child" if slot == 0 else f"child{slot}"
-                    worker.submit(job.seed, **self.child.train_kwargs(job.actions, name, job.log_name))
+                    # Side by side, each epoch line names its child.
+                    label = f"#{job.sr_no}" if self.parallel > 1 else None
+                    worker.submit(job.seed, **self.child.train_kwargs(job.actions, name, job.log_name, label))
                     running[worker] = job
             ready = multiprocessing.connection.wait([w.conn for w in running])
             for worker in [w for w in running if w.conn in ready]:
@@ -353,7 +355,9 @@ class RayRunner(Runner):
                         on_start(job)
                     ref = self.remote.remote(
                         self.dataset_ref, self.manager_kwargs, self.threads, job.seed,
-                        self.child.train_kwargs(job.actions, "child", job.log_name),
+                        self.child.train_kwargs(
+                            job.actions, "child", job.log_name, f"#{job.sr_no}" if self.parallel > 1 else None
+                        ),
                     )
                     submitted.append((job, ref))
                     running.append(ref)

@@ -10,6 +10,8 @@
 
 import logging
 import os
+import re
+import shutil
 import time
 
 import keras
@@ -41,6 +43,7 @@ class SearchPaths:
         self.exp_log_dir = os.path.join(root, "logs", exp_name)
         self.state = os.path.join(self.exp_log_dir, "search_state.json")
         self.settings = os.path.join(self.exp_log_dir, "settings.json")
+        self.retrain_args = os.path.join(self.exp_log_dir, "retrain_args.json")
         self.weights_dir = os.path.join(root, "weights")
         self.encoder_weights = os.path.join(root, "weights", exp_name, "encoder.weights.h5")
         self.scores_dir = os.path.join(root, "scores", exp_name)
@@ -60,6 +63,39 @@ class SearchPaths:
     def outputs(self):
         return [self.architectures, self.records, self.exp_log_dir, os.path.dirname(self.encoder_weights), self.scores_dir]
 
+    # What a search writes under logs/NAME/ and weights/NAME/ (with their temporary files, `pnas.files`).
+    # Not there: the encoder weights weights/NAME/encoder.* that RESTORE_CONTROLLER adopts, and what
+    # train.py -ta writes (best.weights.h5, model.keras, model.bnn.npz, logs/NAME/best/, its settings).
+    _LOG_OUTPUTS = re.compile(
+        r"(search_state\.json|settings\.json|retrain_args\.json|summary\.txt|rewards\.png|predicted_vs_actual\.png"
+        r"|pareto\.png|encoder|child_\d+)(\.tmp\d+.*)?"
+    )
+    _WEIGHT_OUTPUTS = re.compile(r"child\d*\.weights\.h5(\.tmp\d+.*)?")
+
+    def search_outputs(self):
+        """Every file and folder the search of this name wrote, but the encoder that RESTORE_CONTROLLER adopts."""
+        found = [p for p in (self.architectures, self.records, self.scores_dir) if os.path.lexists(p)]
+        for folder, pattern in ((self.exp_log_dir, self._LOG_OUTPUTS), (os.path.dirname(self.encoder_weights),
+                                                                         self._WEIGHT_OUTPUTS)):
+            if os.path.isdir(folder):
+                found += [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if pattern.fullmatch(n)]
+        for log in (self.architectures, self.records):  # temporary files of an interrupted write
+            folder = os.path.dirname(log)
+            if os.path.isdir(folder):
+                found += [os.path.join(folder, n) for n in sorted(os.listdir(folder))
+                          if re.fullmatch(re.escape(os.path.basename(log)) + r"\.tmp\d+.*", n)]
+        return found
+
+    def discard(self):
+        """Removes `search_outputs()`: OVERWRITE starts from a clean slate. Returns what it removed."""
+        removed = self.search_outputs()
+        for path in removed:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+        return removed
+
 
 def _seed(base, *parts):
     """A deterministic seed per step, so that resumed runs draw the same numbers."""
@@ -78,6 +114,9 @@ class Search:
         paths: `SearchPaths`.
         runner: The `pnas.runners.Runner` that trains the children (default:
             the one `config.runner` names); the search closes it when done.
+        state: The `pnas.records.SearchState` to run (default: the saved one,
+            or a new one; with `config.overwrite` the old search's outputs are
+            first removed, `SearchPaths.discard`).
         train_fn: Trains a child in place of a runner, in this process:
             `train_fn(job: ChildJob) -> result dict` (e.g. a lookup in a
             table of rewards, `pnas.space_table.table_train_fn`).
@@ -87,15 +126,20 @@ class Search:
             the children the search trains skips it (`pnas.space_table`).
     """
 
-    def __init__(self, config, dataset, paths, runner=None, train_fn=None, plots=True, final_encoder=True):
+    def __init__(self, config, dataset, paths, runner=None, train_fn=None, plots=True, final_encoder=True,
+                 state=None):
         self.config = config
         self.paths = paths
         self.state_space = StateSpace(
             config.max_blocks, list(config.operators), config.input_lookback_depth, config.input_lookforward_depth,
         )
-        self.state = SearchState.load_or_create(
-            paths.state, config.identity_dict(), overwrite=config.overwrite, records_path=paths.records,
-        )
+        if state is None:
+            if config.overwrite:
+                paths.discard()
+            state = SearchState.load_or_create(
+                paths.state, config.identity_dict(), overwrite=config.overwrite, records_path=paths.records,
+            )
+        self.state = state
         self.runner = runner if runner is not None else make_runner(config, dataset, paths, train_fn)
         self.plots = plots
         self.final_encoder = final_encoder
@@ -125,7 +169,8 @@ class Search:
             encoder.load_weights(self.paths.encoder_weights)
         except Exception as exc:  # e.g. saved with other operators or CONTROLLER_CELLS
             print(
-                f"Warning: RESTORE_CONTROLLER: {self.paths.encoder_weights} does not fit these settings "
+                f"Warning: RESTORE_CONTROLLER: {', '.join(encoder.weight_files(self.paths.encoder_weights))} "
+                "does not fit these settings "
                 f"({type(exc).__name__}); the encoder starts untrained."
             )
             return
@@ -262,7 +307,8 @@ class Search:
         print(
             f"  {number}reward {record['reward']:.4f}, "
             f"test {report.accuracy(record['test_accuracy'])}, "
-            f"mul_ops {record['mul_ops']}, {record['footprint']['packed_kib']:.1f} KiB packed, "
+            f"binary MACs {report.binary_macs(record) if report.binary_macs(record) is not None else '-'}, "
+            f"{record['footprint']['packed_kib']:.1f} KiB packed, "
             f"{record['seconds']:.1f}s"
         )
 

@@ -1,10 +1,12 @@
-"""Command-line overrides and validation of the train.py settings."""
+"""Command-line overrides of the train.py settings: one rule to read them, their validation, the --help text."""
 
 import ast
+import io
 import os
+import re
+import tokenize
 
-from pnas.config import ENCODER_READOUTS, ENCODER_TARGETS, RUNNERS, SURROGATES
-from pnas.model import OPERATORS
+from pnas.config import ENCODER_READOUTS, ENCODER_TARGETS, OPERATORS, RUNNERS, SURROGATES
 
 
 class SettingsError(ValueError):
@@ -30,13 +32,59 @@ def _type_ok(value, default, name, types):
     return isinstance(value, type(default))
 
 
-def apply_overrides(defaults, args, types=None):
-    """Applies `--NAME=value` overrides to a copy of `defaults`.
+def is_text_setting(name, default, types=None):
+    """Whether the setting takes text: its default is a str, or str is one of the types it takes."""
+    types = types or {}
+    return str in types[name] if name in types else isinstance(default, str)
 
-    Each value is a Python literal. For text settings a value that is no
-    literal is taken as the text itself, so that
-    `--REPRESENTATION_STRING="[[1. 0. 0.]] ..."` works after the shell
-    removed its quotes.
+
+def format_override(name, value):
+    """`--NAME=value` for `value`, written so that a shell passes it to train.py unchanged.
+
+    Text is written as the bare word where it is one (`--RUNNER=ray`); any
+    other value as its Python literal, quoted for the shell where it holds
+    spaces or brackets (JSON's lists stand for tuples).
+    """
+    text = value if isinstance(value, str) else repr(value)
+    return f"--{name}={text}" if re.fullmatch(r"[\w.+\-:]*", text) else f'--{name}="{text}"'
+
+
+def parse_value(name, text, default, types=None):
+    """The value of `--NAME=text`: one rule for every setting.
+
+    A Python literal of a type the setting takes is that value
+    (`--B=2`, `--RAY_ADDRESS=None`, `--RUNNER="'ray'"`). A text setting
+    (`is_text_setting`) takes anything else as the text itself
+    (`--RUNNER=ray`, `--RAY_ADDRESS=auto`, `--EXPERIMENT_NAME=try1`).
+
+    Raises:
+        SettingsError: a value that is no literal, or of the wrong type.
+    """
+    types = types or {}
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        value, literal = text, False
+    else:
+        literal = True
+    if is_text_setting(name, default, types) and not (literal and _type_ok(value, default, name, types)):
+        return text
+    example = format_override(name, default)
+    if not literal:
+        raise SettingsError(f"--{name}={text} is not a Python literal; write e.g. {example}")
+    if not _type_ok(value, default, name, types):
+        expected = " or ".join(t.__name__ for t in types.get(name, (type(default),)))
+        raise SettingsError(
+            f"--{name} must be of type {expected}, received {value!r} ({type(value).__name__}); "
+            f"write e.g. {example} (the default)"
+        )
+    if isinstance(default, float) and isinstance(value, int):
+        value = float(value)
+    return value
+
+
+def apply_overrides(defaults, args, types=None):
+    """Applies `--NAME=value` overrides to a copy of `defaults` (each value read by `parse_value`).
 
     Args:
         defaults: dict of the settings' default values.
@@ -56,40 +104,23 @@ def apply_overrides(defaults, args, types=None):
     overridden = []
     for arg in args:
         if not arg.startswith("--") or "=" not in arg:
-            raise SettingsError(f"cannot read argument {arg!r}: overrides take the form --NAME=value, e.g. --B=2")
+            raise SettingsError(f"cannot read argument {arg!r}: overrides take the form --NAME=value; write e.g. --B=2")
         name, text = arg[2:].split("=", 1)
         if name not in defaults:
             raise SettingsError(
-                f"unknown setting {name!r}; the settings are: {', '.join(sorted(defaults))}"
+                f"unknown setting {name!r}; the settings are: {', '.join(sorted(defaults))} (python train.py --help)"
             )
-        default = defaults[name]
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            if isinstance(default, str):
-                value = text
-            else:
-                raise SettingsError(
-                    f"--{name}={text} is not a Python literal; write e.g. --{name}={default!r}"
-                ) from None
-        if isinstance(default, str) and not isinstance(value, str) and name not in types:
-            value = text
-        if not _type_ok(value, default, name, types):
-            expected = " or ".join(t.__name__ for t in types.get(name, (type(default),)))
-            raise SettingsError(
-                f"--{name} must be of type {expected} (default {default!r}), "
-                f"received {value!r} ({type(value).__name__})"
-            )
-        if isinstance(default, float) and isinstance(value, int):
-            value = float(value)
-        settings[name] = value
+        settings[name] = parse_value(name, text, defaults[name], types)
         overridden.append(name)
     return settings, overridden
 
 
 def _require_one_of(settings, name, choices):
     if settings[name] not in choices:
-        raise SettingsError(f"{name} must be one of {', '.join(map(repr, choices))}, received {settings[name]!r}")
+        raise SettingsError(
+            f"{name} must be one of {', '.join(map(repr, choices))}, received {settings[name]!r}; "
+            f"write e.g. --{name}={choices[0]}"
+        )
 
 
 def validate(settings):
@@ -97,91 +128,131 @@ def validate(settings):
     s = settings
     unknown = [op for op in s["operators"] if op not in OPERATORS]
     if unknown:
-        raise SettingsError(f"unknown operator(s) {unknown} in operators; valid operators are {list(OPERATORS)}")
+        raise SettingsError(
+            f"unknown operator(s) {unknown} in operators; valid operators are {list(OPERATORS)}, "
+            f"e.g. {format_override('operators', [op for op in s['operators'] if op in OPERATORS] or list(OPERATORS)[:1])}"
+        )
     if not s["operators"]:
-        raise SettingsError("operators is empty; give at least one of " + str(list(OPERATORS)))
+        raise SettingsError(
+            f"operators is empty; give at least one of {list(OPERATORS)}, e.g. "
+            f"{format_override('operators', list(OPERATORS)[:2])}"
+        )
     if len(set(s["operators"])) != len(s["operators"]):
-        raise SettingsError(f"operators has duplicates: {s['operators']}; list each operator once")
+        raise SettingsError(
+            f"operators has duplicates: {s['operators']}; list each operator once, "
+            f"e.g. {format_override('operators', list(dict.fromkeys(s['operators'])))}"
+        )
     for name in ("B", "K_", "NUM_CELLS", "MAX_EPOCHS", "BATCHSIZE", "NUM_EPOCHS", "RNN_TRAINING_EPOCHS",
                  "CONTROLLER_CELLS", "MAX_CONSECUTIVE_FAILURES", "ENCODER_ENSEMBLE"):
         if s[name] < 1:
-            raise SettingsError(f"{name} must be >= 1, received {name}={s[name]}")
+            raise SettingsError(f"{name} must be >= 1, received {name}={s[name]}; write e.g. --{name}=1")
     if s["CHILDREN_PER_PROCESS"] < 0:
-        raise SettingsError(f"CHILDREN_PER_PROCESS must be >= 0, received {s['CHILDREN_PER_PROCESS']}")
+        raise SettingsError(
+            f"CHILDREN_PER_PROCESS must be >= 0, received {s['CHILDREN_PER_PROCESS']}; write e.g. --CHILDREN_PER_PROCESS=10"
+        )
     if s["PARALLEL_CHILDREN"] < 1:
-        raise SettingsError(f"PARALLEL_CHILDREN must be >= 1, received {s['PARALLEL_CHILDREN']}")
+        raise SettingsError(f"PARALLEL_CHILDREN must be >= 1, received {s['PARALLEL_CHILDREN']}; write e.g. --PARALLEL_CHILDREN=1")
     if s["PARALLEL_CHILDREN"] > 1 and s["CHILDREN_PER_PROCESS"] == 0 and s["RUNNER"] == "processes":
         raise SettingsError(
             f"PARALLEL_CHILDREN={s['PARALLEL_CHILDREN']} trains children in worker processes; "
-            "set CHILDREN_PER_PROCESS >= 1 or PARALLEL_CHILDREN=1"
+            "set --CHILDREN_PER_PROCESS=10 or --PARALLEL_CHILDREN=1"
         )
     _require_one_of(s, "RUNNER", RUNNERS)
     if s["RUNNER"] == "inline" and s["PARALLEL_CHILDREN"] > 1:
         raise SettingsError(
-            f"RUNNER='inline' trains one child at a time; set PARALLEL_CHILDREN=1 (received {s['PARALLEL_CHILDREN']}) "
-            "or use RUNNER='processes'"
+            f"RUNNER='inline' trains one child at a time; set --PARALLEL_CHILDREN=1 (received {s['PARALLEL_CHILDREN']}) "
+            "or use --RUNNER=processes"
         )
-    if s["RAY_ADDRESS"] is not None and not s["RAY_ADDRESS"].strip():
-        raise SettingsError("RAY_ADDRESS must be None (a Ray on this machine), 'auto' or 'host:port', received ''")
+    address = s["RAY_ADDRESS"]
+    # Ray's own forms: 'auto', host:port of a cluster's head, ray://host:port of a Ray Client server.
+    if address is not None and address != "auto" and not re.fullmatch(r"(ray://)?[\w.\-\[\]:]+:\d+", address):
+        raise SettingsError(
+            f"RAY_ADDRESS must be None (a Ray on this machine), 'auto' or 'host:port', received {address!r}; "
+            "write e.g. --RAY_ADDRESS=None, --RAY_ADDRESS=auto or --RAY_ADDRESS=127.0.0.1:6379"
+        )
     if not s["RAY_CPUS_PER_CHILD"] > 0:
-        raise SettingsError(f"RAY_CPUS_PER_CHILD must be > 0, received {s['RAY_CPUS_PER_CHILD']}")
+        raise SettingsError(f"RAY_CPUS_PER_CHILD must be > 0, received {s['RAY_CPUS_PER_CHILD']}; write e.g. --RAY_CPUS_PER_CHILD=1")
     if s["RAY_GPUS_PER_CHILD"] < 0:
-        raise SettingsError(f"RAY_GPUS_PER_CHILD must be >= 0, received {s['RAY_GPUS_PER_CHILD']}")
+        raise SettingsError(f"RAY_GPUS_PER_CHILD must be >= 0, received {s['RAY_GPUS_PER_CHILD']}; write e.g. --RAY_GPUS_PER_CHILD=0")
     if s["RAY_MAX_RETRIES"] < 0:
-        raise SettingsError(f"RAY_MAX_RETRIES must be >= 0, received {s['RAY_MAX_RETRIES']}")
+        raise SettingsError(f"RAY_MAX_RETRIES must be >= 0, received {s['RAY_MAX_RETRIES']}; write e.g. --RAY_MAX_RETRIES=1")
     if s["ENCODER_BATCHSIZE"] is not None and s["ENCODER_BATCHSIZE"] < 1:
-        raise SettingsError(f"ENCODER_BATCHSIZE must be None or >= 1, received {s['ENCODER_BATCHSIZE']}")
+        raise SettingsError(
+            f"ENCODER_BATCHSIZE must be None or >= 1, received {s['ENCODER_BATCHSIZE']}; write e.g. --ENCODER_BATCHSIZE=1"
+        )
     if not s["ENCODER_LR"] > 0:
-        raise SettingsError(f"ENCODER_LR must be > 0, received {s['ENCODER_LR']}")
+        raise SettingsError(f"ENCODER_LR must be > 0, received {s['ENCODER_LR']}; write e.g. --ENCODER_LR=0.001")
     _require_one_of(s, "SURROGATE", SURROGATES)
     if s["SURROGATE"] == "ridge" and s["ENCODER_ENSEMBLE"] != 1:
         raise SettingsError(
-            f"ENCODER_ENSEMBLE={s['ENCODER_ENSEMBLE']} averages LSTM encoders; with SURROGATE='ridge' set it to 1, "
-            "or use SURROGATE='lstm'"
+            f"ENCODER_ENSEMBLE={s['ENCODER_ENSEMBLE']} averages LSTM encoders; with SURROGATE='ridge' set "
+            "--ENCODER_ENSEMBLE=1, or use --SURROGATE=lstm"
         )
     _require_one_of(s, "ENCODER_TARGETS", ENCODER_TARGETS)
     _require_one_of(s, "ENCODER_READOUT", ENCODER_READOUTS)
     if s["MAX_MUL_OPS"] is not None and not s["MAX_MUL_OPS"] > 0:
-        raise SettingsError(f"MAX_MUL_OPS must be None or > 0, received {s['MAX_MUL_OPS']}")
+        raise SettingsError(f"MAX_MUL_OPS must be None or > 0, received {s['MAX_MUL_OPS']}; write e.g. --MAX_MUL_OPS=None")
     if s["INPUT_LOOKBACK_DEPTH"] not in (0, -1):
         raise SettingsError(
             "INPUT_LOOKBACK_DEPTH must be 0 (blocks read the cell input) or -1 (also the previous cell's "
-            f"input), received {s['INPUT_LOOKBACK_DEPTH']}"
+            f"input), received {s['INPUT_LOOKBACK_DEPTH']}; write --INPUT_LOOKBACK_DEPTH=0 or --INPUT_LOOKBACK_DEPTH=-1"
         )
     if s["INPUT_LOOKFORWARD_DEPTH"] is not None and s["INPUT_LOOKFORWARD_DEPTH"] < 0:
         raise SettingsError(
-            f"INPUT_LOOKFORWARD_DEPTH must be None (no limit) or >= 0, received {s['INPUT_LOOKFORWARD_DEPTH']}"
+            f"INPUT_LOOKFORWARD_DEPTH must be None (no limit) or >= 0, received {s['INPUT_LOOKFORWARD_DEPTH']}; "
+            "write e.g. --INPUT_LOOKFORWARD_DEPTH=None or --INPUT_LOOKFORWARD_DEPTH=0"
         )
     if len(s["NUM_CELL_FILTERS"]) != s["NUM_CELLS"]:
         raise SettingsError(
             f"NUM_CELL_FILTERS has {len(s['NUM_CELL_FILTERS'])} entries but NUM_CELLS={s['NUM_CELLS']}; "
-            "give one filter count per cell"
+            f"give one filter count per cell, e.g. {format_override('NUM_CELL_FILTERS', [16] * s['NUM_CELLS'])}"
         )
     if any(not isinstance(f, int) or f < 1 for f in s["NUM_CELL_FILTERS"]):
-        raise SettingsError(f"NUM_CELL_FILTERS must hold positive ints, received {s['NUM_CELL_FILTERS']}")
+        raise SettingsError(
+            f"NUM_CELL_FILTERS must hold positive ints, received {s['NUM_CELL_FILTERS']}; "
+            f"write e.g. {format_override('NUM_CELL_FILTERS', [16] * s['NUM_CELLS'])}"
+        )
     if not s["DENSE_LAYERS"] or any(not isinstance(u, int) or u < 1 for u in s["DENSE_LAYERS"]):
-        raise SettingsError(f"DENSE_LAYERS must be a list of positive ints, received {s['DENSE_LAYERS']}")
+        raise SettingsError(
+            f"DENSE_LAYERS must be a list of positive ints, received {s['DENSE_LAYERS']}; "
+            f"write e.g. {format_override('DENSE_LAYERS', [32, 10])}"
+        )
     if s["DENSE_LAYERS"][-1] != 10:
         raise SettingsError(
-            f"the last DENSE_LAYERS entry is the number of MNIST classes and must be 10, received {s['DENSE_LAYERS']}"
+            f"the last DENSE_LAYERS entry is the number of MNIST classes and must be 10, received {s['DENSE_LAYERS']}; "
+            f"write e.g. {format_override('DENSE_LAYERS', [u for u in s['DENSE_LAYERS'][:-1] if isinstance(u, int) and u > 0] + [10])}"
         )
     dropout = s["DROPOUT"]
     if len(dropout) != 3 or not isinstance(dropout[0], bool) or not all(0 <= r < 1 for r in dropout[1:]):
-        raise SettingsError(f"DROPOUT must be (bool, input rate, hidden rate) with rates in [0, 1), received {dropout}")
+        raise SettingsError(
+            f"DROPOUT must be (bool, input rate, hidden rate) with rates in [0, 1), received {dropout}; "
+            f"write e.g. {format_override('DROPOUT', (True, 0.2, 0.5))}"
+        )
     if s["TRAIN_SIZE"] is not None and (not isinstance(s["TRAIN_SIZE"], int) or s["TRAIN_SIZE"] < 1):
-        raise SettingsError(f"TRAIN_SIZE must be None or an int >= 1, received {s['TRAIN_SIZE']}")
+        raise SettingsError(
+            f"TRAIN_SIZE must be None or an int >= 1, received {s['TRAIN_SIZE']}; write e.g. --TRAIN_SIZE=1000"
+        )
     for name in ("BINARY_H", "KERNEL_LR_MULTIPLIER"):
         value = s[name]
         if value is None and name == "KERNEL_LR_MULTIPLIER":
             continue
         if value != "Glorot" and (isinstance(value, str) or not value > 0):
-            raise SettingsError(f"{name} must be a positive number or 'Glorot', received {value!r}")
+            raise SettingsError(
+                f"{name} must be a positive number or 'Glorot', received {value!r}; write e.g. --{name}=Glorot or --{name}=1"
+            )
     if not 0 < s["LR_END"] <= s["LR_START"]:
-        raise SettingsError(f"need 0 < LR_END <= LR_START, received LR_START={s['LR_START']}, LR_END={s['LR_END']}")
+        raise SettingsError(
+            f"need 0 < LR_END <= LR_START, received LR_START={s['LR_START']}, LR_END={s['LR_END']}; "
+            + ("write e.g. --LR_START=0.03" if not s["LR_START"] > 0 else f"write e.g. --LR_END={min(1e-4, s['LR_START'])!r}")
+        )
     if s["LOSS"] not in ("squared_hinge", "crossentropy"):
-        raise SettingsError(f"LOSS must be 'squared_hinge' or 'crossentropy', received {s['LOSS']!r}")
+        raise SettingsError(
+            f"LOSS must be 'squared_hinge' or 'crossentropy', received {s['LOSS']!r}; write e.g. --LOSS=squared_hinge"
+        )
     if not str(s["EXPERIMENT_NAME"]).strip() or os.sep in s["EXPERIMENT_NAME"]:
-        raise SettingsError(f"EXPERIMENT_NAME must be a plain file name, received {s['EXPERIMENT_NAME']!r}")
+        raise SettingsError(
+            f"EXPERIMENT_NAME must be a plain file name, received {s['EXPERIMENT_NAME']!r}; write e.g. --EXPERIMENT_NAME=try1"
+        )
 
 
 def check_writable(paths):
@@ -203,3 +274,52 @@ def check_writable(paths):
             raise SettingsError(
                 f"cannot write {path}: {probe} is not writable; fix its permissions or run from a writable folder"
             )
+
+
+_SECTION = re.compile(r"#\s*-+\s*(.*?)\s*-*\s*$")
+
+
+def settings_help(source, values):
+    """train.py's settings as its `--help` shows them, read from its source.
+
+    Grouped under train.py's section lines (`# ------- Experiment Settings -------`),
+    each setting with its default (from `values`) and its comment, including
+    the indented comment lines that continue it.
+
+    Args:
+        source: The text of train.py.
+        values: {name: default} of the settings to show, in train.py's order.
+
+    Returns:
+        The text, one block per section.
+    """
+    comments = {}  # line number -> (column, text)
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = (token.start[1], token.string.lstrip("#").strip())
+    source_lines = source.splitlines()
+    alone = {n for n in comments if source_lines[n - 1].lstrip().startswith("#")}  # comment-only lines
+    sections = {}  # line number -> section title ("" closes a section)
+    for line, (column, text) in comments.items():
+        match = _SECTION.fullmatch("# " + text) if line in alone and column == 0 and text.startswith("-") else None
+        if match:
+            sections[line] = match.group(1)
+    lines, section = [], None
+    for statement in ast.parse(source).body:
+        if not isinstance(statement, ast.Assign) or len(statement.targets) != 1:
+            continue
+        target = statement.targets[0]
+        if not isinstance(target, ast.Name) or target.id not in values:
+            continue
+        title = next((sections[n] for n in sorted(sections, reverse=True) if n < statement.lineno), "")
+        if title != section:
+            section = title
+            lines.append(f"\n{title or 'Other settings'}:")
+        text = [comments[n][1] for n in range(statement.lineno, statement.end_lineno + 1) if n in comments]
+        n = statement.end_lineno + 1
+        while n in alone and comments[n][0] > 0:  # indented comment lines continue the setting's comment
+            text.append(comments[n][1])
+            n += 1
+        lines.append(f"  {format_override(target.id, values[target.id])}")
+        lines.extend(f"      {t}" for t in text)
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -10,12 +10,11 @@ takes its leak with it. A worker that dies (a crash, the kernel's OOM killer)
 fails its child, not the search.
 """
 
-import logging
 import multiprocessing
 import os
-import sys
-import tempfile
 import traceback
+
+from binarized.quiet import import_keras_quietly  # noqa: F401  (kept importable here)
 
 
 class ChildFailed(RuntimeError):
@@ -25,32 +24,6 @@ class ChildFailed(RuntimeError):
         super().__init__(error)
         self.error = error
         self.trace = trace
-
-
-def import_keras_quietly():
-    """Imports Keras with TensorFlow's start-up lines kept off stderr.
-
-    TensorFlow logs through absl before it reads TF_CPP_MIN_LOG_LEVEL, so
-    its oneDNN and CUDA notices reach stderr whatever the level, and would
-    bury this script's one-line errors. They are shown if the import fails.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import keras  # noqa: F401
-        except BaseException:
-            os.dup2(saved, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-    # TensorFlow's Python warnings (e.g. about retracing the encoder's predict
-    # function for each new encoder) are not the user's to act on.
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def limit_threads(threads):

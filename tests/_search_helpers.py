@@ -27,7 +27,6 @@ def tiny_settings(**overrides):
     settings.update(TINY)
     settings.update(overrides)
     settings["DROPOUT"] = tuple(settings["DROPOUT"])
-    settings["RETRAIN_ARGS"] = []
     return settings
 
 

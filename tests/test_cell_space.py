@@ -342,9 +342,9 @@ def test_train_settings_accept_lookback_and_unlimited_lookforward():
     from pnas.config import SearchConfig
 
     assert train.INPUT_LOOKBACK_DEPTH == 0 and train.INPUT_LOOKFORWARD_DEPTH == 0
-    _, settings = train.parse_args(["--INPUT_LOOKBACK_DEPTH=-1", "--INPUT_LOOKFORWARD_DEPTH=None"])
+    _, settings, overridden = train.parse_args(["--INPUT_LOOKBACK_DEPTH=-1", "--INPUT_LOOKFORWARD_DEPTH=None"])
     assert settings["INPUT_LOOKBACK_DEPTH"] == -1 and settings["INPUT_LOOKFORWARD_DEPTH"] is None
-    assert "--INPUT_LOOKBACK_DEPTH=-1" in settings["RETRAIN_ARGS"]
+    assert "--INPUT_LOOKBACK_DEPTH=-1" in train.retrain_args(settings, overridden)
     config = SearchConfig.from_settings(settings).identity_dict()
     assert config["INPUT_LOOKBACK_DEPTH"] == -1 and config["INPUT_LOOKFORWARD_DEPTH"] is None
 

@@ -291,7 +291,9 @@ def test_op_budget_children_over_it_are_recorded_and_not_trained(budget_search):
         assert r["architecture"] == SPACE.parse(child)
         assert SPACE.from_representation_string(r["representation_string"]) == child
     # The plots and summary read the over-budget records as such.
-    assert f"{len(records)} trained, 0 failed, {len(skipped)} over the op budget" in report.summary_text(lines)
+    assert report.summary_text(lines).startswith(
+        f"{len(records)} children: {len(records)} trained, 0 failed; {len(skipped)} candidates over the op budget"
+    )
 
 
 def test_op_budget_the_next_candidates_in_rank_order_fill_the_beam(tmp_path, monkeypatch, capsys):
@@ -465,7 +467,8 @@ def _ok_record(sr_no, stage, child, reward, mul_ops, predicted=None):
         "sr_no": sr_no, "stage": stage, "child": list(child), "architecture": SPACE.parse(child),
         "representation_string": SPACE.representation_string(child), "status": "ok",
         "reward": reward, "test_accuracy": reward - 0.01, "mul_ops": mul_ops,
-        "footprint": {"packed_kib": mul_ops / 10000, "float32_kib": mul_ops / 300},
+        # Binary MACs below mul_ops: the first layer's MACs on the real-valued image are not binary.
+        "footprint": {"packed_kib": mul_ops / 10000, "float32_kib": mul_ops / 300, "binary_macs": mul_ops - 1000},
     }
     if predicted is not None:
         record["predicted_reward"] = predicted
@@ -499,7 +502,8 @@ def test_report_regenerates_the_plots_and_summary_from_the_records(tmp_path):
     out = tmp_path / "logs" / "hand"
     out.mkdir(parents=True)
     retrain = ["--B=2", "--operators=\"['3x3 bconv', '3x3 maxpool']\"", "--NUM_CELLS=1"]
-    (out / "settings.json").write_text(json.dumps({"B": 2, "RETRAIN_ARGS": retrain}))
+    (out / "settings.json").write_text(json.dumps({"B": 2}))
+    (out / "retrain_args.json").write_text(json.dumps(retrain))
     for name in (*PLOTS, "summary.txt"):
         (out / name).write_bytes(b"stale")  # older outputs, to be replaced
 
@@ -510,14 +514,15 @@ def test_report_regenerates_the_plots_and_summary_from_the_records(tmp_path):
     summary = (out / "summary.txt").read_text()
     assert result.stdout == summary + f"Plots written to {tmp_path / 'logs' / 'hand'}/\n"
     lines = summary.splitlines()
-    assert lines[0] == "8 children: 6 trained, 1 failed, 1 over the op budget"
+    assert lines[0] == "7 children: 6 trained, 1 failed; 1 candidate over the op budget (MAX_MUL_OPS) skipped"
     # Stage 2: predictions 0.7, 0.6, 0.5 against rewards 0.90, 0.85, 0.50 (the failed child left out).
     assert lines[1] == "Encoder Spearman rank correlation at b = 2: 1.000"
     assert lines[2] == "Top 5 architectures:"
     rows = lines[4:9]
     assert [int(row.split()[0]) for row in rows] == [4, 5, 1, 2, 7]  # by reward; sr_no 3 (0.40) left out
     best = records[3]
-    assert rows[0].split()[:5] == ["4", "0.9000", "0.8900", "33712", "3.37"]
+    assert lines[3].split()[3:5] == ["bin.", "MACs"]
+    assert rows[0].split()[:5] == ["4", "0.9000", "0.8900", "32712", "3.37"]  # binary MACs, not mul_ops
     assert rows[0].endswith(str(best["architecture"]))
     assert lines[9] == "Retrain the best:"
     assert lines[10] == (
@@ -544,9 +549,9 @@ def test_report_of_a_missing_search_exits_2_with_one_error_line(tmp_path):
 
 def test_pareto_front_on_a_hand_made_set():
     points = [(100, 0.5), (200, 0.4), (200, 0.6), (300, 0.6), (400, 0.9), (50, 0.1), (500, 0.8), (50, 0.05)]
-    records = [{"mul_ops": m, "reward": r} for m, r in points]
+    records = [{"footprint": {"binary_macs": m}, "reward": r} for m, r in points]
     front = report.pareto_front(records)
-    assert [(r["mul_ops"], r["reward"]) for r in front] == [(50, 0.1), (100, 0.5), (200, 0.6), (400, 0.9)]
+    assert [(report.binary_macs(r), r["reward"]) for r in front] == [(50, 0.1), (100, 0.5), (200, 0.6), (400, 0.9)]
     assert report.pareto_front([]) == []
 
 
@@ -640,7 +645,13 @@ def test_the_printed_retrain_command_runs(cli_search):
     _ok(loud)
     assert best_line in quiet.stdout
     assert re.search(r"^Best validation accuracy 0\.\d{4} at epoch 1$", quiet.stdout, flags=re.M)
-    assert re.search(r"^total +\d+ +\d+ +\d+ +\d+$", quiet.stdout, flags=re.M)  # the footprint table
+    total = re.search(r"^total +\d+ +\d+ +(\d+) +(\d+)$", quiet.stdout, flags=re.M)  # the footprint table
+    assert total
+    # One figure per name: the binary MACs line repeats the table's 1-bit MACs; mul_ops is their sum with
+    # the 32-bit ones (every MAC of a binary-weight layer, the original's count).
+    binary, floating = int(total[1]), int(total[2])
+    assert (f"Binary MACs (binary inputs and weights, as Larq counts) {binary}, 32-bit MACs {floating}, "
+            f"mul_ops {binary + floating}, ") in quiet.stdout
 
 
 def test_verbose_sets_the_keras_epoch_lines(cli_search):

@@ -284,6 +284,8 @@ def test_script_reports_one_error_line_and_exits_2(tmp_path):
 def test_get_dataset_scaling_labels_and_splits(mnist_synthetic, mnist_synthetic_dir, capsys):
     x_train, y_train, x_val, y_val, x_test, y_test = mnist_data.get_dataset(
         data_dir=mnist_synthetic_dir)
+    assert capsys.readouterr().out == ""  # a library call prints nothing unless asked
+    mnist_data.get_dataset(data_dir=mnist_synthetic_dir, verbose=True)
     images, labels = mnist_synthetic["train-images-idx3-ubyte"][0], \
         mnist_synthetic["train-labels-idx1-ubyte"][0]
     test_images, test_labels = mnist_synthetic["t10k-images-idx3-ubyte"][0], \

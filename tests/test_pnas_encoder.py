@@ -271,6 +271,11 @@ def test_top_k_keeps_k_best_and_skips_rejected_children(tmp_path):
     assert [space.from_representation_string(r["representation_string"]) for r in rows] == candidates
     assert rows[0]["architecture"] == str(space.parse(candidates[0]))
     assert rows[1]["predicted_reward"] == "0.990000"
+    # A ridge estimate beyond a reward's range is written clipped; the rank keeps the order.
+    write_scores(str(path), space, [(candidates[0], 1.054), (candidates[1], 1.01), (candidates[2], -0.2)])
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["rank"], r["predicted_reward"]) for r in rows] == [("1", "1.000000"), ("2", "1.000000"), ("3", "0.000000")]
 
 
 @pytest.mark.parametrize(

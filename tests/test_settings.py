@@ -85,14 +85,15 @@ def test_the_derived_setting_lists_are_those_kept_by_hand_before():
 
 def test_a_float_setting_with_an_int_default_takes_a_float():
     # REGULARIZATION defaults to 0 (an int): its override was refused as "must be of type int".
-    _, s = train.parse_args(["--REGULARIZATION=1e-4", "--RAY_CPUS_PER_CHILD=0.5"])
+    _, s, _ = train.parse_args(["--REGULARIZATION=1e-4", "--RAY_CPUS_PER_CHILD=0.5"])
     assert s["REGULARIZATION"] == 1e-4 and s["RAY_CPUS_PER_CHILD"] == 0.5
 
 
 def test_retrain_args_repeat_only_the_overrides_that_shape_the_child_in_file_order():
-    _, s = train.parse_args(["--SEED=3", "--VERBOSE=0", "--B=2", "--MAX_EPOCHS=1", "--DROP_INPUT=0.3",
-                             "--NUM_CELL_FILTERS=[8, 8, 8]", "--EXPERIMENT_NAME=x"])
-    assert s["RETRAIN_ARGS"] == [
+    _, s, overridden = train.parse_args(["--SEED=3", "--VERBOSE=0", "--B=2", "--MAX_EPOCHS=1", "--DROP_INPUT=0.3",
+                                         "--NUM_CELL_FILTERS=[8, 8, 8]", "--EXPERIMENT_NAME=x"])
+    assert "RETRAIN_ARGS" not in s  # settings.json holds the settings only
+    assert train.retrain_args(s, overridden) == [
         "--EXPERIMENT_NAME=x", "--SEED=3", "--B=2", "--DROP_INPUT=0.3", '--NUM_CELL_FILTERS="[8, 8, 8]"'
     ]
 
@@ -115,7 +116,7 @@ BAD = {
     "ridge ensemble": ("--ENCODER_ENSEMBLE=5|--SURROGATE='ridge'", "ENCODER_ENSEMBLE=5 averages LSTM encoders; with SURROGATE='ridge'"),
     "unknown runner": ("--RUNNER='spark'", "RUNNER must be one of 'processes', 'inline', 'ray'"),
     "inline side by side": ("--RUNNER='inline'|--PARALLEL_CHILDREN=2", "RUNNER='inline' trains one child"),
-    "ray address type": ("--RAY_ADDRESS=6379", "--RAY_ADDRESS must be of type str or NoneType"),
+    "ray address": ("--RAY_ADDRESS=6379", "RAY_ADDRESS must be None (a Ray on this machine), 'auto' or 'host:port'"),
     "no cpus": ("--RAY_CPUS_PER_CHILD=0", "RAY_CPUS_PER_CHILD must be > 0"),
     "negative gpus": ("--RAY_GPUS_PER_CHILD=-1", "RAY_GPUS_PER_CHILD must be >= 0"),
     "dropout": ("--DROPOUT=(True, 0.2, 1.5)", "DROPOUT must be (bool, input rate, hidden rate)"),
@@ -136,7 +137,7 @@ def test_a_bad_setting_is_one_error_line_and_exit_2(case, capsys):
 
 
 def test_overrides_are_typed_and_dropout_follows_its_rates():
-    _, s = train.parse_args(["--B=2", "--LR_START=1", "--DROP_INPUT=0.3", "--RUNNER=ray", "--RAY_GPUS_PER_CHILD=0.5",
+    _, s, _ = train.parse_args(["--B=2", "--LR_START=1", "--DROP_INPUT=0.3", "--RUNNER=ray", "--RAY_GPUS_PER_CHILD=0.5",
                              "--RAY_ADDRESS='auto'", "--MAX_MUL_OPS=1e6"])
     assert s["B"] == 2 and s["LR_START"] == 1.0 and isinstance(s["LR_START"], float)
     assert s["DROPOUT"] == (False, 0.3, 0.5)
