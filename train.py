@@ -105,6 +105,53 @@ def fail(message):
     sys.exit(2)
 
 
+def output_lock(name, train_arch):
+    """The `pnas.lock.FolderLock` of a search (`logs/NAME/`) or of a `-ta` training (`weights/NAME/`)."""
+    from pnas.lock import FolderLock
+
+    if train_arch:
+        return FolderLock(os.path.join("weights", name), f"the weights folder of experiment {name!r}")
+    return FolderLock(os.path.join("logs", name), f"the experiment {name!r}")
+
+
+def refuse_if_in_use(argv):
+    """Exits 2 at once when another process holds this run's lock, before the slow imports.
+
+    Reads only -ta and --EXPERIMENT_NAME from `argv`; whatever it cannot read
+    is left to the full parse (which takes the lock itself).
+    """
+    import ast
+
+    name, train_arch = EXPERIMENT_NAME, False
+    for i, arg in enumerate(argv):
+        if arg.startswith("--EXPERIMENT_NAME="):
+            try:
+                name = ast.literal_eval(arg.split("=", 1)[1])
+            except (ValueError, SyntaxError):
+                name = arg.split("=", 1)[1]
+        elif arg in ("-ta", "--train_architecture") and i + 1 < len(argv):
+            train_arch = argv[i + 1] == "True"
+        elif arg.startswith(("-ta=", "--train_architecture=")):
+            train_arch = arg.split("=", 1)[1] == "True"
+    if not isinstance(name, str) or not name:
+        return
+    lock = output_lock(name, train_arch)
+    holder = lock.held_by_other()
+    if holder is not None:
+        fail(lock.describe(*holder))
+
+
+def take_lock(name, train_arch):
+    """Takes this run's lock for the rest of the process, or exits 2 naming the process that holds it."""
+    from pnas.lock import ExperimentInUse
+
+    lock = output_lock(name, train_arch)
+    try:
+        return lock.acquire()
+    except ExperimentInUse as exc:
+        fail(str(exc))
+
+
 def parse_args(argv):
     from pnas.config import TYPES
     from pnas.settings import SettingsError, apply_overrides, validate
@@ -181,6 +228,8 @@ def search(settings):
         check_writable(paths.outputs())
     except SettingsError as exc:
         fail(str(exc))
+    # Held until this process ends: a second search of this name is refused before it writes anything.
+    lock = take_lock(config.experiment_name, train_arch=False)  # noqa: F841
     dataset = load_dataset(settings)
     try:
         runner = make_runner(config, dataset, paths)
@@ -229,6 +278,7 @@ def train_architecture(settings):
         check_writable([weights_dir, paths.exp_log_dir])
     except SettingsError as exc:
         fail(str(exc))
+    lock = take_lock(settings["EXPERIMENT_NAME"], train_arch=True)  # noqa: F841  (held until the end)
     if settings["LOAD_SAVED"] and not os.path.exists(os.path.join(weights_dir, "best.weights.h5")):
         fail(f"LOAD_SAVED=True but {weights_dir}/best.weights.h5 does not exist; train once without LOAD_SAVED")
     architecture = state_space.parse(child)
@@ -281,10 +331,12 @@ def main(argv=None):
     # Library warnings (e.g. a corrupt MNIST file being replaced) join the
     # progress on stdout: stderr is kept for the one-line errors.
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stdout)
+    argv = sys.argv[1:] if argv is None else argv
+    refuse_if_in_use(argv)  # in a second, not after the ~10 s of importing Keras
     from pnas.worker import import_keras_quietly
 
     import_keras_quietly()
-    train_arch, settings = parse_args(sys.argv[1:] if argv is None else argv)
+    train_arch, settings = parse_args(argv)
     print_settings(settings)
     if train_arch:
         train_architecture(settings)
