@@ -338,10 +338,17 @@ def main(argv=None):
     import_keras_quietly()
     train_arch, settings = parse_args(argv)
     print_settings(settings)
-    if train_arch:
-        train_architecture(settings)
-    else:
-        search(settings)
+    from pnas.files import WriteFailed
+
+    try:
+        if train_arch:
+            train_architecture(settings)
+        else:
+            search(settings)
+    except WriteFailed as exc:
+        # The file named keeps its previous content: free space (or fix the disk) and rerun to resume.
+        print(f"error: {exc}; free space or fix the disk, then rerun the same command to resume", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,20 @@ logs, weights, the MNIST cache, exports) goes through `atomic_path`.
 """
 
 import contextlib
+import errno
 import os
 import shutil
+
+# A full disk, a quota, an I/O error or a read-only file system: the run cannot
+# go on, and the user must act (free space, fix the disk) before resuming it.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
+
+
+class WriteFailed(OSError):
+    """A file could not be written for lack of space or an I/O error; the file named is untouched."""
+
+    def __str__(self):
+        return f"cannot write {self.filename}: {self.strerror} ({errno.errorcode.get(self.errno, self.errno)})"
 
 
 @contextlib.contextmanager
@@ -19,6 +31,10 @@ def atomic_path(path, suffix=""):
             which Keras requires of the names it saves to).
 
     On an exception the temporary file is removed and `path` is untouched.
+
+    Raises:
+        WriteFailed: the write failed with a disk error (`DISK_ERRORS`, e.g.
+            ENOSPC or EIO), naming `path` and the cause.
     """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -26,6 +42,12 @@ def atomic_path(path, suffix=""):
     try:
         yield tmp
         os.replace(tmp, path)
+    except WriteFailed:
+        raise
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        raise WriteFailed(exc.errno, exc.strerror or os.strerror(exc.errno), path) from exc
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

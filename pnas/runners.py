@@ -26,6 +26,8 @@ import tempfile
 import traceback
 from typing import Optional
 
+from pnas.files import WriteFailed
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,6 +116,8 @@ class InlineRunner(Runner):
                 on_start(job)
             try:
                 result = self.train(job)
+            except WriteFailed:
+                raise  # a full disk is not the child's fault: the search stops, to resume later
             except Exception as exc:  # a failing child must not end the search
                 logger.debug("Child %s failed", job.child, exc_info=exc)
                 yield _failure(job, exc)

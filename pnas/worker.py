@@ -17,6 +17,8 @@ import sys
 import tempfile
 import traceback
 
+from pnas.files import WriteFailed
+
 
 class ChildFailed(RuntimeError):
     """A child raised in the worker; `error` and `trace` describe it."""
@@ -85,6 +87,8 @@ def _serve(conn, dataset, manager_kwargs, threads=None):
         try:
             keras.utils.set_random_seed(seed)
             conn.send(("ok", manager.train_child(model_fn, **kwargs)))
+        except WriteFailed as exc:  # the disk, not the child: the search must stop, not go on
+            conn.send(("write_failed", exc.errno, exc.strerror, exc.filename))
         except Exception as exc:  # reported to the search, which records the child as failed
             conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
 
@@ -159,6 +163,8 @@ class ChildWorker:
             ) from None
         if reply[0] == "ok":
             return reply[1]
+        if reply[0] == "write_failed":
+            raise WriteFailed(*reply[1:])
         raise ChildFailed(reply[1], reply[2])
 
     def close(self):
