@@ -160,3 +160,65 @@ def test_a_ray_search_killed_with_sigkill_resumes_without_retraining(local_ray, 
     # Only the children after the kill were trained: one progress line each.
     assert result.stdout.count("[b ") == 3 - killed_after
     assert "Traceback" not in result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------ faults
+def _train_tasks():
+    """Process ids of the Ray workers running a child now (Ray titles them after the task)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if cmdline.startswith(b"ray::_train_on_ray"):
+                pids.append(int(entry))
+    return pids
+
+
+class _WorkerKiller:
+    """A thread that SIGKILLs the Ray worker of each running child as it starts, `kills` times."""
+
+    def __init__(self, kills):
+        import threading
+
+        self.kills, self.killed = kills, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import signal
+        import time
+
+        while not self._stop.is_set() and len(self.killed) < self.kills:
+            for pid in _train_tasks():
+                if pid not in self.killed and len(self.killed) < self.kills:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue
+                    self.killed.append(pid)
+            time.sleep(0.01)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("retries", [1, 0])
+def test_a_killed_ray_worker_is_retried_then_its_child_failed_and_the_search_goes_on(local_ray, tmp_path, retries):
+    """The first child's worker is killed at every attempt (1 + RAY_MAX_RETRIES); the others train."""
+    search, paths = _search(tmp_path, "ray", B=1, RAY_MAX_RETRIES=retries, MAX_CONSECUTIVE_FAILURES=2)
+    with _WorkerKiller(kills=1 + retries) as killer:
+        records = search.run()
+    assert len(set(killer.killed)) == 1 + retries  # one worker per attempt, each killed as it ran the child
+    assert [(r["sr_no"], r["status"]) for r in records] == [(1, "failed"), (2, "ok"), (3, "ok")]
+    assert records[0]["error"].startswith("WorkerDied: ")
+    assert _records(paths) == records
