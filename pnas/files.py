@@ -8,10 +8,15 @@ import contextlib
 import errno
 import os
 import shutil
+import time
 
 # A full disk, a quota, an I/O error or a read-only file system: the run cannot
 # go on, and the user must act (free space, fix the disk) before resuming it.
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
+
+# For bench/chaos.py only: seconds each write waits between its temporary file and the
+# `os.replace`, so that the bench's kills can land inside writes. Unset (0) everywhere else.
+WRITE_DELAY_ENV = "PNAS_CHAOS_WRITE_DELAY_S"
 
 
 class WriteFailed(OSError):
@@ -41,6 +46,8 @@ def atomic_path(path, suffix=""):
     tmp = f"{path}.tmp{os.getpid()}{suffix}"
     try:
         yield tmp
+        if os.environ.get(WRITE_DELAY_ENV):
+            time.sleep(float(os.environ[WRITE_DELAY_ENV]))
         os.replace(tmp, path)
     except WriteFailed:
         raise
