@@ -218,7 +218,8 @@ def save_settings(settings, path):
 
 def search(settings):
     from pnas.config import SearchConfig
-    from pnas.runners import RunnerUnavailable, make_runner
+    from pnas.lock import ExperimentInUse
+    from pnas.runners import RunnerLost, RunnerUnavailable, make_runner
     from pnas.search import Search, SearchAborted, SearchConfigError, SearchPaths
     from pnas.settings import SettingsError, check_writable
 
@@ -228,8 +229,6 @@ def search(settings):
         check_writable(paths.outputs())
     except SettingsError as exc:
         fail(str(exc))
-    # Held until this process ends: a second search of this name is refused before it writes anything.
-    lock = take_lock(config.experiment_name, train_arch=False)  # noqa: F841
     dataset = load_dataset(settings)
     try:
         runner = make_runner(config, dataset, paths)
@@ -240,11 +239,25 @@ def search(settings):
     except SearchConfigError as exc:
         runner.close()
         fail(str(exc))
+    # Held until this process ends: a second search of this name is refused before it writes anything.
+    # (Taken after every check of the input, so that bad input still leaves no folder behind; a
+    # second search is normally refused long before, by refuse_if_in_use.)
+    try:
+        lock = output_lock(config.experiment_name, train_arch=False).acquire()  # noqa: F841
+    except ExperimentInUse as exc:
+        runner.close()
+        fail(str(exc))
     search.state_space.print_state_space()
     search.state_space.print_total_models(config.encoder.k)
     save_settings(settings, paths.settings)
     try:
         records = search.run()
+    except RunnerLost as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        # Not sys.exit: Ray's exit handlers would wait a minute for the lost head and print lines of their own.
+        os._exit(1)
     except KeyboardInterrupt:
         print("\nInterrupted: every finished child is saved. Rerun the same command to resume.", file=sys.stderr)
         sys.exit(130)
@@ -278,12 +291,12 @@ def train_architecture(settings):
         check_writable([weights_dir, paths.exp_log_dir])
     except SettingsError as exc:
         fail(str(exc))
-    lock = take_lock(settings["EXPERIMENT_NAME"], train_arch=True)  # noqa: F841  (held until the end)
     if settings["LOAD_SAVED"] and not os.path.exists(os.path.join(weights_dir, "best.weights.h5")):
         fail(f"LOAD_SAVED=True but {weights_dir}/best.weights.h5 does not exist; train once without LOAD_SAVED")
     architecture = state_space.parse(child)
     print(f"Training architecture {architecture} for {settings['NUM_EPOCHS']} epochs")
     dataset = load_dataset(settings)
+    lock = take_lock(settings["EXPERIMENT_NAME"], train_arch=True)  # noqa: F841  (held until the end)
     import keras
 
     keras.utils.set_random_seed(settings["SEED"])

@@ -222,3 +222,89 @@ def test_a_killed_ray_worker_is_retried_then_its_child_failed_and_the_search_goe
     assert [(r["sr_no"], r["status"]) for r in records] == [(1, "failed"), (2, "ok"), (3, "ok")]
     assert records[0]["error"].startswith("WorkerDied: ")
     assert _records(paths) == records
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pids_with(text):
+    """Process ids whose command line holds `text` (here: the temporary folder of a Ray head we started)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.slow
+def test_a_lost_ray_head_stops_the_search_with_one_line_and_processes_resume_it(tmp_path):
+    """A head of its own (`ray start --head`), stopped by SIGKILL after the first record."""
+    import signal
+    import tempfile
+    import time
+
+    from mnist.download_mnist import MnistUnavailableError, ensure_mnist
+
+    try:
+        ensure_mnist(REPO_ROOT / "data" / "mnist")
+    except MnistUnavailableError as exc:
+        pytest.skip(f"MNIST is not available: {exc}")
+    # Short: Ray's socket paths under it must stay within the 107 characters of a Unix socket.
+    ray_dir = tempfile.mkdtemp(prefix="pnas_head_")
+    port = _free_port()
+    env = dict(_env(), RAY_AUTH_MODE="disabled")
+    started = subprocess.run(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=false", f"--temp-dir={ray_dir}", "--disable-usage-stats"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    try:
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        args = [*TINY, "--RAY_CPUS_PER_CHILD=2"]  # B = 1: 3 children
+        command = [sys.executable, str(REPO_ROOT / "train.py"), *args, f"--RAY_ADDRESS='127.0.0.1:{port}'"]
+        records = tmp_path / "architectures" / "tiny.jsonl"
+        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.monotonic() + 300
+        while not (records.exists() and records.read_text().strip()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no record after 300 s"
+            time.sleep(0.05)
+        for pid in _pids_with(ray_dir):  # the head: its GCS, raylet and workers
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        out, err = proc.communicate(timeout=120)
+    finally:
+        for pid in _pids_with(ray_dir):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode == 1, out[-2000:] + err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"error: lost the Ray cluster: its head at ") and f":{port} stopped answering" in lines[0]
+    assert "--RUNNER='processes'" in lines[0]
+    kept = [json.loads(line) for line in records.read_text().splitlines()]
+    assert kept and all(r["status"] == "ok" for r in kept)  # no child failed for the lost head
+    # On this machine's worker processes, the search goes on from the records.
+    resumed = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args, "--RUNNER='processes'"],
+                             cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1200)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"Resuming: {len(kept)} children already trained." in resumed.stdout
+    assert resumed.stdout.count("[b ") == 3 - len(kept)  # no finished child trained again
+    final = [json.loads(line) for line in records.read_text().splitlines()]
+    assert [r["sr_no"] for r in final] == [1, 2, 3]
+    assert final[:len(kept)] == kept
