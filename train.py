@@ -119,6 +119,54 @@ OVERRIDE_RULE = (
 )
 
 
+def output_lock(name, train_arch):
+    """The `pnas.lock.FolderLock` of a search (`logs/NAME/`) or of a `-ta` training (`weights/NAME/`)."""
+    from pnas.lock import FolderLock
+
+    if train_arch:
+        return FolderLock(os.path.join("weights", name), f"the weights folder of experiment {name!r}")
+    return FolderLock(os.path.join("logs", name), f"the experiment {name!r}")
+
+
+def refuse_if_in_use(argv):
+    """Exits 2 at once when another process holds this run's lock, before the slow imports.
+
+    Reads only -ta and --EXPERIMENT_NAME from `argv`; whatever it cannot read
+    is left to the full parse (which takes the lock itself).
+    """
+    import ast
+
+    name, train_arch = EXPERIMENT_NAME, False
+    for i, arg in enumerate(argv):
+        if arg.startswith("--EXPERIMENT_NAME="):
+            try:
+                name = ast.literal_eval(arg.split("=", 1)[1])
+            except (ValueError, SyntaxError):
+                name = arg.split("=", 1)[1]
+        elif arg in ("-ta", "--train_architecture") and i + 1 < len(argv):
+            train_arch = argv[i + 1] == "True"
+        elif arg.startswith(("-ta=", "--train_architecture=")):
+            train_arch = arg.split("=", 1)[1] == "True"
+    if not isinstance(name, str) or not name:
+        return
+    lock = output_lock(name, train_arch)
+    holder = lock.held_by_other()
+    if holder is not None:
+        fail(lock.describe(*holder))
+
+
+def take_lock(name, train_arch):
+    """Takes this run's lock for the rest of the process, or exits 2 naming the process that holds it."""
+    from pnas.lock import ExperimentInUse
+
+    lock = output_lock(name, train_arch)
+    try:
+        return lock.acquire()
+    except ExperimentInUse as exc:
+        fail(str(exc))
+
+
+
 def parse_args(argv):
     """(whether -ta True, the settings with the overrides of `argv` applied and checked, the names overridden).
 
@@ -190,16 +238,20 @@ def save_settings(settings, path):
 
 def search(settings, overridden=()):
     from pnas.config import SearchConfig
+    from pnas.lock import ExperimentInUse
     from pnas.records import SearchState
-    from pnas.runners import RunnerUnavailable, make_runner
+    from pnas.runners import RunnerLost, RunnerUnavailable, make_runner
     from pnas.search import Search, SearchAborted, SearchConfigError, SearchPaths
     from pnas.settings import SettingsError, check_writable
 
     config = SearchConfig.from_settings(settings)
     paths = SearchPaths(config.experiment_name)
+    lock = None
     try:
         check_writable(paths.outputs())
         if config.overwrite:
+            # Held until this process ends; taken before anything of the old search is removed.
+            lock = output_lock(config.experiment_name, train_arch=False).acquire()
             removed = paths.discard()
             if removed:
                 print(f"OVERWRITE: removed the {len(removed)} outputs of the earlier search {config.experiment_name!r} "
@@ -208,7 +260,7 @@ def search(settings, overridden=()):
         state = SearchState.load_or_create(
             paths.state, config.identity_dict(), overwrite=config.overwrite, records_path=paths.records
         )
-    except (SettingsError, SearchConfigError) as exc:
+    except (SettingsError, SearchConfigError, ExperimentInUse) as exc:
         fail(str(exc))
     dataset = load_dataset(settings)
     try:
@@ -220,12 +272,26 @@ def search(settings, overridden=()):
     except SearchConfigError as exc:
         runner.close()
         fail(str(exc))
+    # Held until this process ends: a second search of this name is refused before it writes anything.
+    # (Taken after every check of the input, so that bad input still leaves no folder behind; a
+    # second search is normally refused long before, by refuse_if_in_use.)
+    try:
+        lock = lock or output_lock(config.experiment_name, train_arch=False).acquire()  # noqa: F841
+    except ExperimentInUse as exc:
+        runner.close()
+        fail(str(exc))
     search.state_space.print_state_space()
     search.state_space.print_total_models(config.encoder.k)
     save_settings(settings, paths.settings)
     save_settings(retrain_args(settings, overridden), paths.retrain_args)
     try:
         records = search.run()
+    except RunnerLost as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        # Not sys.exit: Ray's exit handlers would wait a minute for the lost head and print lines of their own.
+        os._exit(1)
     except KeyboardInterrupt:
         print("\nInterrupted: every finished child is saved. Rerun the same command to resume.", file=sys.stderr)
         sys.exit(130)
@@ -264,6 +330,7 @@ def train_architecture(settings):
     architecture = state_space.parse(child)
     print(f"Training architecture {architecture} for {settings['NUM_EPOCHS']} epochs")
     dataset = load_dataset(settings)
+    lock = take_lock(settings["EXPERIMENT_NAME"], train_arch=True)  # noqa: F841  (held until the end)
     import keras
 
     keras.utils.set_random_seed(settings["SEED"])
@@ -313,15 +380,24 @@ def main(argv=None):
     # Library warnings (e.g. a corrupt MNIST file being replaced) join the
     # progress on stdout: stderr is kept for the one-line errors.
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stdout)
+    argv = sys.argv[1:] if argv is None else argv
+    refuse_if_in_use(argv)  # in a second, not after the ~10 s of importing Keras
     from binarized.quiet import import_keras_quietly
 
-    train_arch, settings, overridden = parse_args(sys.argv[1:] if argv is None else argv)
+    train_arch, settings, overridden = parse_args(argv)
     import_keras_quietly()
     print_settings(settings)
-    if train_arch:
-        train_architecture(settings)
-    else:
-        search(settings, overridden)
+    from pnas.files import WriteFailed
+
+    try:
+        if train_arch:
+            train_architecture(settings)
+        else:
+            search(settings, overridden)
+    except WriteFailed as exc:
+        # The file named keeps its previous content: free space (or fix the disk) and rerun to resume.
+        print(f"error: {exc}; free space or fix the disk, then rerun the same command to resume", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ Larq Compute Engine does; see `_padding_correction`.
 """
 
 import json
+import math
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -369,14 +371,19 @@ class _BinaryLayer(_Node):
         self.out_kind = spec["out"]
         self.cout = spec["cout"]
         self.h = float(spec["h"])
-        self.thr = sections.ints(spec["thr"]) if "thr" in spec else None
-        self.inv = sections.floats(spec["inv"]) if "inv" in spec else None
-        self.off = sections.floats(spec["off"]) if "off" in spec else None
+        where = f"node {self.name!r}"
+        self.thr = sections.ints(spec["thr"], self.cout, f"{where} 'thr'") if "thr" in spec else None
+        self.inv = sections.floats(spec["inv"], self.cout, f"{where} 'inv'") if "inv" in spec else None
+        self.off = sections.floats(spec["off"], self.cout, f"{where} 'off'") if "off" in spec else None
 
     def _finish(self, s, from_bits):
         """s: (N, Ho, Wo, O) int or float pre-activations -> Bits or Real."""
         if self.out_kind == "bits" and from_bits:
+            if self.thr is None:
+                raise PackedFormatError(f"node {self.name!r} has a binary input and output but no 'thr'")
             return Bits(pack_bits(s < self.thr), self.cout)
+        if self.inv is None or self.off is None:
+            raise PackedFormatError(f"node {self.name!r} needs 'inv' and 'off' (its input or output is real)")
         x = (s * self.h).astype(np.float32)
         y = x * self.inv + self.off
         if self.out_kind == "bits":
@@ -412,7 +419,7 @@ class _Conv(_Windowed):
     def __init__(self, spec, sections):
         super().__init__(spec, sections)
         taps = self.kernel[0] * self.kernel[1]
-        negative = sections.bits(spec["w"], (self.cout, taps, self.cin))
+        negative = sections.bits(spec["w"], (self.cout, taps, self.cin), f"node {self.name!r} 'w'")
         self.n = taps * self.cin
         self.w_words = _pair_words(pack_bits(negative).reshape(self.cout, -1).T).T.copy()  # (O, K64)
         self.w_float = np.where(negative, -1, 1).astype(np.float32).reshape(self.cout, -1).T.copy()  # (taps * cin, O)
@@ -462,8 +469,8 @@ class _Separable(_Windowed):
         self.dm = spec["dm"]
         self.taps = self.kernel[0] * self.kernel[1]
         self.mid = self.cin * self.dm
-        dw_neg = sections.bits(spec["wd"], (self.taps, self.mid))
-        pw_neg = sections.bits(spec["wp"], (self.cout, self.mid))
+        dw_neg = sections.bits(spec["wd"], (self.taps, self.mid), f"node {self.name!r} 'wd'")
+        pw_neg = sections.bits(spec["wp"], (self.cout, self.mid), f"node {self.name!r} 'wp'")
         self.dw_words = pack_bits(dw_neg)  # (taps, words)
         self.pw_words = pack_bits(pw_neg)  # (O, words)
         self.dw_float = np.where(dw_neg, -1, 1).astype(np.float32)  # (taps, mid)
@@ -642,30 +649,203 @@ _NODE_TYPES = {
 }
 
 
+# ---------------------------------------------------------------------------
+# Checking a header against its payload
+# ---------------------------------------------------------------------------
+
+_INT_DTYPES = {"|i1", "<i1", "<i2", "<i4"}
+# The most values one activation of one image may hold: a header whose shapes
+# ask for more is refused before anything that large is allocated.
+MAX_ACTIVATION = 1 << 24
+
+
+def _field(spec, key, kind, where, default=None):
+    """spec[key], checked to be of `kind` (a type or a tuple); `default` when absent and not None."""
+    if not isinstance(spec, dict):
+        raise PackedFormatError(f"{where} must be a JSON object, found {type(spec).__name__}")
+    if key not in spec:
+        if default is not None:
+            return default
+        raise PackedFormatError(f"{where} has no {key!r}")
+    value = spec[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, (int, float))):
+        raise PackedFormatError(f"{where}: {key!r} has the wrong type ({value!r})")
+    return value
+
+
+def _ints(value, n, what, minimum):
+    """A list of `n` ints >= minimum (a tuple), else PackedFormatError."""
+    if (not isinstance(value, (list, tuple)) or len(value) != n
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)):
+        raise PackedFormatError(f"{what} must be {n} integers >= {minimum}, found {value!r}")
+    return tuple(value)
+
+
+def _span(ref, what):
+    """(offset, count) of a section or a reference into one: two ints >= 0."""
+    return _ints(ref, 2, what, 0)
+
+
+def _spec_int(spec, key, where, minimum=1):
+    return _ints([_field(spec, key, int, where)], 1, f"{where}: {key!r}", minimum)[0]
+
+
+def _check_spec(index, spec):
+    """Checks one node's fields (types, ranges, inputs earlier in the graph); returns its inputs."""
+    where = f"node {index}"
+    op = _field(spec, "op", str, where)
+    name = _field(spec, "name", str, where)
+    where = f"node {index} ({name!r})"
+    if op not in _NODE_TYPES:
+        raise PackedFormatError(f"unknown node type {op!r} ({where})")
+    if (op == "input") != (index == 0):
+        raise PackedFormatError(f"the first node, and only it, must be the input ({where} is {op!r})")
+    inputs = spec.get("in", [])
+    inputs = [inputs] if isinstance(inputs, int) else inputs
+    if op != "input":
+        _ints(inputs, len(inputs) if isinstance(inputs, list) else -1, f"{where}: 'in'", 0)
+        if not inputs or max(inputs) >= index or (op != "concat" and len(inputs) != 1):
+            raise PackedFormatError(f"{where}: 'in' must name earlier nodes ({'one' if op != 'concat' else 'some'}), "
+                                    f"found {spec.get('in')!r}")
+    if op in ("conv", "dense", "sep", "maxpool", "avgpool"):
+        _ints(_field(spec, "k", list, where), 2, f"{where}: 'k'", 1)
+        _ints(_field(spec, "s", list, where, default=[1, 1]), 2, f"{where}: 's'", 1)
+        if _field(spec, "pad", str, where, default="valid") not in ("same", "valid"):
+            raise PackedFormatError(f"{where}: 'pad' must be 'same' or 'valid', found {spec['pad']!r}")
+    if op in ("conv", "dense", "sep"):
+        for key in ("cin", "cout") + (("dm",) if op == "sep" else ()):
+            _spec_int(spec, key, where)
+        if _field(spec, "out", str, where) not in ("bits", "float"):
+            raise PackedFormatError(f"{where}: 'out' must be 'bits' or 'float', found {spec['out']!r}")
+        _field(spec, "h", (int, float), where)
+    if op in ("zeropad", "crop"):
+        amount = _field(spec, "amount", list, where)
+        if len(amount) != 2:
+            raise PackedFormatError(f"{where}: 'amount' must be [[top, bottom], [left, right]], found {amount!r}")
+        for pair in amount:
+            _ints(pair, 2, f"{where}: 'amount'", 0)
+    return inputs
+
+
+def _out_shape(node, shapes):
+    """The (H, W, C) a node gives for its inputs' shapes; PackedFormatError where they do not fit."""
+    where = f"node {node.name!r}"
+    if isinstance(node, _Input):
+        return None
+    ins = [shapes[i] for i in node.inputs]
+    h, w, c = ins[0]
+    if isinstance(node, _Concat):
+        if any(shape[:2] != (h, w) for shape in ins):
+            raise PackedFormatError(f"{where} concatenates inputs of different sizes {[s[:2] for s in ins]}")
+        return h, w, sum(shape[2] for shape in ins)
+    if isinstance(node, _Flatten):
+        return h, w, c
+    if isinstance(node, _Shift):
+        if node.mode == "crop":
+            if node.top + node.bottom >= h or node.left + node.right >= w:
+                raise PackedFormatError(f"{where} crops {h}x{w} by {node.top + node.bottom}x{node.left + node.right}")
+            return h - node.top - node.bottom, w - node.left - node.right, c
+        return h + node.top + node.bottom, w + node.left + node.right, c
+    if isinstance(node, (_Conv, _Separable)) and node.cin != c:
+        raise PackedFormatError(f"{where} expects {node.cin} input channels, its input has {c}")
+    try:
+        (ho, wo), _ = _geometry((h, w), node.kernel, node.strides, node.padding)
+    except ValueError as exc:
+        raise PackedFormatError(f"{where}: {exc}") from None
+    if node.spec["op"] == "dense" and (ho, wo) != (1, 1):
+        raise PackedFormatError(f"{where}: a dense layer's kernel {node.kernel} must cover its input {h}x{w}")
+    return ho, wo, node.cout if isinstance(node, (_Conv, _Separable)) else c
+
+
+def _check_shapes(nodes, input_shape):
+    """Walks the graph's shapes: each must fit its node and stay within MAX_ACTIVATION values."""
+    shapes = [input_shape]
+    for node in nodes[1:]:
+        shape = _out_shape(node, shapes)
+        if math.prod(shape) > MAX_ACTIVATION:
+            raise PackedFormatError(f"node {node.name!r} would hold {math.prod(shape)} values per image, "
+                                    f"more than {MAX_ACTIVATION}")
+        # Padding tables and im2col hold taps x positions: bounded too.
+        if hasattr(node, "kernel") and node.kernel[0] * node.kernel[1] * shape[0] * shape[1] > MAX_ACTIVATION:
+            raise PackedFormatError(f"node {node.name!r}: kernel {node.kernel} over {shape[0]}x{shape[1]} "
+                                    "positions is too large")
+        shapes.append(shape)
+    last = shapes[-1]
+    if last[:2] != (1, 1):
+        raise PackedFormatError(f"the last node {nodes[-1].name!r} gives {last[0]}x{last[1]} positions, not scores (1x1)")
+
+
 class _Sections:
-    """Reads the typed sections of a packed file's payload."""
+    """Reads the typed sections of a packed file's payload.
+
+    Every section and every reference into one is checked against the
+    payload's size first, so a header whose sizes disagree with its payload
+    is a `PackedFormatError`, never a short read or a large allocation.
+    """
 
     def __init__(self, header, payload):
         self.header = header
-        secs = header["sections"]
-        b_off, b_count = secs["bits"]
+        secs = _field(header, "sections", dict, "the header")
+        b_off, b_count = _span(secs.get("bits"), "section 'bits'")
+        i_ref = secs.get("ints")
+        if not isinstance(i_ref, list) or len(i_ref) != 3 or i_ref[2] not in _INT_DTYPES:
+            raise PackedFormatError(f"section 'ints' must be [offset, count, one of {sorted(_INT_DTYPES)}], "
+                                    f"found {i_ref!r}")
+        i_off, i_count = _span(i_ref[:2], "section 'ints'")
+        i_dtype = i_ref[2]
+        f_off, f_count = _span(secs.get("floats"), "section 'floats'")
+        for name, off, size in (("bits", b_off, 4 * b_count), ("ints", i_off, np.dtype(i_dtype).itemsize * i_count),
+                                ("floats", f_off, 4 * f_count)):
+            if off + size > payload.size:
+                raise PackedFormatError(
+                    f"section {name!r} ({size} bytes at offset {off}) runs past the payload's {payload.size} bytes"
+                )
         self._bits = np.unpackbits(payload[b_off:b_off + 4 * b_count], bitorder="little").astype(bool)
-        i_off, i_count, i_dtype = secs["ints"]
         self._ints = payload[i_off:i_off + np.dtype(i_dtype).itemsize * i_count].view(i_dtype).astype(np.int32)
-        f_off, f_count = secs["floats"]
         self._floats = payload[f_off:f_off + 4 * f_count].view("<f4").astype(np.float32)
 
-    def bits(self, ref, shape):
-        start, count = ref
-        return self._bits[start:start + count].reshape(shape)
+    @staticmethod
+    def _slice(array, ref, what, count):
+        start, n = _span(ref, what)
+        if count is not None and n != count:
+            raise PackedFormatError(f"{what} holds {n} values where its shape needs {count}")
+        if start + n > array.size:
+            raise PackedFormatError(f"{what} ({n} values at {start}) runs past its section's {array.size}")
+        return array[start:start + n]
 
-    def ints(self, ref):
-        start, count = ref
-        return self._ints[start:start + count]
+    def bits(self, ref, shape, what="bits"):
+        return self._slice(self._bits, ref, what, math.prod(shape)).reshape(shape)
 
-    def floats(self, ref):
-        start, count = ref
-        return self._floats[start:start + count]
+    def ints(self, ref, count=None, what="ints"):
+        return self._slice(self._ints, ref, what, count)
+
+    def floats(self, ref, count=None, what="floats"):
+        return self._slice(self._floats, ref, what, count)
+
+
+def _read_member(archive, name):
+    """The 1-D uint8 array `name`.npy of an open .npz, read within the sizes the zip declares.
+
+    `np.load` allocates whatever shape a (possibly mangled) .npy header
+    claims before reading; here the claimed size must fit the member's
+    declared size first, and the member is read to its end, so zipfile
+    checks its CRC.
+    """
+    info = archive.getinfo(f"{name}.npy")
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"{name}.npy has .npy version {version}")
+        if dtype != np.uint8 or len(shape) != 1 or shape[0] > info.file_size:
+            raise ValueError(f"{name}.npy holds {dtype} {shape}, not the uint8 bytes of a {info.file_size}-byte member")
+        data = f.read(shape[0] + 1)  # one more: a longer member is refused, and a read to the end checks the CRC
+        if len(data) != shape[0] or f.read(1):
+            raise ValueError(f"{name}.npy holds {len(data)} bytes, its header says {shape[0]}")
+    return np.frombuffer(data, np.uint8).copy()
 
 
 class PackedFormatError(ValueError):
@@ -680,31 +860,58 @@ class PackedModel:
     """
 
     def __init__(self, header, payload):
-        if header.get("format") != FORMAT_NAME or header.get("version") != FORMAT_VERSION:
+        """Builds the engine of a header and its payload.
+
+        Raises:
+            PackedFormatError: the header is not of this format and version,
+                or its fields, sizes or offsets disagree with each other or
+                with the payload (checked before anything they size is
+                allocated), or the graph fails on a blank image.
+        """
+        if not isinstance(header, dict) or header.get("format") != FORMAT_NAME or header.get("version") != FORMAT_VERSION:
+            found = (header.get("format"), header.get("version")) if isinstance(header, dict) else (None, None)
             raise PackedFormatError(
-                f"expected format {FORMAT_NAME!r} version {FORMAT_VERSION}, found "
-                f"{header.get('format')!r} version {header.get('version')!r}"
+                f"expected format {FORMAT_NAME!r} version {FORMAT_VERSION}, found {found[0]!r} version {found[1]!r}"
             )
+        payload = np.asarray(payload)
+        if payload.dtype != np.uint8 or payload.ndim != 1:
+            raise PackedFormatError(f"the payload must be 1-D uint8, found {payload.dtype} {payload.shape}")
         self.header = header
-        self.input_shape = tuple(header["input_shape"])
+        self.input_shape = _ints(_field(header, "input_shape", list, "the header"), 3, "'input_shape'", 1)
+        if math.prod(self.input_shape) > MAX_ACTIVATION:
+            raise PackedFormatError(f"'input_shape' {self.input_shape} holds more than {MAX_ACTIVATION} values")
         sections = _Sections(header, payload)
+        specs = _field(header, "nodes", list, "the header")
+        if not specs:
+            raise PackedFormatError("the header has no nodes")
         self.nodes = []
-        for spec in header["nodes"]:
-            if spec["op"] not in _NODE_TYPES:
-                raise PackedFormatError(f"unknown node type {spec['op']!r} (node {spec['name']!r})")
+        for index, spec in enumerate(specs):
+            _check_spec(index, spec)
             self.nodes.append(_NODE_TYPES[spec["op"]](spec, sections))
         self.names = [node.name for node in self.nodes]
+        _check_shapes(self.nodes, self.input_shape)
+        # The kinds of values (bits or real) that flow are known only by running: one blank image.
+        self.run(np.zeros((1,) + self.input_shape, np.float32))
 
     @classmethod
     def load(cls, path):
-        """Reads a `.npz` file written by `binarized.export.export_model`."""
+        """Reads a `.npz` file written by `binarized.export.export_model`.
+
+        Raises:
+            PackedFormatError: naming `path` and the cause, for anything that
+                is not a packed binary network this engine can run.
+        """
         try:
-            with np.load(path, allow_pickle=False) as data:
-                header = json.loads(bytes(data["header"]).decode("utf-8"))
-                payload = np.array(data["payload"], dtype=np.uint8)
-        except (KeyError, ValueError, zipfile.BadZipFile) as exc:
-            raise PackedFormatError(f"{path} is not a packed binary network: {exc}") from exc
-        return cls(header, payload)
+            with zipfile.ZipFile(path) as archive:
+                header = json.loads(_read_member(archive, "header").tobytes().decode("utf-8"))
+                payload = _read_member(archive, "payload")
+        # A mangled zip fails in zipfile, zlib or the .npy parsing, by where the damage is.
+        except (KeyError, ValueError, EOFError, OSError, RecursionError, zipfile.BadZipFile, zlib.error) as exc:
+            raise PackedFormatError(f"{path} is not a packed binary network: {type(exc).__name__}: {exc}") from exc
+        try:
+            return cls(header, payload)
+        except PackedFormatError as exc:
+            raise PackedFormatError(f"{path}: {exc}") from exc
 
     def run(self, images, keep=False):
         """Runs the graph; returns the last value, or all values by node name if `keep`."""

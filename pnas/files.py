@@ -5,8 +5,25 @@ logs, weights, the MNIST cache, exports) goes through `atomic_path`.
 """
 
 import contextlib
+import errno
 import os
 import shutil
+import time
+
+# A full disk, a quota, an I/O error or a read-only file system: the run cannot
+# go on, and the user must act (free space, fix the disk) before resuming it.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
+
+# For bench/chaos.py only: seconds each write waits between its temporary file and the
+# `os.replace`, so that the bench's kills can land inside writes. Unset (0) everywhere else.
+WRITE_DELAY_ENV = "PNAS_CHAOS_WRITE_DELAY_S"
+
+
+class WriteFailed(OSError):
+    """A file could not be written for lack of space or an I/O error; the file named is untouched."""
+
+    def __str__(self):
+        return f"cannot write {self.filename}: {self.strerror} ({errno.errorcode.get(self.errno, self.errno)})"
 
 
 @contextlib.contextmanager
@@ -19,13 +36,25 @@ def atomic_path(path, suffix=""):
             which Keras requires of the names it saves to).
 
     On an exception the temporary file is removed and `path` is untouched.
+
+    Raises:
+        WriteFailed: the write failed with a disk error (`DISK_ERRORS`, e.g.
+            ENOSPC or EIO), naming `path` and the cause.
     """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}{suffix}"
     try:
         yield tmp
+        if os.environ.get(WRITE_DELAY_ENV):
+            time.sleep(float(os.environ[WRITE_DELAY_ENV]))
         os.replace(tmp, path)
+    except WriteFailed:
+        raise
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        raise WriteFailed(exc.errno, exc.strerror or os.strerror(exc.errno), path) from exc
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -26,6 +26,8 @@ import tempfile
 import traceback
 from typing import Optional
 
+from pnas.files import WriteFailed
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,6 +35,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 class RunnerUnavailable(RuntimeError):
     """The runner cannot start (e.g. no Ray cluster at the address); the message says what to do."""
+
+
+class RunnerLost(RunnerUnavailable):
+    """The runner went away mid-search (e.g. the Ray head stopped); finished children are saved."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +120,8 @@ class InlineRunner(Runner):
                 on_start(job)
             try:
                 result = self.train(job)
+            except WriteFailed:
+                raise  # a full disk is not the child's fault: the search stops, to resume later
             except Exception as exc:  # a failing child must not end the search
                 logger.debug("Child %s failed", job.child, exc_info=exc)
                 yield _failure(job, exc)
@@ -197,6 +205,7 @@ class ProcessRunner(Runner):
 
 # --------------------------------------------------------------------- Ray
 _RAY_PROCESS = {}  # per Ray worker process: its scratch folder, and whether its threads are set
+HEAD_TIMEOUT_S = 2  # seconds between checks that the Ray head answers, while children train
 
 
 def _train_on_ray(dataset, manager_kwargs, threads, seed, train_kwargs):
@@ -324,6 +333,8 @@ class RayRunner(Runner):
             max_retries=runner_config.ray_max_retries,
             runtime_env={"env_vars": env},
         )(_train_on_ray)
+        self.gcs_address = ray.get_runtime_context().gcs_address
+        self.lost = False
         resources = ray.cluster_resources()
         slots = [resources.get("CPU", 1) / cpus] if cpus else []
         if gpus:
@@ -331,10 +342,28 @@ class RayRunner(Runner):
         self.parallel = max(1, int(min(slots))) if slots else 1
         logger.info("Ray: %s, %d children at a time", resources, self.parallel)
 
+    def check_head(self):
+        """Raises `RunnerLost` when the cluster's head (its GCS) no longer answers.
+
+        Ray itself waits 60 s for a lost head, then ends the process with
+        lines of its own; the search stops at once with one line instead.
+        """
+        host, _, port = self.gcs_address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=HEAD_TIMEOUT_S).close()
+        except OSError as exc:
+            self.lost = True
+            raise RunnerLost(
+                f"lost the Ray cluster: its head at {self.gcs_address} stopped answering "
+                f"({exc.strerror or exc}); every finished child is saved: restart the cluster and rerun "
+                "the same command, or rerun with --RUNNER='processes' to resume on this machine"
+            ) from None
+
     def _outcome(self, job, ref):
         try:
             reply = self.ray.get(ref)
         except self.ray.exceptions.RayError as exc:  # the task's worker or node died, even after retries
+            self.check_head()  # a child is not failed for the loss of the whole cluster
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             logger.warning("Child #%d: its Ray worker died (%s)", job.sr_no, type(exc).__name__)
             return Outcome(job, error=f"WorkerDied: {type(exc).__name__}: {first}", trace=str(exc))
@@ -367,14 +396,17 @@ class RayRunner(Runner):
                     done.discard(ref)
                     yield self._outcome(job, ref)
                     continue
-                ready, _ = self.ray.wait(running, num_returns=1)
+                ready, _ = self.ray.wait(running, num_returns=1, timeout=HEAD_TIMEOUT_S)
+                if not ready:
+                    self.check_head()
                 done.update(ready)
         finally:
-            for _, ref in submitted:  # the search stopped early: free the cluster
+            for _, ref in submitted if not self.lost else ():  # the search stopped early: free the cluster
                 self.ray.cancel(ref, force=True)
 
     def close(self):
-        if self.owns_ray and self.ray.is_initialized():
+        # With the head lost, ray.shutdown would wait for it.
+        if self.owns_ray and self.ray.is_initialized() and not self.lost:
             self.ray.shutdown()
 
 

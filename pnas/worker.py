@@ -15,6 +15,7 @@ import os
 import traceback
 
 from binarized.quiet import import_keras_quietly  # noqa: F401  (kept importable here)
+from pnas.files import WriteFailed
 
 
 class ChildFailed(RuntimeError):
@@ -58,6 +59,8 @@ def _serve(conn, dataset, manager_kwargs, threads=None):
         try:
             keras.utils.set_random_seed(seed)
             conn.send(("ok", manager.train_child(model_fn, **kwargs)))
+        except WriteFailed as exc:  # the disk, not the child: the search must stop, not go on
+            conn.send(("write_failed", exc.errno, exc.strerror, exc.filename))
         except Exception as exc:  # reported to the search, which records the child as failed
             conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
 
@@ -132,6 +135,8 @@ class ChildWorker:
             ) from None
         if reply[0] == "ok":
             return reply[1]
+        if reply[0] == "write_failed":
+            raise WriteFailed(*reply[1:])
         raise ChildFailed(reply[1], reply[2])
 
     def close(self):

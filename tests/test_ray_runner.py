@@ -160,3 +160,151 @@ def test_a_ray_search_killed_with_sigkill_resumes_without_retraining(local_ray, 
     # Only the children after the kill were trained: one progress line each.
     assert result.stdout.count("[b ") == 3 - killed_after
     assert "Traceback" not in result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------ faults
+def _train_tasks():
+    """Process ids of the Ray workers running a child now (Ray titles them after the task)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if cmdline.startswith(b"ray::_train_on_ray"):
+                pids.append(int(entry))
+    return pids
+
+
+class _WorkerKiller:
+    """A thread that SIGKILLs the Ray worker of each running child as it starts, `kills` times."""
+
+    def __init__(self, kills):
+        import threading
+
+        self.kills, self.killed = kills, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import signal
+        import time
+
+        while not self._stop.is_set() and len(self.killed) < self.kills:
+            for pid in _train_tasks():
+                if pid not in self.killed and len(self.killed) < self.kills:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue
+                    self.killed.append(pid)
+            time.sleep(0.01)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("retries", [1, 0])
+def test_a_killed_ray_worker_is_retried_then_its_child_failed_and_the_search_goes_on(local_ray, tmp_path, retries):
+    """The first child's worker is killed at every attempt (1 + RAY_MAX_RETRIES); the others train."""
+    search, paths = _search(tmp_path, "ray", B=1, RAY_MAX_RETRIES=retries, MAX_CONSECUTIVE_FAILURES=2)
+    with _WorkerKiller(kills=1 + retries) as killer:
+        records = search.run()
+    assert len(set(killer.killed)) == 1 + retries  # one worker per attempt, each killed as it ran the child
+    assert [(r["sr_no"], r["status"]) for r in records] == [(1, "failed"), (2, "ok"), (3, "ok")]
+    assert records[0]["error"].startswith("WorkerDied: ")
+    assert _records(paths) == records
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pids_with(text):
+    """Process ids whose command line holds `text` (here: the temporary folder of a Ray head we started)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.mark.slow
+def test_a_lost_ray_head_stops_the_search_with_one_line_and_processes_resume_it(tmp_path):
+    """A head of its own (`ray start --head`), stopped by SIGKILL after the first record."""
+    import signal
+    import tempfile
+    import time
+
+    from mnist.download_mnist import MnistUnavailableError, ensure_mnist
+
+    try:
+        ensure_mnist(REPO_ROOT / "data" / "mnist")
+    except MnistUnavailableError as exc:
+        pytest.skip(f"MNIST is not available: {exc}")
+    # Short: Ray's socket paths under it must stay within the 107 characters of a Unix socket.
+    ray_dir = tempfile.mkdtemp(prefix="pnas_head_")
+    port = _free_port()
+    env = dict(_env(), RAY_AUTH_MODE="disabled")
+    started = subprocess.run(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=false", f"--temp-dir={ray_dir}", "--disable-usage-stats"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    try:
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        args = [*TINY, "--RAY_CPUS_PER_CHILD=2"]  # B = 1: 3 children
+        command = [sys.executable, str(REPO_ROOT / "train.py"), *args, f"--RAY_ADDRESS='127.0.0.1:{port}'"]
+        records = tmp_path / "architectures" / "tiny.jsonl"
+        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.monotonic() + 900  # generous: a shared 2-core machine can be slow
+        while not (records.exists() and records.read_text().strip()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no record after 900 s"
+            time.sleep(0.05)
+        for pid in _pids_with(ray_dir):  # the head: its GCS, raylet and workers
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        out, err = proc.communicate(timeout=120)
+    finally:
+        for pid in _pids_with(ray_dir):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode == 1, out[-2000:] + err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"error: lost the Ray cluster: its head at ") and f":{port} stopped answering" in lines[0]
+    assert "--RUNNER='processes'" in lines[0]
+    kept = [json.loads(line) for line in records.read_text().splitlines()]
+    assert kept and all(r["status"] == "ok" for r in kept)  # no child failed for the lost head
+    # On this machine's worker processes, the search goes on from the records.
+    resumed = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args, "--RUNNER='processes'"],
+                             cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1200)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"Resuming: {len(kept)} children already trained." in resumed.stdout
+    assert resumed.stdout.count("[b ") == 3 - len(kept)  # no finished child trained again
+    final = [json.loads(line) for line in records.read_text().splitlines()]
+    assert [r["sr_no"] for r in final] == [1, 2, 3]
+    assert final[:len(kept)] == kept

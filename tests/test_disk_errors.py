@@ -1,0 +1,177 @@
+"""A full disk or an I/O error (pnas/files.py): the file keeps its previous content, the search stops, a rerun resumes.
+
+The failure is simulated by patching the write: `os.fsync` of the temporary
+file (every state, log and JSON write ends in it), or Keras's `save_weights`.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import errno  # noqa: E402
+import json  # noqa: E402
+import pathlib  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from pnas.files import WriteFailed, atomic_path, write_atomic  # noqa: E402
+from pnas.search import SearchPaths  # noqa: E402
+from _search_helpers import search_with, synthetic_dataset, tiny_config  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _full_disk(monkeypatch, fail_at, code=errno.ENOSPC):
+    """Makes the `fail_at`-th `os.fsync` (1-based) fail with `code`; returns the call counter."""
+    calls = {"n": 0}
+    real = os.fsync
+
+    def fsync(fd):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise OSError(code, os.strerror(code))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+@pytest.mark.parametrize("code, name", [(errno.ENOSPC, "ENOSPC"), (errno.EIO, "EIO")])
+def test_a_failed_write_leaves_the_previous_file_and_names_the_file_and_cause(tmp_path, monkeypatch, code, name):
+    path = tmp_path / "state.json"
+    write_atomic(path, "previous")
+    _full_disk(monkeypatch, 1, code)
+    with pytest.raises(WriteFailed) as failed:
+        write_atomic(path, "new")
+    assert str(failed.value) == f"cannot write {path}: {os.strerror(code)} ({name})"
+    assert failed.value.errno == code and failed.value.filename == str(path)
+    assert path.read_text() == "previous"
+    assert sorted(os.listdir(tmp_path)) == ["state.json"]  # no temporary file left
+
+
+def test_other_os_errors_are_not_disk_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        with atomic_path(tmp_path / "x") as tmp:
+            open(os.path.join(tmp_path, "missing", "y")).close()
+    with pytest.raises(OSError) as other:
+        with atomic_path(tmp_path / "x"):
+            raise OSError(errno.EACCES, "Permission denied")
+    assert not isinstance(other.value, WriteFailed)
+
+
+def _fake_result(child):
+    reward = 0.1 + 0.01 * sum(child)
+    return {"reward": reward, "best_epoch": 1, "val_accuracy": [reward], "test_accuracy": reward,
+            "mul_ops": 1, "params": 1, "seconds": 0.0,
+            "footprint": {"binary_params": 8, "float_params": 1, "packed_kib": 0.005, "float32_kib": 0.035,
+                          "binary_macs": 1, "float_macs": 0}}
+
+
+def _files(root, temporary=False):
+    """Every file under `root` with its bytes; the temporary files of writes in progress only if `temporary`."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(pathlib.Path(root).rglob("*"))
+            if p.is_file() and (temporary or ".tmp" not in p.name)}
+
+
+def _search(root, trained):
+    def run_child(search, child, sr_no):
+        trained.append(sr_no)
+        return _fake_result(child)
+
+    return search_with(run_child, tiny_config(), synthetic_dataset(), SearchPaths("tiny", root=str(root)), plots=False)
+
+
+@pytest.mark.slow  # a whole (simulated) search per write: about a minute
+def test_a_full_disk_at_any_write_stops_the_search_and_a_rerun_resumes(tmp_path, monkeypatch):
+    """Every write of a whole (simulated) search fails once in turn: nothing is lost, nothing trained twice."""
+    reference_root = tmp_path / "reference"
+    counter = _full_disk(monkeypatch, fail_at=0)  # counts, never fails
+    _search(reference_root, []).run()
+    writes = counter["n"]
+    reference = _files(reference_root)
+    assert writes > 10
+    for fail_at in range(1, writes + 1):
+        root = tmp_path / f"fail{fail_at}"
+        trained = []
+        snapshots = []
+        real = os.fsync
+
+        def fsync(fd, fail_at=fail_at):
+            snapshots.append(_files(root))  # the files as they are before this write lands
+            if len(snapshots) == fail_at:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        with pytest.raises(WriteFailed, match=r"cannot write .*: No space left on device \(ENOSPC\)"):
+            _search(root, trained).run()
+        # Every file, the one that failed included, is as it was before the failed write.
+        assert _files(root, temporary=True) == snapshots[-1], fail_at
+        monkeypatch.setattr(os, "fsync", real)  # space freed
+        _search(root, trained).run()
+        assert _files(root) == reference, fail_at
+        # At most the child whose record was being written trains again.
+        assert len(trained) - len(set(trained)) <= 1, (fail_at, trained)
+        assert set(trained) == {1, 2, 3, 4, 5}, (fail_at, trained)
+
+
+# --------------------------------------------------------------- train.py
+TINY = [
+    "--operators=['3x3 bconv', '3x3 maxpool']", "--B=2", "--K_=2", "--MAX_EPOCHS=1", "--TRAIN_SIZE=200",
+    "--NUM_CELLS=1", "--NUM_CELL_FILTERS=[4]", "--DENSE_LAYERS=[10]", "--RNN_TRAINING_EPOCHS=2", "--VERBOSE=0",
+    "--EXPERIMENT_NAME=tiny", "--RUNNER='inline'",
+]
+# train.py's main() with Keras's save_weights failing from its `fail_at`-th call on (the disk stays full).
+FULL_DISK_RUN = """
+import errno, os, sys
+from pnas.worker import import_keras_quietly
+import_keras_quietly()  # as train.py does: TensorFlow's start-up lines stay off stderr
+import keras, train
+real, calls = keras.Model.save_weights, [0]
+def save_weights(self, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] >= int(sys.argv[1]):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real(self, *args, **kwargs)
+keras.Model.save_weights = save_weights
+train.main(sys.argv[2:])
+"""
+
+
+def _env():
+    env = dict(os.environ)
+    env.update(MNIST_DATA_DIR=str(REPO_ROOT / "data" / "mnist"), MNIST_MIRRORS="http://127.0.0.1:9/",
+               PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    return env
+
+
+def _records(root):
+    return [json.loads(line) for line in (root / "architectures" / "tiny.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_train_py_stops_on_a_full_disk_with_one_line_and_exit_1_then_resumes(tmp_path):
+    """The third child's weights cannot be written: exit 1, the two children before are kept."""
+    run = [sys.executable, "-c", FULL_DISK_RUN, "3", *TINY]
+    full = subprocess.run(run, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert full.returncode == 1, full.stdout[-3000:] + full.stderr[-3000:]
+    lines = full.stderr.strip().splitlines()
+    assert len(lines) == 1, full.stderr
+    line = lines[0]
+    weights = os.path.join("weights", "tiny", "child.weights.h5")
+    assert re.fullmatch(
+        rf"error: cannot write (\./)?{re.escape(weights)}: No space left on device \(ENOSPC\); "
+        "free space or fix the disk, then rerun the same command to resume", line), line
+    kept = _records(tmp_path)
+    assert [(r["sr_no"], r["status"]) for r in kept] == [(1, "ok"), (2, "ok")]
+    assert (tmp_path / weights).exists()  # the second child's weights, untouched
+    resumed = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *TINY], cwd=tmp_path, env=_env(),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Resuming: 2 children already trained." in resumed.stdout
+    final = _records(tmp_path)
+    assert [(r["sr_no"], r["status"]) for r in final] == [(i, "ok") for i in range(1, 6)]
+    assert final[:2] == kept
