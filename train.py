@@ -164,7 +164,7 @@ def load_dataset(settings):
 
 
 def save_settings(settings, path):
-    from pnas.files import write_atomic
+    from mnist.files import write_atomic
 
     write_atomic(path, json.dumps(settings, indent=2, default=list) + "\n")
 

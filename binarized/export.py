@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 from binarized.packed import FORMAT_NAME, FORMAT_VERSION, pack_bits
-from pnas.files import write_atomic
+from mnist.files import write_atomic
 
 
 class UnsupportedLayerError(ValueError):

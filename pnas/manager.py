@@ -11,7 +11,7 @@ import numpy as np
 
 from binarized.binary_layers import DropoutNoScale
 from pnas import footprint
-from pnas.files import atomic_path
+from mnist.files import atomic_path
 
 # Images of the fixed training subset that BatchNorm statistics are estimated on.
 CALIBRATION_SIZE = 2000

@@ -16,7 +16,7 @@ import os
 import re
 from typing import Optional
 
-from pnas.files import write_atomic
+from mnist.files import write_atomic
 
 logger = logging.getLogger(__name__)
 

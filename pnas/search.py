@@ -16,7 +16,7 @@ import keras
 
 from pnas import report
 from pnas.encoder import StateSpace, new_surrogate
-from pnas.files import copy_atomic
+from mnist.files import copy_atomic
 from pnas.model import model_fn
 from pnas.records import ChildRecord, SearchConfigError, SearchState, Status, write_logs, write_scores
 from pnas.runners import ChildJob, make_runner

@@ -105,7 +105,7 @@ def _assert_files(data_dir, files):
 
 
 def _temporary_files(folder):
-    """What an unfinished atomic write leaves (`pnas.files.atomic_path` names it NAME.tmpPID)."""
+    """What an unfinished atomic write leaves (`mnist.files.atomic_path` names it NAME.tmpPID)."""
     return [p.name for p in folder.iterdir() if ".tmp" in p.name]
 
 
