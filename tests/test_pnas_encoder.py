@@ -343,3 +343,48 @@ def test_ridge_surrogate_ranks_unseen_cells_of_an_additive_reward(tmp_path):
         RidgeSurrogate(StateSpace(3, DEFAULT_OPS[:2])).load_weights(path)
     with pytest.raises(ValueError, match="kind"):
         new_surrogate(space, "tree")
+
+
+def test_encoder_ensemble_trains_on_different_thirds_and_averages(tmp_path):
+    space = StateSpace(2, TWO_OPS)
+    keras.utils.set_random_seed(0)
+    children = space.initial_children() + space.expand(space.initial_children())
+    rewards = [0.1 + 0.05 * i for i in range(len(children))]  # distinct, to tell the samples apart
+    assert len(children) == 9
+    encoder = Encoder(space, controller_cells=8, epochs=2, ensemble=3, targets="raw")
+    assert len(encoder.models) == 3
+    seen = []
+    for i, model in enumerate(encoder.models):
+        def fit(x, y, _fit=model.fit, _i=i, **kwargs):
+            seen.append((_i, np.array(x), np.array(y)))
+            return _fit(x, y, **kwargs)
+
+        model.fit = fit
+    loss = encoder.fit(children, rewards)
+    assert np.isfinite(loss)
+    assert [i for i, _, _ in seen] == [0, 1, 2]
+    x_all = encoder._batch(children)
+    left_out = []
+    for i, x, y in seen:
+        assert len(y) == 6  # 2/3 of the 9 samples
+        kept = [rewards.index(pytest.approx(v)) for v in y]
+        np.testing.assert_array_equal(x, x_all[kept])
+        left_out.append(sorted(set(range(9)) - set(kept)))
+    # Each sample is left out by exactly one member: three different subsets.
+    assert sorted(sum(left_out, [])) == list(range(9))
+    assert len({tuple(s) for s in left_out}) == 3
+
+    members = np.stack([m.predict(x_all, verbose=0)[:, 0] for m in encoder.models])
+    predicted = encoder.predict(children)
+    assert predicted.shape == (9,)
+    np.testing.assert_allclose(predicted, members.mean(axis=0), rtol=1e-6, atol=1e-7)
+    assert np.ptp(members, axis=0).max() > 1e-4  # the members really differ
+
+    path = str(tmp_path / "enc" / "encoder.weights.h5")
+    encoder.save_weights(path)
+    assert sorted(os.listdir(tmp_path / "enc")) == [f"encoder.{i}.weights.h5" for i in range(3)]
+    keras.utils.set_random_seed(1)
+    fresh = Encoder(space, controller_cells=8, epochs=2, ensemble=3, targets="raw")
+    assert not np.allclose(fresh.predict(children), predicted, atol=1e-5)
+    fresh.load_weights(path)
+    np.testing.assert_allclose(fresh.predict(children), predicted, rtol=1e-6, atol=1e-7)

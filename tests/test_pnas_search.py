@@ -15,7 +15,7 @@ from pnas.manager import ChildTrainingError, NetworkManager  # noqa: E402
 from pnas.model import model_fn  # noqa: E402
 import pnas.search  # noqa: E402
 from pnas.search import Search, SearchAborted, SearchPaths, estimate_eta  # noqa: E402
-from _search_helpers import keras_run_child, search_with, synthetic_dataset, tiny_config  # noqa: E402
+from conftest import keras_run_child, search_with, synthetic_dataset, tiny_config  # noqa: E402
 
 _settings = tiny_config
 

@@ -9,6 +9,9 @@ import pytest  # noqa: E402
 
 from pnas.worker import ChildFailed, ChildWorker  # noqa: E402
 
+# Every test here spawns worker processes.
+pytestmark = pytest.mark.slow
+
 CHILD = dict(actions=[0, "3x3 bconv", 0, "3x3 maxpool"], num_cells=1, num_cell_filters=[4], dense_layers=[10])
 
 
@@ -69,9 +72,12 @@ def test_a_dead_worker_is_replaced(tmp_path):
     worker = ChildWorker(_dataset(), _kwargs(tmp_path), max_children=5)
     try:
         worker.train(0, **CHILD)
+        dead = worker.pid
         worker.process.kill()
         worker.process.join()
         result = worker.train(1, **CHILD)
+        assert worker.pid is not None and worker.pid != dead
+        assert worker.process.is_alive()
         assert 0.0 <= result["reward"] <= 1.0
     finally:
         worker.close()

@@ -18,7 +18,7 @@ from pnas.space_table import (
     read_table,
     simulate_search,
 )
-from tests._search_helpers import tiny_settings
+from conftest import tiny_settings
 
 OPERATORS = ["3x3 bconv", "3x3 maxpool", "linear"]
 # Per-operator contribution to a synthetic reward: the best cell uses '3x3 bconv' only.
