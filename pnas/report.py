@@ -17,6 +17,9 @@ import sys
 
 import numpy as np
 
+from pnas.paths import ExperimentPaths
+from pnas.records import Status
+
 
 def load_records(path):
     """The child records of a search, in training order."""
@@ -40,7 +43,7 @@ def stage_spearman(records):
         pairs = [
             (r["predicted_reward"], r["reward"])
             for r in records
-            if r["stage"] == stage and r.get("predicted_reward") is not None and r["status"] == "ok"
+            if r["stage"] == stage and r.get("predicted_reward") is not None and r["status"] == Status.OK
         ]
         if pairs:
             result[stage] = spearman([p for p, _ in pairs], [a for _, a in pairs])
@@ -69,7 +72,7 @@ def hms(seconds):
 
 
 def _trained(records):
-    return [r for r in records if r["status"] == "ok"]
+    return [r for r in records if r["status"] == Status.OK]
 
 
 def _save(fig, out_dir, name):
@@ -152,8 +155,8 @@ def summary_text(records, top=5, retrain_args=()):
     """
     trained = _trained(records)
     lines = [f"{len(records)} children: {len(trained)} trained, "
-             f"{sum(r['status'] == 'failed' for r in records)} failed, "
-             f"{sum(r['status'] == 'over_budget' for r in records)} over the op budget"]
+             f"{sum(r['status'] == Status.FAILED for r in records)} failed, "
+             f"{sum(r['status'] == Status.OVER_BUDGET for r in records)} over the op budget"]
     rho = stage_spearman(records)
     for b, value in rho.items():
         if value is not None:
@@ -177,16 +180,15 @@ def summary_text(records, top=5, retrain_args=()):
 
 def report(exp_name, root="."):
     """Regenerates the plots and summary.txt of a search; returns the summary text."""
-    records = load_records(os.path.join(root, "architectures", f"{exp_name}.jsonl"))
-    out_dir = os.path.join(root, "logs", exp_name)
-    settings_path = os.path.join(out_dir, "settings.json")
+    paths = ExperimentPaths(exp_name, root)
+    records = load_records(paths.records)
     retrain = []
-    if os.path.exists(settings_path):
-        with open(settings_path) as f:
+    if os.path.exists(paths.settings):
+        with open(paths.settings) as f:
             retrain = json.load(f).get("RETRAIN_ARGS", [])
-    plot_all(records, out_dir)
+    plot_all(records, paths.exp_log_dir)
     text = summary_text(records, retrain_args=retrain)
-    with open(os.path.join(out_dir, "summary.txt"), "w") as f:
+    with open(paths.summary, "w") as f:
         f.write(text)
     return text
 
@@ -196,12 +198,12 @@ def main(argv=None):
     parser.add_argument("experiment_name")
     parser.add_argument("--root", default=".", help="folder holding architectures/ and logs/")
     args = parser.parse_args(argv)
-    path = os.path.join(args.root, "architectures", f"{args.experiment_name}.jsonl")
-    if not os.path.exists(path):
-        print(f"error: no records at {path}; run the search first or pass --root", file=sys.stderr)
+    paths = ExperimentPaths(args.experiment_name, args.root)
+    if not os.path.exists(paths.records):
+        print(f"error: no records at {paths.records}; run the search first or pass --root", file=sys.stderr)
         return 2
     print(report(args.experiment_name, args.root), end="")
-    print(f"Plots written to {os.path.join(args.root, 'logs', args.experiment_name)}/")
+    print(f"Plots written to {paths.exp_log_dir}/")
     return 0
 
 

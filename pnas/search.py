@@ -14,10 +14,11 @@ import time
 
 import keras
 
+from mnist.files import copy_atomic
 from pnas import report
 from pnas.encoder import StateSpace, new_surrogate
-from mnist.files import copy_atomic
 from pnas.model import model_fn
+from pnas.paths import ExperimentPaths
 from pnas.records import ChildRecord, SearchConfigError, SearchState, Status, write_logs, write_scores
 from pnas.runners import ChildJob, make_runner
 
@@ -30,35 +31,8 @@ class SearchAborted(RuntimeError):
     """The search cannot go on: too many children failed in a row, or none fits MAX_MUL_OPS."""
 
 
-class SearchPaths:
-    """Where a search writes its outputs."""
-
-    def __init__(self, exp_name, root="."):
-        self.exp_name = exp_name
-        self.architectures = os.path.join(root, "architectures", f"{exp_name}.txt")
-        self.records = os.path.join(root, "architectures", f"{exp_name}.jsonl")
-        self.log_dir = os.path.join(root, "logs")
-        self.exp_log_dir = os.path.join(root, "logs", exp_name)
-        self.state = os.path.join(self.exp_log_dir, "search_state.json")
-        self.settings = os.path.join(self.exp_log_dir, "settings.json")
-        self.weights_dir = os.path.join(root, "weights")
-        self.encoder_weights = os.path.join(root, "weights", exp_name, "encoder.weights.h5")
-        self.scores_dir = os.path.join(root, "scores", exp_name)
-
-    def scores(self, b):
-        """Every candidate of stage b with its predicted reward, best first."""
-        return os.path.join(self.scores_dir, f"scores_{b}.csv")
-
-    def encoder_log_dir(self, b):
-        """TensorBoard summaries of the encoder's training after stage b."""
-        return os.path.join(self.exp_log_dir, "encoder", f"b{b}")
-
-    def stage_encoder_weights(self, b):
-        """Encoder weights after its training on stages 1..b (kept for resume)."""
-        return os.path.join(self.exp_log_dir, "encoder", f"after_b{b}.weights.h5")
-
-    def outputs(self):
-        return [self.architectures, self.records, self.exp_log_dir, os.path.dirname(self.encoder_weights), self.scores_dir]
+# The name the search's callers have known its paths by.
+SearchPaths = ExperimentPaths
 
 
 def _seed(base, *parts):
@@ -75,7 +49,7 @@ class Search:
     Args:
         config: `pnas.config.SearchConfig`.
         dataset: `[x_train, y_train, x_val, y_val, x_test, y_test]`.
-        paths: `SearchPaths`.
+        paths: `pnas.paths.ExperimentPaths`.
         runner: The `pnas.runners.Runner` that trains the children (default:
             the one `config.runner` names); the search closes it when done.
         train_fn: Trains a child in place of a runner, in this process:

@@ -159,8 +159,7 @@ def keras_run_child(config, dataset, paths):
     """A `run_child` for `search_with` that really trains the child (as RUNNER='inline')."""
     from pnas.runners import ChildJob, KerasTrainer
 
-    trainer = KerasTrainer(dataset, config.child, config.child.manager_kwargs(
-        config.experiment_name, paths.weights_dir, paths.log_dir))
+    trainer = KerasTrainer(dataset, config.child, config.child.manager_kwargs(paths.exp_weights_dir, paths.exp_log_dir))
 
     def run_child(search, child, sr_no):
         job = search.jobs(len(child) // 4, [child])[0]
