@@ -5,6 +5,7 @@ CI runs them all. A test is slow when it launches train.py, spawns a worker proc
 starts Ray or trains more than a few batches.
 """
 
+import itertools
 import json
 import os
 import pathlib
@@ -167,3 +168,31 @@ def keras_run_child(config, dataset, paths):
         return trainer(ChildJob(sr_no, job.stage, job.child, job.actions, job.seed))
 
     return run_child
+
+
+# ------------------------------------------------------------------ cells and batches
+def raw_children(space, blocks):
+    """Every child of `blocks` blocks of the `StateSpace` `space`, canonical or not, that it allows."""
+    per_block = []
+    for position in range(blocks):
+        operands = list(itertools.product(space.block_inputs(position), range(space.op_size)))
+        per_block.append([a + b for a in operands for b in operands])
+    return [sum(combo, ()) for combo in itertools.product(*per_block)]
+
+
+def random_child(space, rng, blocks):
+    """A child of `blocks` blocks drawn with the NumPy generator `rng`: each input, then each operator."""
+    return tuple(
+        int(rng.choice(space.block_inputs(p))) if i % 2 == 0 else int(rng.integers(space.op_size))
+        for p in range(blocks)
+        for i in range(4)
+    )
+
+
+def synthetic_batch(n, seed=0):
+    """`n` random images in [-1, 1] and random ±1 one-hot labels: `(x, y)`."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, size=(n, 28, 28, 1)).astype(np.float32)
+    y = -np.ones((n, 10), np.float32)
+    y[np.arange(n), rng.integers(0, 10, n)] = 1.0
+    return x, y

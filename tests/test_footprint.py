@@ -118,11 +118,15 @@ def test_footprint_counts_as_larq_on_a_network_counted_by_hand():
     assert model.count_params() == 102 + 42 + 2 + 3 + 8
 
 
-def test_footprint_of_a_second_cell_reading_binary_activations():
+def _two_cells(left, right):
+    """A two-cell child (4 then 6 filters) of one block `left`, `right` on the cell input, and its rows by name."""
     keras.utils.set_random_seed(0)
-    model, mul_ops = model_fn([0, "3x3 bconv", 0, "3x3 bconv"], num_cells=2, num_cell_filters=[4, 6],
-                              dense_layers=[10])
-    layers = _by_name(footprint.layer_footprint(model))
+    model, mul_ops = model_fn([0, left, 0, right], num_cells=2, num_cell_filters=[4, 6], dense_layers=[10])
+    return model, mul_ops, _by_name(footprint.layer_footprint(model))
+
+
+def test_footprint_of_a_second_cell_reading_binary_activations():
+    model, mul_ops, layers = _two_cells("3x3 bconv", "3x3 bconv")
     # Cell 0 as above; cell 1 reads the concatenated ±1 outputs (14x14x8) at stride 2.
     c1_macs = 7 * 7 * 3 * 3 * 8 * 6
     for side in ("left", "right"):
@@ -146,10 +150,7 @@ def test_footprint_of_a_second_cell_reading_binary_activations():
 
 
 def test_footprint_a_maxpool_of_the_image_keeps_real_values_downstream():
-    keras.utils.set_random_seed(0)
-    model, mul_ops = model_fn([0, "3x3 maxpool", 0, "3x3 bconv"], num_cells=2, num_cell_filters=[4, 6],
-                              dense_layers=[10])
-    layers = _by_name(footprint.layer_footprint(model))
+    model, mul_ops, layers = _two_cells("3x3 maxpool", "3x3 bconv")
     # The max-pooled image (real values) joins the ±1 conv outputs: 14x14x(1+4).
     # Everything downstream reads some real values, so its MACs are float.
     c0 = 14 * 14 * 3 * 3 * 1 * 4

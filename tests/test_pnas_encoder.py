@@ -12,6 +12,7 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
+from conftest import random_child, raw_children  # noqa: E402
 from pnas.encoder import (  # noqa: E402
     Encoder, RepresentationError, RidgeSurrogate, StateSpace, new_surrogate, op_counts,
 )
@@ -19,23 +20,6 @@ from pnas.encoder import (  # noqa: E402
 # The operators of train.py, which the original research code's logs were written with.
 DEFAULT_OPS = ["3x3 sep-bconv", "5x5 sep-bconv", "1x7-7x1 bconv", "3x3 bconv"]
 TWO_OPS = ["3x3 bconv", "3x3 maxpool"]
-
-
-def _raw_children(space, blocks):
-    """Every child of `blocks` blocks, canonical or not, that the space allows."""
-    per_block = []
-    for position in range(blocks):
-        operands = list(itertools.product(space.block_inputs(position), range(space.op_size)))
-        per_block.append([a + b for a in operands for b in operands])
-    return [sum(combo, ()) for combo in itertools.product(*per_block)]
-
-
-def _random_child(space, rng, blocks):
-    child = []
-    for position in range(blocks):
-        for _ in range(2):
-            child += [int(rng.choice(space.block_inputs(position))), int(rng.integers(space.op_size))]
-    return tuple(child)
 
 
 # ------------------------------------------------------------------- counts
@@ -79,7 +63,7 @@ def test_expand_yields_exactly_the_distinct_canonical_children(lookforward, oper
         children = space.expand(children)
         assert len(set(children)) == len(children)
         assert all(space.canonical(c) == c for c in children)
-        raw = _raw_children(space, blocks)
+        raw = raw_children(space, blocks)
         # Brute force: the canonical forms of every raw child of this size...
         assert set(children) == {space.canonical(c) for c in raw}
         if lookforward <= 1:
@@ -135,7 +119,7 @@ def test_encodings_round_trip_for_random_children(lookforward):
     space = StateSpace(3, DEFAULT_OPS, input_lookforward_depth=lookforward)
     rng = np.random.default_rng(0)
     for _ in range(50):
-        child = _random_child(space, rng, int(rng.integers(1, 4)))
+        child = random_child(space, rng, int(rng.integers(1, 4)))
         arrays = space.encode(child)
         assert [a.shape for a in arrays] == [(1, 3) if i % 2 == 0 else (1, 4) for i in range(len(child))]
         assert all(a[0, v] == v + 1 and np.count_nonzero(a) == 1 for a, v in zip(arrays, child))
