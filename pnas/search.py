@@ -91,7 +91,7 @@ class Search:
         """
         if self.state.resumed or not self.config.encoder.restore:
             return
-        self.state.data["encoder_restored"] = False
+        self.state.data.encoder_restored = False
         encoder = self._new_encoder()
         if not encoder.has_weights(self.paths.encoder_weights):
             return
@@ -107,7 +107,7 @@ class Search:
         sources = encoder.weight_files(self.paths.encoder_weights)
         for source, target in zip(sources, encoder.weight_files(self.paths.stage_encoder_weights(0))):
             copy_atomic(source, target)
-        self.state.data["encoder_restored"] = True
+        self.state.data.encoder_restored = True
         print(f"Restored the encoder from {', '.join(sources)}")
 
     def train_encoder(self, b):
@@ -120,7 +120,7 @@ class Search:
         keras.backend.clear_session(free_memory=True)
         keras.utils.set_random_seed(_seed(self.config.seed, 1, b))
         encoder = self._new_encoder(tensorboard_dir=self.paths.encoder_log_dir(b))
-        if b > 1 or self.state.data.get("encoder_restored"):
+        if b > 1 or self.state.data.encoder_restored:
             encoder.load_weights(self.paths.stage_encoder_weights(b - 1))
         seen = [r for r in self.state.records() if r["stage"] <= b]
         steps_before = encoder.steps
@@ -130,7 +130,7 @@ class Search:
                                   encoder.weight_files(self.paths.encoder_weights)):
             copy_atomic(source, target)
         # Cumulative: the steps behind the ranking of stage b + 1 (shown in the summary).
-        self.state.data.setdefault("encoder_steps", {})[str(b)] = encoder.steps
+        self.state.set_encoder_steps(b, encoder.steps)
         logger.info("Encoder trained on %d children, loss %.5f", len(seen), loss)
         if encoder.steps is None:
             how = "a closed-form ridge fit"
@@ -167,7 +167,7 @@ class Search:
         beam = self.state.beam(b)
         if beam is not None:
             return beam
-        self.state.data["over_budget"] = [r for r in self.state.data["over_budget"] if r["stage"] != b]
+        self.state.drop_over_budget(b)
         if b == 1:
             beam, predicted = [c for c in self.state_space.initial_children() if self.within_budget(1, c)], None
         else:
@@ -177,7 +177,7 @@ class Search:
             write_scores(self.paths.scores(b), self.state_space, ranked)
             beam, predicted = top_k(ranked, self.config.encoder.k, accept=lambda child: self.within_budget(b, child))
         if self.config.max_mul_ops is not None:
-            skipped = sum(r["stage"] == b for r in self.state.data["over_budget"])
+            skipped = len(self.state.over_budget(stage=b))
             print(f"b = {b}: {skipped} candidates over MAX_MUL_OPS={self.config.max_mul_ops} skipped")
         self.state.set_beam(b, beam, predicted)
         write_logs(self.state, self.state_space, self.paths)
@@ -208,7 +208,7 @@ class Search:
         fields = {}
         if predicted is not None:
             fields["predicted_reward"] = predicted[beam.index(job.child)]
-            fields["encoder_steps"] = self.state.data.get("encoder_steps", {}).get(str(b - 1))
+            fields["encoder_steps"] = self.state.stage(b - 1).encoder_steps
         if outcome.ok:
             record = self._record(b, job.child, Status.OK, sr_no=job.sr_no, result=outcome.result, **fields)
         else:
@@ -244,7 +244,7 @@ class Search:
         """Ends the search at stage b, whose candidates all exceed MAX_MUL_OPS; at b = 1 it cannot start."""
         budget = self.config.max_mul_ops
         if b == 1:
-            cheapest = min(r["mul_ops"] for r in self.state.data["over_budget"] if r["stage"] == 1)
+            cheapest = min(r["mul_ops"] for r in self.state.over_budget(stage=1))
             raise SearchAborted(
                 f"no 1-block child is within MAX_MUL_OPS={budget} (the cheapest has {cheapest} multiply-accumulates); "
                 "rerun with a larger MAX_MUL_OPS and --OVERWRITE=True"
@@ -279,12 +279,10 @@ class Search:
         records = self.state.records(stage=b)
         rho = report.stage_spearman(records).get(b)
         if self.state.predicted(b) is not None:
-            self.state.data["spearman"][str(b)] = rho
-            for r in records:
-                r["stage_spearman"] = rho
+            self.state.set_spearman(b, rho)
             n = sum(r.get("predicted_reward") is not None and r["status"] == Status.OK for r in records)
             shown = "undefined" if rho is None else f"{rho:.3f}"
-            steps = self.state.data.get("encoder_steps", {}).get(str(b - 1))
+            steps = self.state.stage(b - 1).encoder_steps
             if steps is not None:
                 after = f", ranked after {steps} gradient steps"
             else:
@@ -295,7 +293,7 @@ class Search:
         if not self.plots:
             return
         try:
-            report.plot_all(self.state.records() + self.state.data["over_budget"], self.paths.exp_log_dir)
+            report.plot_all(self.state.records() + self.state.over_budget(), self.paths.exp_log_dir)
         except Exception as exc:  # plots are a convenience; never stop a search for them
             logger.warning("Could not draw the plots: %s", exc)
 
@@ -318,7 +316,7 @@ class Search:
             self._finish(outcome)
 
     def _run(self):
-        if self.state.data["finished"]:
+        if self.state.data.finished:
             print("This search has already finished; use --OVERWRITE=True or a new EXPERIMENT_NAME to run it again.")
             return self.state.records()
         total = sum(self.state_space.stage_sizes(self.config.encoder.k))
@@ -343,10 +341,10 @@ class Search:
             self.end_stage(b)
         # Final encoder training, so the saved encoder has seen every stage.
         # (A search that ended early at b trained it on stages < b in decide(b).)
-        if not self.state.data["finished"]:
+        if not self.state.data.finished:
             if last_stage == self.config.max_blocks and self.final_encoder:
                 self.train_encoder(self.config.max_blocks)
-            self.state.data["finished"] = True
+            self.state.data.finished = True
             write_logs(self.state, self.state_space, self.paths)
         return self.state.records()
 

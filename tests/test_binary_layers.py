@@ -336,6 +336,7 @@ def _every_layer_model():
     )
 
 
+@pytest.mark.slow  # a fresh Python process that imports TensorFlow
 def test_keras_file_round_trip_in_fresh_process(tmp_path):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(7)

@@ -235,6 +235,6 @@ def test_resuming_with_other_settings_names_them_and_the_overrides_that_resume(t
     suggested = shlex.split(re.search(r"resume it with (.*), or start afresh", message).group(1))
     assert len(suggested) == 3
     resumed, _ = apply_overrides(_defaults(), suggested, TYPES)
-    assert SearchState.load_or_create(state, SearchConfig.from_settings(resumed).identity_dict()).data["config"] == (
+    assert SearchState.load_or_create(state, SearchConfig.from_settings(resumed).identity_dict()).data.config == (
         SearchConfig.from_settings(saved).identity_dict()
     )
