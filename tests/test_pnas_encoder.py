@@ -172,6 +172,7 @@ def _synthetic_reward(child):
     return 0.1 + 0.6 * np.mean(ops == 0) + 0.2 * np.mean(ops == 1) + 0.02 * len(child) / 4
 
 
+@pytest.mark.slow  # 20 epochs of the LSTM encoder
 def test_encoder_learns_to_rank_a_synthetic_reward():
     import keras
 
@@ -257,6 +258,7 @@ def test_top_k_keeps_k_best_and_skips_rejected_children(tmp_path):
     assert rows[1]["predicted_reward"] == "0.990000"
 
 
+@pytest.mark.slow  # trains the LSTM encoder to fit its targets
 @pytest.mark.parametrize(
     "targets, rewards",
     [("standardize", [0.80, 0.82, 0.86]), ("scaled", [0.975, 0.978, 0.985])],  # 'scaled' near 1, where 'raw' saturates
@@ -329,6 +331,7 @@ def test_ridge_surrogate_ranks_unseen_cells_of_an_additive_reward(tmp_path):
         new_surrogate(space, "tree")
 
 
+@pytest.mark.slow  # trains three LSTM encoders
 def test_encoder_ensemble_trains_on_different_thirds_and_averages(tmp_path):
     space = StateSpace(2, TWO_OPS)
     keras.utils.set_random_seed(0)
