@@ -231,7 +231,7 @@ def load_dataset(settings):
 
 
 def save_settings(settings, path):
-    from pnas.files import write_atomic
+    from mnist.files import write_atomic
 
     write_atomic(path, json.dumps(settings, indent=2, default=list) + "\n")
 
@@ -239,13 +239,14 @@ def save_settings(settings, path):
 def search(settings, overridden=()):
     from pnas.config import SearchConfig
     from pnas.lock import ExperimentInUse
+    from pnas.paths import ExperimentPaths
     from pnas.records import SearchState
     from pnas.runners import RunnerLost, RunnerUnavailable, make_runner
-    from pnas.search import Search, SearchAborted, SearchConfigError, SearchPaths
+    from pnas.search import Search, SearchAborted, SearchConfigError
     from pnas.settings import SettingsError, check_writable
 
     config = SearchConfig.from_settings(settings)
-    paths = SearchPaths(config.experiment_name)
+    paths = ExperimentPaths(config.experiment_name)
     lock = None
     try:
         check_writable(paths.outputs())
@@ -309,7 +310,7 @@ def train_architecture(settings):
     from pnas.encoder import RepresentationError, StateSpace
     from pnas.manager import ChildTrainingError, NetworkManager
     from pnas.model import model_fn
-    from pnas.search import SearchPaths
+    from pnas.paths import ExperimentPaths
     from pnas.settings import SettingsError, check_writable
 
     state_space = StateSpace(
@@ -319,14 +320,13 @@ def train_architecture(settings):
         child = state_space.from_representation_string(settings["REPRESENTATION_STRING"])
     except RepresentationError as exc:
         fail(f"REPRESENTATION_STRING: {exc}")
-    paths = SearchPaths(settings["EXPERIMENT_NAME"])
-    weights_dir = os.path.join(paths.weights_dir, settings["EXPERIMENT_NAME"])
+    paths = ExperimentPaths(settings["EXPERIMENT_NAME"])
     try:
-        check_writable([weights_dir, paths.exp_log_dir])
+        check_writable([paths.exp_weights_dir, paths.exp_log_dir])
     except SettingsError as exc:
         fail(str(exc))
-    if settings["LOAD_SAVED"] and not os.path.exists(os.path.join(weights_dir, "best.weights.h5")):
-        fail(f"LOAD_SAVED=True but {weights_dir}/best.weights.h5 does not exist; train once without LOAD_SAVED")
+    if settings["LOAD_SAVED"] and not os.path.exists(paths.weights("best")):
+        fail(f"LOAD_SAVED=True but {paths.weights('best')} does not exist; train once without LOAD_SAVED")
     architecture = state_space.parse(child)
     print(f"Training architecture {architecture} for {settings['NUM_EPOCHS']} epochs")
     dataset = load_dataset(settings)
@@ -336,18 +336,15 @@ def train_architecture(settings):
     keras.utils.set_random_seed(settings["SEED"])
     # The child settings of the search, trained for NUM_EPOCHS.
     child = SearchConfig.from_settings(settings).child.replace(epochs=settings["NUM_EPOCHS"], evaluate_test=True)
-    manager = NetworkManager(
-        dataset, **child.manager_kwargs(settings["EXPERIMENT_NAME"], paths.weights_dir, paths.log_dir)
-    )
-    save_settings(settings, os.path.join(paths.exp_log_dir, "train_architecture_settings.json"))
-    model_path = os.path.join(weights_dir, "model.keras")
+    manager = NetworkManager(dataset, **child.manager_kwargs(paths.exp_weights_dir, paths.exp_log_dir))
+    save_settings(settings, paths.retrain_settings)
     try:
         result = manager.train_child(
             model_fn, **child.train_kwargs(architecture, name="best"), load_saved=settings["LOAD_SAVED"],
-            model_path=model_path,
+            model_path=paths.model,
         )
     except KeyboardInterrupt:
-        print(f"\nInterrupted: the best weights so far are in {weights_dir}/best.weights.h5 "
+        print(f"\nInterrupted: the best weights so far are in {paths.weights('best')} "
               "(continue with --LOAD_SAVED=True).", file=sys.stderr)
         sys.exit(130)
     except ChildTrainingError as exc:
@@ -360,17 +357,16 @@ def train_architecture(settings):
     macs = result["footprint"]
     print(f"Binary MACs (binary inputs and weights, as Larq counts) {macs['binary_macs']}, 32-bit MACs "
           f"{macs['float_macs']}, mul_ops {result['mul_ops']}, parameters {result['params']}, {result['seconds']:.0f}s")
-    print(f"Saved {weights_dir}/best.weights.h5 and {model_path}")
+    print(f"Saved {paths.weights('best')} and {paths.model}")
     # The deployable form: bit-packed weights run by the NumPy XNOR-popcount engine (docs/packed.md).
     from binarized.export import UnsupportedLayerError, export_and_evaluate
 
-    bnn_path = os.path.join(weights_dir, "model.bnn.npz")
     try:
-        packed = export_and_evaluate(model_path, bnn_path, dataset[4], dataset[5])
+        packed = export_and_evaluate(paths.model, paths.packed_model, dataset[4], dataset[5])
     except UnsupportedLayerError as exc:
         print(f"No packed export: {exc}")
     else:
-        print(f"Saved {bnn_path}: {packed['size']} bytes, {packed['ratio']:.1f}x smaller than the "
+        print(f"Saved {paths.packed_model}: {packed['size']} bytes, {packed['ratio']:.1f}x smaller than the "
               f"{packed['float32_bytes']} bytes of float32 weights")
         print(f"Test accuracy: packed engine {packed['engine_accuracy']:.4f}, Keras {packed['keras_accuracy']:.4f} "
               f"(same class on {100 * packed['agreement']:.2f} % of the test images)")

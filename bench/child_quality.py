@@ -81,7 +81,7 @@ def child_settings(overrides):
 def train_one(dataset, actions, seed, epochs, s):
     keras.utils.set_random_seed(seed)
     manager = NetworkManager(
-        dataset, exp_name="child_quality", epochs=epochs, batchsize=s["BATCHSIZE"],
+        dataset, epochs=epochs, batchsize=s["BATCHSIZE"],
         weights_dir=WEIGHTS_DIR, log_dir=None, verbose=0,
         initial_lr=s["LR_START"], final_lr=s["LR_END"], loss=s["LOSS"],
         binary_kwargs={"H": s["BINARY_H"], "kernel_lr_multiplier": s["KERNEL_LR_MULTIPLIER"]},

@@ -24,6 +24,7 @@ from mnist.mnist_data import get_dataset  # noqa: E402
 from pnas.encoder import StateSpace  # noqa: E402
 from pnas.manager import NetworkManager  # noqa: E402
 from pnas.model import model_fn  # noqa: E402
+from pnas.runners import ChildJob  # noqa: E402
 from pnas.worker import ChildWorker  # noqa: E402
 
 OPERATORS = ["3x3 sep-bconv", "5x5 sep-bconv", "1x7-7x1 bconv", "3x3 bconv"]
@@ -49,7 +50,7 @@ def main():
     # Alternate 1- and 2-block cells so that every child is a new graph.
     children = space.initial_children() + space.expand(space.initial_children())
     with tempfile.TemporaryDirectory() as tmp:
-        kwargs = dict(exp_name="memory", epochs=args.epochs, weights_dir=tmp, log_dir=os.path.join(tmp, "logs"),
+        kwargs = dict(epochs=args.epochs, weights_dir=tmp, log_dir=os.path.join(tmp, "logs"),
                       verbose=0)
         worker = ChildWorker(dataset, kwargs, args.children_per_process) if args.children_per_process else None
         manager = None if worker else NetworkManager(dataset, **kwargs)
@@ -59,7 +60,9 @@ def main():
             child_kwargs = dict(actions=space.parse(children[i % len(children)]), num_cells=3,
                                 num_cell_filters=[16, 24, 32], dense_layers=[32, 10])
             if worker:
-                worker.train(i, **child_kwargs)
+                outcome = worker.train(ChildJob(i + 1, 3, (), tuple(child_kwargs["actions"]), i), child_kwargs)
+                if not outcome.ok:
+                    raise RuntimeError(outcome.error)
                 worker_samples.append(rss_mb(worker.pid))
             else:
                 manager.train_child(model_fn, **child_kwargs)

@@ -74,7 +74,7 @@ def train_child(datasets, actions, b, seed):
     settings = {name: getattr(train, name) for name in train.SETTINGS}
     child = SearchConfig.from_settings(dict(settings, MAX_EPOCHS=b["MAX_EPOCHS"], VERBOSE=0, TEST_CHILDREN=True)).child
     keras.utils.set_random_seed(seed)
-    manager = NetworkManager(datasets[b["TRAIN_SIZE"]], **child.manager_kwargs("proxy_ranking", WEIGHTS_DIR, None))
+    manager = NetworkManager(datasets[b["TRAIN_SIZE"]], **child.manager_kwargs(os.path.join(WEIGHTS_DIR, "proxy_ranking")))
     return manager.train_child(model_fn, **child.train_kwargs(actions, name="proxy_ranking"))
 
 

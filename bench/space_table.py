@@ -70,7 +70,8 @@ def main():
     out = args.out or os.path.join(ROOT, "bench", "results", f"space_{args.budget}.csv")
     os.makedirs(os.path.dirname(out), exist_ok=True)
 
-    from pnas.worker import ChildWorker, ChildFailed, import_keras_quietly
+    from pnas.runners import ChildJob
+    from pnas.worker import ChildWorker, import_keras_quietly
 
     import_keras_quietly()
     from mnist.mnist_data import get_dataset
@@ -92,7 +93,7 @@ def main():
     child = SearchConfig.from_settings(
         dict(settings, MAX_EPOCHS=budget["MAX_EPOCHS"], VERBOSE=0, TEST_CHILDREN=True)
     ).child
-    manager_kwargs = child.manager_kwargs("space_table", tempfile.mkdtemp(prefix="space_table_"), None)
+    manager_kwargs = child.manager_kwargs(tempfile.mkdtemp(prefix="space_table_"))
     threads = 1 if args.parallel > 1 else None
     workers = [ChildWorker(dataset, manager_kwargs, train.CHILDREN_PER_PROCESS, threads)
                for _ in range(args.parallel)]
@@ -104,22 +105,22 @@ def main():
             for slot, worker in enumerate(workers):
                 if todo and worker not in running:
                     child, seed = todo.pop(0)
-                    worker.submit(
-                        seed, actions=state_space.parse(child), num_cells=train.NUM_CELLS,
-                        num_cell_filters=train.NUM_CELL_FILTERS, dense_layers=train.DENSE_LAYERS,
-                        dropout=tuple(train.DROPOUT), name=f"child{slot}",
-                    )
+                    actions = state_space.parse(child)
+                    worker.submit(ChildJob(0, len(child) // 4, child, tuple(actions), seed), dict(
+                        actions=actions, num_cells=train.NUM_CELLS, num_cell_filters=train.NUM_CELL_FILTERS,
+                        dense_layers=train.DENSE_LAYERS, dropout=tuple(train.DROPOUT), name=f"child{slot}",
+                    ))
                     running[worker] = (child, seed)
             ready = multiprocessing.connection.wait([w.conn for w in running])
             for worker in [w for w in running if w.conn in ready]:
                 child, seed = running.pop(worker)
                 b = len(child) // 4
-                try:
-                    result = worker.result()
-                except ChildFailed as exc:
+                outcome = worker.result()
+                if not outcome.ok:
                     failed += 1
-                    print(f"FAILED b={b} seed={seed} {state_space.parse(child)}: {exc.error}", flush=True)
+                    print(f"FAILED b={b} seed={seed} {state_space.parse(child)}: {outcome.error}", flush=True)
                     continue
+                result = outcome.result
                 append_row(out, {
                     "architecture": state_space.parse(child),
                     "representation_string": state_space.representation_string(child),

@@ -19,6 +19,7 @@ import keras
 from keras import ops
 
 from binarized.binary_ops import binarize, scale_gradient
+from binarized.geometry import output_size
 
 _PACKAGE = "binarized"
 _PADDINGS = ("valid", "same")
@@ -229,14 +230,8 @@ class _BinaryConvBase(_BinaryKernelLayer):
         return outputs
 
     def compute_output_shape(self, input_shape):
-        spatial = []
-        for size, k, s in zip(input_shape[1:3], self.kernel_size, self.strides):
-            if size is None:
-                spatial.append(None)
-            elif self.padding == "same":
-                spatial.append(-(-size // s))
-            else:
-                spatial.append((size - k) // s + 1)
+        spatial = [output_size(size, k, s, self.padding)
+                   for size, k, s in zip(input_shape[1:3], self.kernel_size, self.strides)]
         return (input_shape[0], *spatial, self.filters)
 
     def get_config(self):

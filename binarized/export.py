@@ -20,8 +20,9 @@ import sys
 
 import numpy as np
 
+from binarized.graph import is_sign, layer_graph
 from binarized.packed import FORMAT_NAME, FORMAT_VERSION, pack_bits
-from pnas.files import write_atomic
+from mnist.files import write_atomic
 
 
 class UnsupportedLayerError(ValueError):
@@ -30,30 +31,6 @@ class UnsupportedLayerError(ValueError):
 
 def _unsupported(layer, why):
     return UnsupportedLayerError(f"layer '{layer.name}' ({type(layer).__name__}) {why}")
-
-
-def _graph(model):
-    """Parents and children of every layer, by name (every layer is called once)."""
-    producer = {id(layer.output): layer.name for layer in model.layers}
-    parents, children = {}, {layer.name: [] for layer in model.layers}
-    for layer in model.layers:
-        if type(layer).__name__ == "InputLayer":
-            parents[layer.name] = []
-            continue
-        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
-        names = []
-        for tensor in inputs:
-            if id(tensor) not in producer:
-                raise _unsupported(layer, "reads a tensor that no layer of the model produces")
-            names.append(producer[id(tensor)])
-        parents[layer.name] = names
-        for name in names:
-            children[name].append(layer.name)
-    return parents, children
-
-
-def _is_sign(layer):
-    return type(layer).__name__ == "Activation" and getattr(layer.activation, "__name__", "") == "binary_tanh"
 
 
 def _negative(kernel, h):
@@ -156,92 +133,265 @@ class _Builder:
         return sections, np.frombuffer(b"".join(chunks), np.uint8)
 
 
-def _binary_node(layer, bn, sign, src, in_shape, in_kind, builder, channels=None, name=None):
+def _separable_weights(layer, cin):
+    """The engine's spec, h, sign bits and sums of a `BinarySeparableConv2D` reading `cin` channels."""
+    if layer.padding not in ("same", "valid"):
+        raise _unsupported(layer, f"has padding {layer.padding!r}")
+    kh, kw = layer.kernel_size
+    dm = layer.depth_multiplier
+    h = float(np.float32(layer.depthwise_h)) * float(np.float32(layer.pointwise_h))
+    dw = _negative(layer.depthwise_kernel.numpy(), layer.depthwise_h).reshape(kh * kw, cin * dm)
+    w = _negative(layer.pointwise_kernel.numpy(), layer.pointwise_h).reshape(cin * dm, -1).T  # (O, mid)
+    spec = dict(op="sep", k=[kh, kw], s=list(layer.strides), pad=layer.padding, cin=cin, dm=dm)
+    return spec, h, {"wd": dw, "wp": w}, kh * kw * cin * dm
+
+
+def _conv_weights(layer, cin):
+    """The engine's spec, h, sign bits and sums of a `BinaryConv2D` reading `cin` channels."""
+    kh, kw = layer.kernel_size
+    kernel = _negative(layer.kernel.numpy(), layer.kernel_h)  # (kh, kw, cin, O)
+    w = kernel.transpose(3, 0, 1, 2).reshape(kernel.shape[3], kh * kw, cin)
+    spec = dict(op="conv", k=[kh, kw], s=list(layer.strides), pad=layer.padding, cin=cin)
+    return spec, float(np.float32(layer.kernel_h)), {"w": w}, kh * kw * cin
+
+
+def _dense_weights(layer, in_shape):
+    """The engine's spec, h, sign bits and sums of a `BinaryDense` reading a flattened (H, W, C) tensor."""
+    hin, win, cin = in_shape
+    kernel = _negative(layer.kernel.numpy(), layer.kernel_h)  # (H * W * C, O)
+    if kernel.shape[0] != hin * win * cin:
+        raise _unsupported(layer, f"reads {kernel.shape[0]} features, not the {hin}x{win}x{cin} before it")
+    w = kernel.T.reshape(kernel.shape[1], hin * win, cin)
+    spec = dict(op="dense", k=[hin, win], s=[1, 1], pad="valid", cin=cin)
+    return spec, float(np.float32(layer.kernel_h)), {"w": w}, hin * win * cin
+
+
+def _binary_node(layer, bn, sign, source, builder, channels=None, name=None):
     """The node of a binary layer fused with its BatchNorm (and sign).
 
-    `channels` (a slice) selects the BatchNorm channels of this layer where
-    several layers' outputs are concatenated before one BatchNorm.
-    """
-    from binarized.binary_layers import BinaryConv2D, BinaryDense, BinarySeparableConv2D
+    Args:
+        source: The `_Value` the layer reads.
+        channels: A slice selecting the BatchNorm channels of this layer where
+            several layers' outputs are concatenated before one BatchNorm.
 
+    Returns:
+        The node's spec.
+    """
     if layer.use_bias:
         raise _unsupported(layer, "has a bias, which the packed engine does not fold")
     rank = len(bn.input.shape)
     if bn.axis not in (-1, rank - 1):
         raise _unsupported(bn, "normalises an axis other than the channels")
-    hin, win, cin = in_shape
-    spec = {"name": name or (sign or bn).name, "layers": [x.name for x in (layer, bn, sign) if x is not None], "in": src}
-    if isinstance(layer, BinarySeparableConv2D):
-        if layer.padding not in ("same", "valid"):
-            raise _unsupported(layer, f"has padding {layer.padding!r}")
-        kh, kw = layer.kernel_size
-        dm = layer.depth_multiplier
-        h = float(np.float32(layer.depthwise_h)) * float(np.float32(layer.pointwise_h))
-        dw = _negative(layer.depthwise_kernel.numpy(), layer.depthwise_h).reshape(kh * kw, cin * dm)
-        w = _negative(layer.pointwise_kernel.numpy(), layer.pointwise_h).reshape(cin * dm, -1).T  # (O, mid)
-        cout = w.shape[0]
-        n = kh * kw * cin * dm
-        spec.update(op="sep", k=[kh, kw], s=list(layer.strides), pad=layer.padding, cin=cin, dm=dm)
-        out_hw = _out_hw((hin, win), (kh, kw), layer.strides, layer.padding)
-    elif isinstance(layer, BinaryConv2D):
-        kh, kw = layer.kernel_size
-        h = float(np.float32(layer.kernel_h))
-        kernel = _negative(layer.kernel.numpy(), layer.kernel_h)  # (kh, kw, cin, O)
-        w = kernel.transpose(3, 0, 1, 2).reshape(kernel.shape[3], kh * kw, cin)
-        cout = w.shape[0]
-        n = kh * kw * cin
-        spec.update(op="conv", k=[kh, kw], s=list(layer.strides), pad=layer.padding, cin=cin)
-        out_hw = _out_hw((hin, win), (kh, kw), layer.strides, layer.padding)
-    elif isinstance(layer, BinaryDense):
-        h = float(np.float32(layer.kernel_h))
-        kernel = _negative(layer.kernel.numpy(), layer.kernel_h)  # (H * W * C, O)
-        if kernel.shape[0] != hin * win * cin:
-            raise _unsupported(layer, f"reads {kernel.shape[0]} features, not the {hin}x{win}x{cin} before it")
-        cout = kernel.shape[1]
-        w = kernel.T.reshape(cout, hin * win, cin)
-        n = hin * win * cin
-        spec.update(op="dense", k=[hin, win], s=[1, 1], pad="valid", cin=cin)
-        out_hw = (1, 1)
-    else:  # pragma: no cover - the caller only passes binary layers
-        raise _unsupported(layer, "is not a binary layer")
-    spec.update(cout=int(cout), h=h, out="bits" if sign is not None else "float")
-    channels = slice(0, int(cout)) if channels is None else channels
-
-    if sign is not None and in_kind == "bits":
-        thr, flip = _thresholds(bn, h, n, len(bn.input.shape), channels)
-        w = w.copy()
-        w[flip] = ~w[flip]  # negated weights negate s for that channel
+    kind = type(layer).__name__
+    if kind == "BinarySeparableConv2D":
+        spec, h, bits, n = _separable_weights(layer, source.shape[-1])
+    elif kind == "BinaryConv2D":
+        spec, h, bits, n = _conv_weights(layer, source.shape[-1])
+    else:
+        spec, h, bits, n = _dense_weights(layer, source.shape)
+    cout = int(layer.output.shape[-1])
+    spec = {"name": name or (sign or bn).name, "layers": [x.name for x in (layer, bn, sign) if x is not None],
+            "in": source.node, **spec, "cout": cout, "h": h, "out": "bits" if sign is not None else "float"}
+    channels = slice(0, cout) if channels is None else channels
+    last = "wp" if "wp" in bits else "w"  # the weights whose sums the BatchNorm reads
+    if sign is not None and source.kind == "bits":
+        thr, flip = _thresholds(bn, h, n, rank, channels)
+        bits[last] = bits[last].copy()
+        bits[last][flip] = ~bits[last][flip]  # negated weights negate s for that channel
         spec["thr"] = builder.ints.add(thr)
     else:
         inv, off = _bn_terms(bn)
         spec["inv"] = builder.floats.add(inv[channels])
         spec["off"] = builder.floats.add(off[channels])
-    if spec["op"] == "sep":
-        spec["wd"] = builder.bits.add(dw)
-        spec["wp"] = builder.bits.add(w)
-    else:
-        spec["w"] = builder.bits.add(w)
-    return spec, (out_hw[0], out_hw[1], int(cout)), spec["out"]
+    for key, value in bits.items():
+        spec[key] = builder.bits.add(value)
+    return spec
 
 
-def _feeds_joint_batchnorm(layer, by_name, parents, children, binary_types):
-    """True for a binary layer whose only consumer is a Concatenate of binary
-    layers only, which feeds exactly one BatchNormalization."""
-    after = children[layer.name]
-    if len(after) != 1 or type(by_name[after[0]]).__name__ != "Concatenate":
-        return False
-    concat = after[0]
-    if any(not isinstance(by_name[p], binary_types) or children[p] != [concat] for p in parents[concat]):
-        return False
-    after_concat = children[concat]
-    return len(after_concat) == 1 and type(by_name[after_concat[0]]).__name__ == "BatchNormalization"
+class _Value:
+    """What a layer's output is to the engine: the node computing it, its (H, W, C) and 'bits' or 'float'."""
+
+    def __init__(self, node, shape, kind):
+        self.node, self.shape, self.kind = node, tuple(int(d) for d in shape), kind
 
 
-def _out_hw(in_hw, kernel, strides, padding):
-    out = []
-    for size, k, s in zip(in_hw, kernel, strides):
-        out.append(-(-size // s) if padding == "same" else (size - k) // s + 1)
-    return tuple(out)
+_BINARY_TYPES = ("BinaryConv2D", "BinarySeparableConv2D", "BinaryDense")
+
+
+def _is_binary(layer):
+    return type(layer).__name__ in _BINARY_TYPES
+
+
+class _Export:
+    """Walks a child's layers in order; each layer type has its handler (`_HANDLERS`).
+
+    A handler adds the layer's node to the builder and records the layer's
+    `_Value` (and those of the layers it fuses: a binary layer takes its
+    BatchNorm and sign along). The shapes are Keras's own.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.by_name = {layer.name: layer for layer in model.layers}
+        self.parents, self.children = layer_graph(model)
+        self.builder = _Builder()
+        self.values = {}  # layer name -> _Value
+        self.input_shape = None
+
+    def run(self):
+        for layer in self.model.layers:
+            if layer.name in self.values:
+                continue  # fused into a node already
+            parents = self.parents[layer.name]
+            if None in parents:
+                raise _unsupported(layer, "reads a tensor that no layer of the model produces")
+            kind = type(layer).__name__
+            if kind not in _HANDLERS:
+                raise _unsupported(layer, "is not supported by the packed engine")
+            if len(parents) != 1 and kind not in ("Concatenate", "InputLayer"):
+                raise _unsupported(layer, f"has {len(parents)} inputs")
+            _HANDLERS[kind](self, layer)
+        return self.finish()
+
+    def parent(self, layer):
+        return self.values[self.parents[layer.name][0]]
+
+    def add(self, spec, layers, shape, kind):
+        """Adds the node `spec` computing `layers` (the last one's output has `shape`)."""
+        value = _Value(self.builder.add_node(spec), shape, kind)
+        for layer in layers:
+            if layer is not None:
+                self.values[layer.name] = value
+        return value
+
+    def only_child(self, layer, kind=None):
+        """The one layer reading `layer` (of type `kind`), or None."""
+        after = self.children[layer.name]
+        if len(after) != 1:
+            return None
+        child = self.by_name[after[0]]
+        return child if kind is None or type(child).__name__ == kind else None
+
+    def sign_after(self, bn):
+        child = self.only_child(bn)
+        return child if child is not None and is_sign(child) else None
+
+    def feeds_joint_batchnorm(self, layer):
+        """True for a binary layer whose only consumer is a Concatenate of binary
+        layers only, which feeds exactly one BatchNormalization."""
+        concat = self.only_child(layer, "Concatenate")
+        if concat is None:
+            return False
+        if any(not _is_binary(self.by_name[p]) or self.children[p] != [concat.name] for p in self.parents[concat.name]):
+            return False
+        return self.only_child(concat, "BatchNormalization") is not None
+
+    def input(self, layer):
+        shape = tuple(int(d) for d in layer.output.shape[1:])
+        if len(shape) != 3 or self.input_shape is not None:
+            raise _unsupported(layer, f"has shape {shape}; the engine takes one (H, W, C) image input")
+        self.input_shape = shape
+        self.add({"op": "input", "name": layer.name, "shape": list(shape)}, [layer], shape, "float")
+
+    def binary(self, layer):
+        if self.feeds_joint_batchnorm(layer):
+            return  # built with the Concatenate that joins it (a factorized reduction)
+        bn = self.only_child(layer, "BatchNormalization")
+        if bn is None:
+            raise _unsupported(layer, "is not followed by exactly one BatchNormalization")
+        if type(layer).__name__ == "BinaryDense" and len(layer.input.shape) != 2:
+            raise _unsupported(layer, "reads a tensor that is not flat")
+        sign = self.sign_after(bn)
+        spec = _binary_node(layer, bn, sign, self.parent(layer), self.builder)
+        out = sign or bn
+        shape = out.output.shape[1:] if len(out.output.shape) == 4 else (1, 1, out.output.shape[-1])
+        self.add(spec, (layer, bn, sign), shape, spec["out"])
+
+    def joint_binary(self, layer):
+        """A Concatenate of binary layers before one BatchNorm (and sign): a node per layer, then the concat."""
+        bn = self.only_child(layer, "BatchNormalization")
+        sign = self.sign_after(bn)
+        members, offset, kinds = [], 0, set()
+        for name in self.parents[layer.name]:
+            conv = self.by_name[name]
+            cout = int(conv.output.shape[-1])
+            spec = _binary_node(conv, bn, sign, self.parent(conv), self.builder,
+                                channels=slice(offset, offset + cout), name=f"{conv.name}+{bn.name}")
+            members.append(self.add(spec, [conv], conv.output.shape[1:], spec["out"]).node)
+            offset += cout
+            kinds.add(spec["out"])
+        spec = {"op": "concat", "name": (sign or bn).name, "in": members,
+                "layers": [x.name for x in (layer, bn, sign) if x is not None]}
+        self.add(spec, (layer, bn, sign), (sign or bn).output.shape[1:], "bits" if kinds == {"bits"} else "float")
+
+    def pool(self, layer):
+        if layer.data_format != "channels_last":
+            raise _unsupported(layer, "is not channels_last")
+        source = self.parent(layer)
+        op = "maxpool" if type(layer).__name__ == "MaxPooling2D" else "avgpool"
+        spec = {"op": op, "name": layer.name, "in": source.node, "k": list(layer.pool_size),
+                "s": list(layer.strides), "pad": layer.padding}
+        self.add(spec, [layer], layer.output.shape[1:], "bits" if op == "maxpool" and source.kind == "bits" else "float")
+
+    def concat(self, layer):
+        if all(_is_binary(self.by_name[p]) and self.feeds_joint_batchnorm(self.by_name[p])
+               for p in self.parents[layer.name]):
+            return self.joint_binary(layer)
+        if layer.axis not in (-1, 3):
+            raise _unsupported(layer, f"concatenates along axis {layer.axis}, not the channels")
+        sources = [self.values[p] for p in self.parents[layer.name]]
+        shapes = [s.shape for s in sources]
+        if len({s[:2] for s in shapes}) != 1:
+            raise _unsupported(layer, f"joins tensors of different sizes {shapes}")
+        kind = "bits" if all(s.kind == "bits" for s in sources) else "float"
+        spec = {"op": "concat", "name": layer.name, "in": [s.node for s in sources]}
+        self.add(spec, [layer], layer.output.shape[1:], kind)
+
+    def shift(self, layer):
+        """ZeroPadding2D or Cropping2D."""
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            raise _unsupported(layer, "is not channels_last")
+        pad = type(layer).__name__ == "ZeroPadding2D"
+        amount = [list(map(int, pair)) for pair in (layer.padding if pad else layer.cropping)]
+        source = self.parent(layer)
+        spec = {"op": "zeropad" if pad else "crop", "name": layer.name, "in": source.node, "amount": amount}
+        self.add(spec, [layer], layer.output.shape[1:], source.kind)
+
+    def flatten(self, layer):
+        # The engine flattens in Keras's order; the dense layer after it reads the (H, W, C) before it.
+        source = self.parent(layer)
+        self.add({"op": "flatten", "name": layer.name, "in": source.node}, [layer], source.shape, source.kind)
+
+    def identity(self, layer):
+        """A dropout layer: the identity at inference, no node."""
+        self.values[layer.name] = self.parent(layer)
+
+    def finish(self):
+        outputs = [name for name in self.by_name if not self.children[name]]
+        last = len(self.builder.nodes) - 1
+        if len(outputs) != 1 or outputs[0] not in self.values or self.values[outputs[0]].node != last:
+            raise UnsupportedLayerError(f"model '{self.model.name}' must have one output, computed by its last layer")
+        sections, payload = self.builder.payload()
+        header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "input_shape": list(self.input_shape),
+                  "sections": sections, "nodes": self.builder.nodes}
+        return header, payload
+
+
+# The handler of each layer type the engine runs (as `binarized.packed._NODE_TYPES` holds its node types).
+_HANDLERS = {
+    "InputLayer": _Export.input,
+    "BinaryConv2D": _Export.binary,
+    "BinarySeparableConv2D": _Export.binary,
+    "BinaryDense": _Export.binary,
+    "MaxPooling2D": _Export.pool,
+    "AveragePooling2D": _Export.pool,
+    "Concatenate": _Export.concat,
+    "ZeroPadding2D": _Export.shift,
+    "Cropping2D": _Export.shift,
+    "Flatten": _Export.flatten,
+    "Dropout": _Export.identity,
+    "DropoutNoScale": _Export.identity,
+}
 
 
 def export_model(model):
@@ -250,142 +400,7 @@ def export_model(model):
     Raises:
         UnsupportedLayerError: a layer the engine cannot run, named in the message.
     """
-    from binarized.binary_layers import BinaryConv2D, BinaryDense, BinarySeparableConv2D, DropoutNoScale
-
-    binary_types = (BinaryConv2D, BinaryDense, BinarySeparableConv2D)
-    by_name = {layer.name: layer for layer in model.layers}
-    parents, children = _graph(model)
-    builder = _Builder()
-    node_of, shape_of, kind_of = {}, {}, {}  # by layer name: node index, (H, W, C), 'bits'|'float'
-    fused = set()
-    input_shape = None
-
-    def source(layer, index=0):
-        return node_of[parents[layer.name][index]]
-
-    for layer in model.layers:
-        kind = type(layer).__name__
-        name = layer.name
-        if name in fused:
-            continue
-        if kind == "InputLayer":
-            shape = tuple(int(d) for d in layer.output.shape[1:])
-            if len(shape) != 3 or input_shape is not None:
-                raise _unsupported(layer, f"has shape {shape}; the engine takes one (H, W, C) image input")
-            input_shape = shape
-            node_of[name] = builder.add_node({"op": "input", "name": name, "shape": list(shape)})
-            shape_of[name], kind_of[name] = shape, "float"
-            continue
-        if len(parents[name]) != 1 and kind != "Concatenate":
-            raise _unsupported(layer, f"has {len(parents[name])} inputs")
-        parent = parents[name][0]
-        if isinstance(layer, binary_types) and _feeds_joint_batchnorm(layer, by_name, parents, children, binary_types):
-            continue  # built with the Concatenate that joins it (a factorized reduction)
-        if kind == "Concatenate" and all(
-            isinstance(by_name[p], binary_types) and _feeds_joint_batchnorm(by_name[p], by_name, parents, children, binary_types)
-            for p in parents[name]
-        ):
-            bn = by_name[children[name][0]]
-            after_bn = children[bn.name]
-            sign = by_name[after_bn[0]] if len(after_bn) == 1 and _is_sign(by_name[after_bn[0]]) else None
-            members, offset, kinds = [], 0, set()
-            for p in parents[name]:
-                conv = by_name[p]
-                src = parents[p][0]
-                cout = int(conv.output.shape[-1])
-                spec, shape, out_kind = _binary_node(
-                    conv, bn, sign, node_of[src], shape_of[src], kind_of[src], builder,
-                    channels=slice(offset, offset + cout), name=f"{conv.name}+{bn.name}",
-                )
-                members.append(builder.add_node(spec))
-                offset += cout
-                kinds.add(out_kind)
-                fused.add(p)
-            group_name = (sign or bn).name
-            index = builder.add_node({"op": "concat", "name": group_name, "in": members,
-                                      "layers": [x.name for x in (layer, bn, sign) if x is not None]})
-            out_shape = (*shape[:2], offset)
-            out_kind = "bits" if kinds == {"bits"} else "float"
-            for member in (layer, bn, sign):
-                if member is not None:
-                    fused.add(member.name)
-                    node_of[member.name], shape_of[member.name], kind_of[member.name] = index, out_shape, out_kind
-            continue
-        if isinstance(layer, binary_types):
-            after = children[name]
-            bn = by_name[after[0]] if len(after) == 1 else None
-            if bn is None or type(bn).__name__ != "BatchNormalization":
-                raise _unsupported(layer, "is not followed by exactly one BatchNormalization")
-            after_bn = children[bn.name]
-            sign = by_name[after_bn[0]] if len(after_bn) == 1 and _is_sign(by_name[after_bn[0]]) else None
-            if isinstance(layer, BinaryDense) and len(layer.input.shape) != 2:
-                raise _unsupported(layer, "reads a tensor that is not flat")
-            spec, shape, out_kind = _binary_node(
-                layer, bn, sign, node_of[parent], shape_of[parent], kind_of[parent], builder
-            )
-            index = builder.add_node(spec)
-            for member in (layer, bn, sign):
-                if member is not None:
-                    fused.add(member.name)
-                    node_of[member.name], shape_of[member.name], kind_of[member.name] = index, shape, out_kind
-            continue
-        if kind in ("MaxPooling2D", "AveragePooling2D"):
-            if layer.data_format != "channels_last":
-                raise _unsupported(layer, "is not channels_last")
-            h, w, c = shape_of[parent]
-            out_hw = _out_hw((h, w), layer.pool_size, layer.strides, layer.padding)
-            op = "maxpool" if kind == "MaxPooling2D" else "avgpool"
-            node_of[name] = builder.add_node({
-                "op": op, "name": name, "in": node_of[parent], "k": list(layer.pool_size),
-                "s": list(layer.strides), "pad": layer.padding,
-            })
-            shape_of[name] = (*out_hw, c)
-            kind_of[name] = "bits" if op == "maxpool" and kind_of[parent] == "bits" else "float"
-            continue
-        if kind == "Concatenate":
-            if layer.axis not in (-1, 3):
-                raise _unsupported(layer, f"concatenates along axis {layer.axis}, not the channels")
-            shapes = [shape_of[p] for p in parents[name]]
-            if len({s[:2] for s in shapes}) != 1:
-                raise _unsupported(layer, f"joins tensors of different sizes {shapes}")
-            node_of[name] = builder.add_node({"op": "concat", "name": name, "in": [node_of[p] for p in parents[name]]})
-            shape_of[name] = (*shapes[0][:2], sum(s[2] for s in shapes))
-            kind_of[name] = "bits" if all(kind_of[p] == "bits" for p in parents[name]) else "float"
-            continue
-        if kind in ("ZeroPadding2D", "Cropping2D"):
-            if getattr(layer, "data_format", "channels_last") != "channels_last":
-                raise _unsupported(layer, "is not channels_last")
-            amount = [list(map(int, pair)) for pair in (layer.padding if kind == "ZeroPadding2D" else layer.cropping)]
-            op = "zeropad" if kind == "ZeroPadding2D" else "crop"
-            node_of[name] = builder.add_node({"op": op, "name": name, "in": node_of[parent], "amount": amount})
-            h, w, c = shape_of[parent]
-            sign_ = 1 if op == "zeropad" else -1
-            shape_of[name] = (h + sign_ * sum(amount[0]), w + sign_ * sum(amount[1]), c)
-            kind_of[name] = kind_of[parent]
-            continue
-        if kind == "Flatten":
-            node_of[name] = builder.add_node({"op": "flatten", "name": name, "in": node_of[parent]})
-            shape_of[name], kind_of[name] = shape_of[parent], kind_of[parent]
-            continue
-        if isinstance(layer, DropoutNoScale) or kind == "Dropout":
-            # Identity at inference.
-            node_of[name], shape_of[name], kind_of[name] = node_of[parent], shape_of[parent], kind_of[parent]
-            continue
-        raise _unsupported(layer, "is not supported by the packed engine")
-
-    output_layers = [name for name in by_name if not children[name]]
-    last = len(builder.nodes) - 1
-    if len(output_layers) != 1 or node_of.get(output_layers[0]) != last:
-        raise UnsupportedLayerError(f"model '{model.name}' must have one output, computed by its last layer")
-    sections, payload = builder.payload()
-    header = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "input_shape": list(input_shape),
-        "sections": sections,
-        "nodes": builder.nodes,
-    }
-    return header, payload
+    return _Export(model).run()
 
 
 def write(header, payload, path):

@@ -29,6 +29,8 @@ import zlib
 
 import numpy as np
 
+from binarized.geometry import output_size, same_padding
+
 FORMAT_NAME = "bnn-packed"
 FORMAT_VERSION = 1
 WORD_BITS = 32
@@ -128,21 +130,11 @@ def _repeat_channels(words, channels, repeats):
 # ---------------------------------------------------------------------------
 
 
-def _same_padding(size, kernel, stride):
-    """TensorFlow's 'same' padding: (output size, pad before, pad after)."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return out, total // 2, total - total // 2
-
-
 def _geometry(in_hw, kernel, strides, padding):
     """Output size and padding per axis: ((Ho, Wo), ((top, bottom), (left, right)))."""
     out, pads = [], []
     for size, k, s in zip(in_hw, kernel, strides):
-        if padding == "same":
-            o, a, b = _same_padding(size, k, s)
-        else:
-            o, a, b = (size - k) // s + 1, 0, 0
+        o, a, b = same_padding(size, k, s) if padding == "same" else (output_size(size, k, s, padding), 0, 0)
         if o <= 0:
             raise ValueError(f"kernel {kernel} does not fit input {in_hw} with padding {padding!r}")
         out.append(o)

@@ -42,11 +42,12 @@ import urllib.error
 import urllib.request
 import zlib
 
-if __name__ == "__main__":
-    # Run as `python mnist/download_mnist.py`: the repository's packages must be importable.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pnas.files import atomic_path  # noqa: E402
+if __package__:
+    from mnist.files import atomic_path
+else:
+    # Run as `python mnist/download_mnist.py`: Python puts this folder first on the
+    # import path, so the sibling module is found by its own name.
+    from files import atomic_path
 
 logger = logging.getLogger(__name__)
 

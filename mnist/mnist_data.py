@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from mnist.download_mnist import ensure_mnist
-from pnas.files import atomic_path
+from mnist.files import atomic_path
 
 logger = logging.getLogger(__name__)
 

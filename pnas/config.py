@@ -129,10 +129,15 @@ class ChildConfig:
             dense_layers=list(self.dense_layers), dropout=tuple(self.dropout), binary_kwargs=self.binary_kwargs,
         )
 
-    def manager_kwargs(self, exp_name, weights_dir, log_dir):
-        """`NetworkManager` arguments other than the dataset (a plain dict: it is sent to worker processes)."""
+    def manager_kwargs(self, weights_dir, log_dir=None):
+        """`NetworkManager` arguments other than the dataset (a plain dict: it is sent to worker processes).
+
+        Args:
+            weights_dir: The folder of the children's weights (`ExperimentPaths.exp_weights_dir`).
+            log_dir: The folder of their TensorBoard logs (`ExperimentPaths.exp_log_dir`; None: no logs).
+        """
         return dict(
-            exp_name=exp_name, epochs=self.epochs, batchsize=self.batchsize, weights_dir=weights_dir,
+            epochs=self.epochs, batchsize=self.batchsize, weights_dir=weights_dir,
             log_dir=log_dir, verbose=self.verbose, initial_lr=self.initial_lr, final_lr=self.final_lr,
             loss=self.loss, binary_kwargs=self.binary_kwargs, evaluate_test=self.evaluate_test,
         )

@@ -507,7 +507,7 @@ class Encoder(Surrogate):
         With standardised targets the reward units (mean, std) go to a JSON
         file beside the weights, so that a restored encoder predicts rewards.
         """
-        from pnas.files import atomic_path, write_atomic
+        from mnist.files import atomic_path, write_atomic
 
         for model, target in zip(self.models, self._model_files(path)):
             with atomic_path(target, suffix=".weights.h5") as tmp:
@@ -665,7 +665,7 @@ class RidgeSurrogate(Surrogate):
         return [f"{stem}.ridge.json"]
 
     def save_weights(self, path):
-        from pnas.files import write_atomic
+        from mnist.files import write_atomic
 
         write_atomic(self.weight_files(path)[0], json.dumps(
             {"alpha": self.alpha, "coef": self.coef.tolist(), "intercept": self.intercept}

@@ -18,7 +18,7 @@ Counts, per layer and in total:
 import keras
 
 from binarized.binary_layers import BinaryConv2D, BinaryDense, BinarySeparableConv2D
-from binarized.binary_ops import binary_tanh
+from binarized.graph import is_sign, layer_graph
 
 BINARY_LAYERS = (BinaryConv2D, BinaryDense, BinarySeparableConv2D)
 # Layers whose output is ±1 when every input is (padding adds the zeros a binary conv pads with anyway).
@@ -64,7 +64,7 @@ def _binary_outputs(model, parents):
     for layer in model.layers:
         kind = type(layer).__name__
         inbound = parents[layer.name]
-        if kind == "Activation" and layer.activation is binary_tanh:
+        if is_sign(layer):
             binary.add(layer.name)
         elif kind in _KEEPS_BINARY and kind != "InputLayer" and inbound and all(n in binary for n in inbound):
             binary.add(layer.name)
@@ -72,16 +72,9 @@ def _binary_outputs(model, parents):
 
 
 def _parents(model):
-    """{layer name: names of the layers feeding it} of a functional model.
-
-    Every layer of a child is called once, so its `output` identifies it.
-    """
-    producer = {id(layer.output): layer.name for layer in model.layers}
-    parents = {}
-    for layer in model.layers:
-        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
-        parents[layer.name] = [producer[id(t)] for t in inputs if id(t) in producer and producer[id(t)] != layer.name]
-    return parents
+    """{layer name: names of the layers of `model` feeding it}."""
+    parents, _ = layer_graph(model)
+    return {name: [p for p in names if p is not None] for name, names in parents.items()}
 
 
 def layer_footprint(model):

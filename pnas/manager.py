@@ -10,8 +10,8 @@ import keras
 import numpy as np
 
 from binarized.binary_layers import DropoutNoScale
+from mnist.files import atomic_path
 from pnas import footprint
-from pnas.files import atomic_path
 
 # Images of the fixed training subset that BatchNorm statistics are estimated on.
 CALIBRATION_SIZE = 2000
@@ -166,15 +166,14 @@ class NetworkManager:
     `final_lr` over its epochs. After each epoch the BatchNorm statistics are
     re-estimated on a fixed training subset (`calibrate_batchnorm`) and the
     child is validated. The reward is the best validation accuracy over the
-    epochs, whose weights are kept and saved under `weights_dir/exp_name/`.
+    epochs, whose weights are kept and saved in `weights_dir`.
 
     Args:
         dataset: `[x_train, y_train, x_val, y_val, x_test, y_test]`, labels ±1.
-        exp_name: Experiment name, for the output paths.
         epochs: Epochs per child.
         batchsize: Batch size.
-        weights_dir: Root folder of the weights.
-        log_dir: Root folder of the TensorBoard logs (None: no logs).
+        weights_dir: The folder of the weights (an experiment's `ExperimentPaths.exp_weights_dir`).
+        log_dir: The folder of the TensorBoard logs, a run per child (None: no logs).
         verbose: Keras `fit` verbosity (0, 1 or 2).
         initial_lr: Learning rate at the first step.
         final_lr: Learning rate at the last step.
@@ -187,11 +186,10 @@ class NetworkManager:
     def __init__(
         self,
         dataset,
-        exp_name="default",
+        weights_dir,
         epochs=5,
         batchsize=128,
-        weights_dir="weights",
-        log_dir="logs",
+        log_dir=None,
         verbose=2,
         initial_lr=1e-3,
         final_lr=1e-4,
@@ -200,11 +198,10 @@ class NetworkManager:
         evaluate_test=True,
     ):
         self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test = dataset
-        self.exp_name = exp_name
         self.epochs = epochs
         self.batchsize = batchsize
-        self.weights_dir = os.path.join(weights_dir, exp_name)
-        self.log_dir = os.path.join(log_dir, exp_name) if log_dir else None
+        self.weights_dir = weights_dir
+        self.log_dir = log_dir
         self.verbose = verbose
         self.initial_lr = initial_lr
         self.final_lr = final_lr
@@ -232,7 +229,7 @@ class NetworkManager:
             model_fn: `pnas.model.model_fn` (or one with the same signature).
             actions: The architecture, `[input1, 'op1', input2, 'op2', ...]`.
             num_cells, num_cell_filters, dense_layers, dropout: see `model_fn`.
-            load_saved: Continue from `weights_dir/exp_name/{name}.weights.h5`.
+            load_saved: Continue from `weights_dir/{name}.weights.h5`.
             name: Weights file name of this child.
             log_name: TensorBoard run name (default: `name`).
             model_path: Also save the best model as a `.keras` file here.

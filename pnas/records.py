@@ -15,8 +15,8 @@ import logging
 import os
 from typing import Optional
 
+from mnist.files import write_atomic
 from pnas.config import LSTM_ONLY
-from pnas.files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -120,21 +120,92 @@ class ChildRecord:
         return record
 
 
+@dataclasses.dataclass
+class StageRecord:
+    """What the search knows of stage b as a whole (a view of the state file's per-stage objects).
+
+    Attributes:
+        beam: The children the search trains at this stage, in training order (None: not decided yet).
+        predicted: The surrogate's predicted reward of each (None at b = 1, where nothing ranks them).
+        spearman: The held-out rank correlation of those predictions with the rewards, once the
+            stage is done (None: not done, or undefined).
+        encoder_steps: The encoder's gradient steps in all, once it trained on stages 1..b
+            (None: not trained yet, or the ridge surrogate, which takes none).
+    """
+
+    beam: Optional[list] = None
+    predicted: Optional[list] = None
+    spearman: Optional[float] = None
+    encoder_steps: Optional[int] = None
+
+
+@dataclasses.dataclass
+class StateFile:
+    """The search state file (`logs/NAME/search_state.json`): every key it holds, with its type.
+
+    The stage facts are objects keyed by `str(b)` (`beams`, `predicted`, `spearman`,
+    `encoder_steps`), as the files of version 1 have always held them; `SearchState.stage(b)`
+    reads them as one `StageRecord`.
+
+    Attributes:
+        config: The settings that define the search (`SearchConfig.identity_dict()`).
+        beams: Each stage's beam, children as lists of ints.
+        predicted: Each ranked stage's predicted rewards of its beam.
+        children: The finished child records (`ChildRecord.to_json()`), in training order.
+        over_budget: The candidates skipped for MAX_MUL_OPS (`ChildRecord.to_json()`).
+        spearman: Each ranked stage's held-out rank correlation (None: undefined).
+        finished: Whether the search ran to its end.
+        encoder_restored: Whether the encoder of stage 1 started from an earlier search's
+            weights (RESTORE_CONTROLLER); None where the search did not ask.
+        encoder_steps: The encoder's gradient steps in all after its training on stages 1..b.
+        version: The format's version.
+    """
+
+    config: dict
+    beams: dict = dataclasses.field(default_factory=dict)
+    predicted: dict = dataclasses.field(default_factory=dict)
+    children: list = dataclasses.field(default_factory=list)
+    over_budget: list = dataclasses.field(default_factory=list)
+    spearman: dict = dataclasses.field(default_factory=dict)
+    finished: bool = False
+    encoder_restored: Optional[bool] = None
+    encoder_steps: dict = dataclasses.field(default_factory=dict)
+    version: int = STATE_VERSION
+
+    @classmethod
+    def from_json(cls, data):
+        """The state of a file's JSON object.
+
+        Raises:
+            ValueError: a key that is not a field, or a value of another type than its field's.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown keys {unknown}")
+        for name, value in data.items():
+            kind = _JSON_TYPES[fields[name].type]
+            if not isinstance(value, kind):
+                raise ValueError(f"{name} is a {type(value).__name__}")
+        return cls(**data)
+
+    def to_json(self):
+        """The file's JSON object (the children and stage objects themselves, not copies)."""
+        data = {"version": self.version}
+        data.update((f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "version")
+        return data
+
+
+# The JSON types each annotation of StateFile stands for.
+_JSON_TYPES = {dict: dict, list: list, bool: bool, int: int, Optional[bool]: (bool, type(None))}
+
+
 class SearchState:
-    """Everything needed to resume: config, beams, predictions, finished children."""
+    """Everything needed to resume a search (a `StateFile`), read and written through its methods."""
 
     def __init__(self, path, config):
         self.path = path
-        self.data = {
-            "version": STATE_VERSION,
-            "config": config,
-            "beams": {},  # str(b) -> list of children (lists of ints)
-            "predicted": {},  # str(b) -> predicted rewards of the beam
-            "children": [],  # finished child records, in training order
-            "over_budget": [],  # candidates skipped for MAX_MUL_OPS
-            "spearman": {},  # str(b) -> encoder's rank correlation on stage b
-            "finished": False,
-        }
+        self.data = StateFile(config)
 
     @classmethod
     def load_or_create(cls, path, config, overwrite=False, records_path=None):
@@ -157,8 +228,7 @@ class SearchState:
             return state
         try:
             with open(path) as f:
-                saved = json.load(f)
-            saved["config"], saved["children"]
+                saved = StateFile.from_json(json.load(f))
         except (ValueError, KeyError, TypeError) as exc:
             rebuilt = state._rebuild(records_path)
             if rebuilt is None:
@@ -168,14 +238,14 @@ class SearchState:
                 ) from None
             logger.warning(
                 "the search state %s is unreadable (%s); rebuilt it from the %d records in %s",
-                path, type(exc).__name__, len(rebuilt.data["children"]), records_path,
+                path, type(exc).__name__, len(rebuilt.data.children), records_path,
             )
             return rebuilt
         # Settings added since the state was written take the values those searches ran with.
         for key, value in CONFIG_ADDED.items():
-            saved["config"].setdefault(key, value)
-        if _search_identity(saved["config"]) != _search_identity(config):
-            raise SearchConfigError(_config_mismatch(saved.get("config", {}), config))
+            saved.config.setdefault(key, value)
+        if _search_identity(saved.config) != _search_identity(config):
+            raise SearchConfigError(_config_mismatch(saved.config, config))
         state.data = saved
         return state
 
@@ -196,36 +266,62 @@ class SearchState:
         children = [r for r in records if isinstance(r, dict) and r.get("status") in (Status.OK, Status.FAILED)]
         if not children or any("sr_no" not in r or "stage" not in r or "child" not in r for r in children):
             return None
-        self.data["children"] = children
+        self.data.children = children
         return self
 
     @property
     def resumed(self):
-        return bool(self.data["children"]) or bool(self.data["beams"])
+        return bool(self.data.children) or bool(self.data.beams)
 
     def save(self):
-        write_atomic(self.path, json.dumps(self.data))
+        write_atomic(self.path, json.dumps(self.data.to_json()))
+
+    def stages(self):
+        """The stages with a beam, in order."""
+        return sorted(int(b) for b in self.data.beams)
+
+    def stage(self, b):
+        """The `StageRecord` of stage b."""
+        key = str(b)
+        return StageRecord(beam=self.beam(b), predicted=self.data.predicted.get(key),
+                           spearman=self.data.spearman.get(key), encoder_steps=self.data.encoder_steps.get(key))
 
     def beam(self, b):
-        beam = self.data["beams"].get(str(b))
+        beam = self.data.beams.get(str(b))
         return None if beam is None else [tuple(c) for c in beam]
 
     def set_beam(self, b, beam, predicted=None):
-        self.data["beams"][str(b)] = [list(c) for c in beam]
+        self.data.beams[str(b)] = [list(c) for c in beam]
         if predicted is not None:
-            self.data["predicted"][str(b)] = [float(p) for p in predicted]
+            self.data.predicted[str(b)] = [float(p) for p in predicted]
 
     def predicted(self, b):
-        return self.data["predicted"].get(str(b))
+        return self.data.predicted.get(str(b))
+
+    def set_spearman(self, b, rho):
+        """Records the held-out rank correlation of stage b's predictions (None: undefined)."""
+        self.data.spearman[str(b)] = rho
+
+    def set_encoder_steps(self, b, steps):
+        """Records the encoder's gradient steps in all after its training on stages 1..b."""
+        self.data.encoder_steps[str(b)] = steps
 
     def add(self, record):
         """Appends a finished child's `ChildRecord`; returns its JSON object."""
         data = record.to_json()
-        self.data["children"].append(data)
+        self.data.children.append(data)
         return data
 
     def add_over_budget(self, record):
-        self.data["over_budget"].append(record.to_json())
+        self.data.over_budget.append(record.to_json())
+
+    def over_budget(self, stage=None):
+        """The candidates skipped for MAX_MUL_OPS (of `stage`), in the order the search met them."""
+        return [r for r in self.data.over_budget if stage is None or r["stage"] == stage]
+
+    def drop_over_budget(self, stage):
+        """Forgets the candidates of `stage` skipped for MAX_MUL_OPS, before that stage is decided again."""
+        self.data.over_budget = [r for r in self.data.over_budget if r["stage"] != stage]
 
     def drop_trailing_failures(self):
         """Forgets the failed children after the last success, so a rerun retries them.
@@ -233,7 +329,7 @@ class SearchState:
         A search stops after MAX_CONSECUTIVE_FAILURES failures in a row; once
         the cause is fixed, rerunning trains those children again.
         """
-        children = self.data["children"]
+        children = self.data.children
         dropped = 0
         while children and children[-1]["status"] == Status.FAILED:
             children.pop()
@@ -241,10 +337,10 @@ class SearchState:
         return dropped
 
     def finished_children(self):
-        return {tuple(r["child"]): r for r in self.data["children"]}
+        return {tuple(r["child"]): r for r in self.data.children}
 
     def records(self, stage=None):
-        return [r for r in self.data["children"] if stage is None or r["stage"] == stage]
+        return [r for r in self.data.children if stage is None or r["stage"] == stage]
 
 
 # The original train.py's strings, character for character (its log was appended to as the search ran).
@@ -268,12 +364,12 @@ def format_architectures(state, state_space):
     is in the JSON lines.
     """
     text = ARCHITECTURES_HEADER
-    for b in sorted(int(k) for k in state.data["beams"]):
+    for b in state.stages():
         text += "---- B= " + str(b - 1) + " Architectures ---- \n"
         children = state.records(stage=b)
-        complete = state.data["finished"] or len(children) >= len(state.beam(b))
+        complete = state.data.finished or len(children) >= len(state.beam(b))
         if complete:
-            children = children + [r for r in state.data["over_budget"] if r["stage"] == b]
+            children = children + state.over_budget(stage=b)
         for t, record in enumerate(children):
             child = tuple(int(v) for v in record["child"])
             reward = 0.0 if record["status"] != Status.OK else float(record["reward"])
@@ -291,7 +387,7 @@ def write_logs(state, state_space, paths):
     """Saves the state, then regenerates the architectures log and the JSON-lines records from it."""
     state.save()
     write_atomic(paths.architectures, format_architectures(state, state_space))
-    records = state.records() + state.data["over_budget"]
+    records = state.records() + state.over_budget()
     write_atomic(paths.records, "".join(json.dumps(r) + "\n" for r in records))
 
 

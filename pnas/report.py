@@ -22,6 +22,9 @@ import sys
 
 import numpy as np
 
+from pnas.paths import ExperimentPaths
+from pnas.records import Status
+
 
 def load_records(path):
     """The child records of a search, in training order."""
@@ -45,7 +48,7 @@ def stage_spearman(records):
         pairs = [
             (r["predicted_reward"], r["reward"])
             for r in records
-            if r["stage"] == stage and r.get("predicted_reward") is not None and r["status"] == "ok"
+            if r["stage"] == stage and r.get("predicted_reward") is not None and r["status"] == Status.OK
         ]
         if pairs:
             result[stage] = spearman([p for p, _ in pairs], [a for _, a in pairs])
@@ -83,7 +86,7 @@ def hms(seconds):
 
 
 def _trained(records):
-    return [r for r in records if r["status"] == "ok"]
+    return [r for r in records if r["status"] == Status.OK]
 
 
 def _save(fig, out_dir, name):
@@ -174,8 +177,8 @@ def summary_text(records, top=5, retrain_args=(), surrogate=None):
             (None: not named, e.g. for records without their settings).
     """
     trained = _trained(records)
-    failed = sum(r["status"] == "failed" for r in records)
-    skipped = sum(r["status"] == "over_budget" for r in records)
+    failed = sum(r["status"] == Status.FAILED for r in records)
+    skipped = sum(r["status"] == Status.OVER_BUDGET for r in records)
     lines = [f"{len(trained) + failed} children: {len(trained)} trained, {failed} failed"
              + (f"; {skipped} candidate{'s' * (skipped != 1)} over the op budget (MAX_MUL_OPS) skipped" if skipped else "")]
     if surrogate is not None and any(r["stage"] > 1 for r in records):
@@ -203,19 +206,19 @@ def summary_text(records, top=5, retrain_args=(), surrogate=None):
 
 def report(exp_name, root="."):
     """Regenerates the plots and summary.txt of a search; returns the summary text."""
-    records = load_records(os.path.join(root, "architectures", f"{exp_name}.jsonl"))
-    out_dir = os.path.join(root, "logs", exp_name)
+    paths = ExperimentPaths(exp_name, root)
+    records = load_records(paths.records)
     settings = {}
-    if os.path.exists(os.path.join(out_dir, "settings.json")):
-        with open(os.path.join(out_dir, "settings.json")) as f:
+    if os.path.exists(paths.settings):
+        with open(paths.settings) as f:
             settings = json.load(f)
     retrain = settings.get("RETRAIN_ARGS", [])  # searches saved before retrain_args.json
-    if os.path.exists(os.path.join(out_dir, "retrain_args.json")):
-        with open(os.path.join(out_dir, "retrain_args.json")) as f:
+    if os.path.exists(paths.retrain_args):
+        with open(paths.retrain_args) as f:
             retrain = json.load(f)
-    plot_all(records, out_dir)
+    plot_all(records, paths.exp_log_dir)
     text = summary_text(records, retrain_args=retrain, surrogate=settings.get("SURROGATE"))
-    with open(os.path.join(out_dir, "summary.txt"), "w") as f:
+    with open(paths.summary, "w") as f:
         f.write(text)
     return text
 
@@ -225,12 +228,12 @@ def main(argv=None):
     parser.add_argument("experiment_name")
     parser.add_argument("--root", default=".", help="folder holding architectures/ and logs/")
     args = parser.parse_args(argv)
-    path = os.path.join(args.root, "architectures", f"{args.experiment_name}.jsonl")
-    if not os.path.exists(path):
-        print(f"error: no records at {path}; run the search first or pass --root", file=sys.stderr)
+    paths = ExperimentPaths(args.experiment_name, args.root)
+    if not os.path.exists(paths.records):
+        print(f"error: no records at {paths.records}; run the search first or pass --root", file=sys.stderr)
         return 2
     print(report(args.experiment_name, args.root), end="")
-    print(f"Plots written to {os.path.join(args.root, 'logs', args.experiment_name)}/")
+    print(f"Plots written to {paths.exp_log_dir}/")
     return 0
 
 

@@ -26,7 +26,7 @@ import tempfile
 import traceback
 from typing import Optional
 
-from pnas.files import WriteFailed
+from mnist.files import WriteFailed
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,41 @@ class Outcome:
         return self.error is None
 
 
-def _failure(job, exc):
-    return Outcome(job, error=f"{type(exc).__name__}: {exc}", trace="".join(traceback.format_exception(exc)))
+def run_job(job, train):
+    """The one way to run a child: seeds its job, trains it, and turns an exception into a failed outcome.
+
+    The inline runner calls it in the search's process, a worker process
+    (`pnas.worker`) and a Ray task in theirs, so that every backend trains the
+    same child with the same numbers and records a failing child alike.
+
+    Args:
+        job: The `ChildJob`.
+        train: `train(job) -> result dict`, e.g. `KerasTrainer` or `NetworkManager.train_child` bound to its
+            arguments.
+
+    Returns:
+        The job's `Outcome`: its result, or the error (`'Type: message'`) and its traceback.
+
+    Raises:
+        WriteFailed: a write of the child's files failed for lack of space or an I/O error.
+    """
+    import keras
+
+    try:
+        keras.utils.set_random_seed(job.seed)
+        return Outcome(job, train(job))
+    except WriteFailed:
+        raise  # a full disk is not the child's fault: the search stops, to resume later
+    except Exception as exc:  # a failing child fails alone: the search records it
+        logger.debug("Child %s failed", job.child, exc_info=exc)
+        return Outcome(job, error=f"{type(exc).__name__}: {exc}", trace="".join(traceback.format_exception(exc)))
+
+
+def manager_train(manager, train_kwargs):
+    """`train(job)` for `run_job`: `manager.train_child` of `model_fn` with `train_kwargs`."""
+    from pnas.model import model_fn
+
+    return lambda job: manager.train_child(model_fn, **train_kwargs)
 
 
 class Runner:
@@ -109,7 +142,7 @@ class Runner:
 
 
 class InlineRunner(Runner):
-    """Trains each job in this process with `train(job) -> result dict`."""
+    """Trains each job in this process with `train(job) -> result dict` (through `run_job`)."""
 
     def __init__(self, train):
         self.train = train
@@ -118,15 +151,7 @@ class InlineRunner(Runner):
         for job in jobs:
             if on_start:
                 on_start(job)
-            try:
-                result = self.train(job)
-            except WriteFailed:
-                raise  # a full disk is not the child's fault: the search stops, to resume later
-            except Exception as exc:  # a failing child must not end the search
-                logger.debug("Child %s failed", job.child, exc_info=exc)
-                yield _failure(job, exc)
-            else:
-                yield Outcome(job, result)
+            yield run_job(job, self.train)
 
 
 class KerasTrainer:
@@ -139,12 +164,8 @@ class KerasTrainer:
         self.manager = NetworkManager(dataset, **manager_kwargs)
 
     def __call__(self, job):
-        import keras
-
-        from pnas.model import model_fn
-
-        keras.utils.set_random_seed(job.seed)
-        return self.manager.train_child(model_fn, **self.child.train_kwargs(job.actions, "child", job.log_name))
+        train = manager_train(self.manager, self.child.train_kwargs(job.actions, "child", job.log_name))
+        return train(job)
 
 
 def available_cores():
@@ -168,8 +189,6 @@ class ProcessRunner(Runner):
         self.workers = [ChildWorker(dataset, manager_kwargs, children_per_process, threads) for _ in range(parallel)]
 
     def run(self, jobs, on_start=None):
-        from pnas.worker import ChildFailed
-
         jobs = list(jobs)
         todo = collections.deque(jobs)
         running, finished = {}, {}  # worker -> job; sr_no -> Outcome
@@ -185,15 +204,12 @@ class ProcessRunner(Runner):
                     name = "child" if slot == 0 else f"child{slot}"
                     # Side by side, each epoch line names its child.
                     label = f"#{job.sr_no}" if self.parallel > 1 else None
-                    worker.submit(job.seed, **self.child.train_kwargs(job.actions, name, job.log_name, label))
+                    worker.submit(job, self.child.train_kwargs(job.actions, name, job.log_name, label))
                     running[worker] = job
             ready = multiprocessing.connection.wait([w.conn for w in running])
             for worker in [w for w in running if w.conn in ready]:
                 job = running.pop(worker)
-                try:
-                    finished[job.sr_no] = Outcome(job, worker.result())
-                except ChildFailed as exc:
-                    finished[job.sr_no] = Outcome(job, error=exc.error, trace=exc.trace)
+                finished[job.sr_no] = worker.result()
             while head is not None and head.sr_no in finished:
                 yield finished.pop(head.sr_no)
                 head = next(order, None)
@@ -208,21 +224,18 @@ _RAY_PROCESS = {}  # per Ray worker process: its scratch folder, and whether its
 HEAD_TIMEOUT_S = 2  # seconds between checks that the Ray head answers, while children train
 
 
-def _train_on_ray(dataset, manager_kwargs, threads, seed, train_kwargs):
-    """A Ray task: trains one child; returns ('ok', result) or ('error', message, traceback).
+def _train_on_ray(dataset, manager_kwargs, threads, job, train_kwargs):
+    """A Ray task: trains one child (`run_job`); returns its `Outcome`.
 
-    The child's own exceptions come back as values, so that the search
-    records them as it records a failing child of the other runners; a task
-    that raises to Ray is a worker or node that died.
+    The child's own exceptions come back as failed outcomes, so that the
+    search records them as it records a failing child of the other runners;
+    a task that raises to Ray is a worker or node that died.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from pnas.worker import import_keras_quietly, limit_threads
 
     import_keras_quietly()
-    import keras
-
     from pnas.manager import NetworkManager
-    from pnas.model import model_fn
 
     if "scratch" not in _RAY_PROCESS:
         if threads:
@@ -230,11 +243,7 @@ def _train_on_ray(dataset, manager_kwargs, threads, seed, train_kwargs):
         # The weights of the child in training, on this node; nothing reads them back.
         _RAY_PROCESS["scratch"] = tempfile.mkdtemp(prefix="pnas_ray_")
     manager = NetworkManager(dataset, **dict(manager_kwargs, weights_dir=_RAY_PROCESS["scratch"]))
-    try:
-        keras.utils.set_random_seed(seed)
-        return ("ok", manager.train_child(model_fn, **train_kwargs))
-    except Exception as exc:  # recorded by the search as a failed child
-        return ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    return run_job(job, manager_train(manager, train_kwargs))
 
 
 def _unavailable(address, reason):
@@ -361,15 +370,12 @@ class RayRunner(Runner):
 
     def _outcome(self, job, ref):
         try:
-            reply = self.ray.get(ref)
+            return self.ray.get(ref)
         except self.ray.exceptions.RayError as exc:  # the task's worker or node died, even after retries
             self.check_head()  # a child is not failed for the loss of the whole cluster
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             logger.warning("Child #%d: its Ray worker died (%s)", job.sr_no, type(exc).__name__)
             return Outcome(job, error=f"WorkerDied: {type(exc).__name__}: {first}", trace=str(exc))
-        if reply[0] == "ok":
-            return Outcome(job, reply[1])
-        return Outcome(job, error=reply[1], trace=reply[2])
 
     def run(self, jobs, on_start=None):
         todo = collections.deque(jobs)
@@ -383,7 +389,7 @@ class RayRunner(Runner):
                     if on_start:
                         on_start(job)
                     ref = self.remote.remote(
-                        self.dataset_ref, self.manager_kwargs, self.threads, job.seed,
+                        self.dataset_ref, self.manager_kwargs, self.threads, job,
                         self.child.train_kwargs(
                             job.actions, "child", job.log_name, f"#{job.sr_no}" if self.parallel > 1 else None
                         ),
@@ -419,7 +425,7 @@ def make_runner(config, dataset, paths, train_fn=None):
     if train_fn is not None:
         return InlineRunner(train_fn)
     r = config.runner
-    manager_kwargs = config.child.manager_kwargs(config.experiment_name, paths.weights_dir, paths.log_dir)
+    manager_kwargs = config.child.manager_kwargs(paths.exp_weights_dir, paths.exp_log_dir)
     if r.kind == "ray":
         return RayRunner(dataset, config.child, manager_kwargs, r)
     if r.kind == "inline" or r.children_per_process == 0:

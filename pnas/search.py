@@ -10,16 +10,15 @@
 
 import logging
 import os
-import re
-import shutil
 import time
 
 import keras
 
+from mnist.files import copy_atomic
 from pnas import report
 from pnas.encoder import StateSpace, new_surrogate
-from pnas.files import copy_atomic
 from pnas.model import model_fn
+from pnas.paths import ExperimentPaths
 from pnas.records import ChildRecord, SearchConfigError, SearchState, Status, write_logs, write_scores
 from pnas.runners import ChildJob, make_runner
 
@@ -32,69 +31,8 @@ class SearchAborted(RuntimeError):
     """The search cannot go on: too many children failed in a row, or none fits MAX_MUL_OPS."""
 
 
-class SearchPaths:
-    """Where a search writes its outputs."""
-
-    def __init__(self, exp_name, root="."):
-        self.exp_name = exp_name
-        self.architectures = os.path.join(root, "architectures", f"{exp_name}.txt")
-        self.records = os.path.join(root, "architectures", f"{exp_name}.jsonl")
-        self.log_dir = os.path.join(root, "logs")
-        self.exp_log_dir = os.path.join(root, "logs", exp_name)
-        self.state = os.path.join(self.exp_log_dir, "search_state.json")
-        self.settings = os.path.join(self.exp_log_dir, "settings.json")
-        self.retrain_args = os.path.join(self.exp_log_dir, "retrain_args.json")
-        self.weights_dir = os.path.join(root, "weights")
-        self.encoder_weights = os.path.join(root, "weights", exp_name, "encoder.weights.h5")
-        self.scores_dir = os.path.join(root, "scores", exp_name)
-
-    def scores(self, b):
-        """Every candidate of stage b with its predicted reward, best first."""
-        return os.path.join(self.scores_dir, f"scores_{b}.csv")
-
-    def encoder_log_dir(self, b):
-        """TensorBoard summaries of the encoder's training after stage b."""
-        return os.path.join(self.exp_log_dir, "encoder", f"b{b}")
-
-    def stage_encoder_weights(self, b):
-        """Encoder weights after its training on stages 1..b (kept for resume)."""
-        return os.path.join(self.exp_log_dir, "encoder", f"after_b{b}.weights.h5")
-
-    def outputs(self):
-        return [self.architectures, self.records, self.exp_log_dir, os.path.dirname(self.encoder_weights), self.scores_dir]
-
-    # What a search writes under logs/NAME/ and weights/NAME/ (with their temporary files, `pnas.files`).
-    # Not there: the encoder weights weights/NAME/encoder.* that RESTORE_CONTROLLER adopts, and what
-    # train.py -ta writes (best.weights.h5, model.keras, model.bnn.npz, logs/NAME/best/, its settings).
-    _LOG_OUTPUTS = re.compile(
-        r"(search_state\.json|settings\.json|retrain_args\.json|summary\.txt|rewards\.png|predicted_vs_actual\.png"
-        r"|pareto\.png|encoder|child_\d+)(\.tmp\d+.*)?"
-    )
-    _WEIGHT_OUTPUTS = re.compile(r"child\d*\.weights\.h5(\.tmp\d+.*)?")
-
-    def search_outputs(self):
-        """Every file and folder the search of this name wrote, but the encoder that RESTORE_CONTROLLER adopts."""
-        found = [p for p in (self.architectures, self.records, self.scores_dir) if os.path.lexists(p)]
-        for folder, pattern in ((self.exp_log_dir, self._LOG_OUTPUTS), (os.path.dirname(self.encoder_weights),
-                                                                         self._WEIGHT_OUTPUTS)):
-            if os.path.isdir(folder):
-                found += [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if pattern.fullmatch(n)]
-        for log in (self.architectures, self.records):  # temporary files of an interrupted write
-            folder = os.path.dirname(log)
-            if os.path.isdir(folder):
-                found += [os.path.join(folder, n) for n in sorted(os.listdir(folder))
-                          if re.fullmatch(re.escape(os.path.basename(log)) + r"\.tmp\d+.*", n)]
-        return found
-
-    def discard(self):
-        """Removes `search_outputs()`: OVERWRITE starts from a clean slate. Returns what it removed."""
-        removed = self.search_outputs()
-        for path in removed:
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            else:
-                os.remove(path)
-        return removed
+# The name the search's callers have known its paths by.
+SearchPaths = ExperimentPaths
 
 
 def _seed(base, *parts):
@@ -111,12 +49,12 @@ class Search:
     Args:
         config: `pnas.config.SearchConfig`.
         dataset: `[x_train, y_train, x_val, y_val, x_test, y_test]`.
-        paths: `SearchPaths`.
+        paths: `pnas.paths.ExperimentPaths`.
         runner: The `pnas.runners.Runner` that trains the children (default:
             the one `config.runner` names); the search closes it when done.
         state: The `pnas.records.SearchState` to run (default: the saved one,
             or a new one; with `config.overwrite` the old search's outputs are
-            first removed, `SearchPaths.discard`).
+            first removed, `ExperimentPaths.discard`).
         train_fn: Trains a child in place of a runner, in this process:
             `train_fn(job: ChildJob) -> result dict` (e.g. a lookup in a
             table of rewards, `pnas.space_table.table_train_fn`).
@@ -161,7 +99,7 @@ class Search:
         """
         if self.state.resumed or not self.config.encoder.restore:
             return
-        self.state.data["encoder_restored"] = False
+        self.state.data.encoder_restored = False
         encoder = self._new_encoder()
         if not encoder.has_weights(self.paths.encoder_weights):
             return
@@ -178,7 +116,7 @@ class Search:
         sources = encoder.weight_files(self.paths.encoder_weights)
         for source, target in zip(sources, encoder.weight_files(self.paths.stage_encoder_weights(0))):
             copy_atomic(source, target)
-        self.state.data["encoder_restored"] = True
+        self.state.data.encoder_restored = True
         print(f"Restored the encoder from {', '.join(sources)}")
 
     def train_encoder(self, b):
@@ -191,7 +129,7 @@ class Search:
         keras.backend.clear_session(free_memory=True)
         keras.utils.set_random_seed(_seed(self.config.seed, 1, b))
         encoder = self._new_encoder(tensorboard_dir=self.paths.encoder_log_dir(b))
-        if b > 1 or self.state.data.get("encoder_restored"):
+        if b > 1 or self.state.data.encoder_restored:
             encoder.load_weights(self.paths.stage_encoder_weights(b - 1))
         seen = [r for r in self.state.records() if r["stage"] <= b]
         steps_before = encoder.steps
@@ -201,7 +139,7 @@ class Search:
                                   encoder.weight_files(self.paths.encoder_weights)):
             copy_atomic(source, target)
         # Cumulative: the steps behind the ranking of stage b + 1 (shown in the summary).
-        self.state.data.setdefault("encoder_steps", {})[str(b)] = encoder.steps
+        self.state.set_encoder_steps(b, encoder.steps)
         logger.info("Encoder trained on %d children, loss %.5f", len(seen), loss)
         if encoder.steps is None:
             how = "a closed-form ridge fit"
@@ -238,7 +176,7 @@ class Search:
         beam = self.state.beam(b)
         if beam is not None:
             return beam
-        self.state.data["over_budget"] = [r for r in self.state.data["over_budget"] if r["stage"] != b]
+        self.state.drop_over_budget(b)
         if b == 1:
             beam, predicted = [c for c in self.state_space.initial_children() if self.within_budget(1, c)], None
         else:
@@ -248,7 +186,7 @@ class Search:
             write_scores(self.paths.scores(b), self.state_space, ranked)
             beam, predicted = top_k(ranked, self.config.encoder.k, accept=lambda child: self.within_budget(b, child))
         if self.config.max_mul_ops is not None:
-            skipped = sum(r["stage"] == b for r in self.state.data["over_budget"])
+            skipped = len(self.state.over_budget(stage=b))
             print(f"b = {b}: {skipped} candidates over MAX_MUL_OPS={self.config.max_mul_ops} skipped")
         self.state.set_beam(b, beam, predicted)
         write_logs(self.state, self.state_space, self.paths)
@@ -279,7 +217,7 @@ class Search:
         fields = {}
         if predicted is not None:
             fields["predicted_reward"] = predicted[beam.index(job.child)]
-            fields["encoder_steps"] = self.state.data.get("encoder_steps", {}).get(str(b - 1))
+            fields["encoder_steps"] = self.state.stage(b - 1).encoder_steps
         if outcome.ok:
             record = self._record(b, job.child, Status.OK, sr_no=job.sr_no, result=outcome.result, **fields)
         else:
@@ -316,7 +254,7 @@ class Search:
         """Ends the search at stage b, whose candidates all exceed MAX_MUL_OPS; at b = 1 it cannot start."""
         budget = self.config.max_mul_ops
         if b == 1:
-            cheapest = min(r["mul_ops"] for r in self.state.data["over_budget"] if r["stage"] == 1)
+            cheapest = min(r["mul_ops"] for r in self.state.over_budget(stage=1))
             raise SearchAborted(
                 f"no 1-block child is within MAX_MUL_OPS={budget} (the cheapest has {cheapest} multiply-accumulates); "
                 "rerun with a larger MAX_MUL_OPS and --OVERWRITE=True"
@@ -351,12 +289,10 @@ class Search:
         records = self.state.records(stage=b)
         rho = report.stage_spearman(records).get(b)
         if self.state.predicted(b) is not None:
-            self.state.data["spearman"][str(b)] = rho
-            for r in records:
-                r["stage_spearman"] = rho
+            self.state.set_spearman(b, rho)
             n = sum(r.get("predicted_reward") is not None and r["status"] == Status.OK for r in records)
             shown = "undefined" if rho is None else f"{rho:.3f}"
-            steps = self.state.data.get("encoder_steps", {}).get(str(b - 1))
+            steps = self.state.stage(b - 1).encoder_steps
             if steps is not None:
                 after = f", ranked after {steps} gradient steps"
             else:
@@ -367,7 +303,7 @@ class Search:
         if not self.plots:
             return
         try:
-            report.plot_all(self.state.records() + self.state.data["over_budget"], self.paths.exp_log_dir)
+            report.plot_all(self.state.records() + self.state.over_budget(), self.paths.exp_log_dir)
         except Exception as exc:  # plots are a convenience; never stop a search for them
             logger.warning("Could not draw the plots: %s", exc)
 
@@ -390,7 +326,7 @@ class Search:
             self._finish(outcome)
 
     def _run(self):
-        if self.state.data["finished"]:
+        if self.state.data.finished:
             print("This search has already finished; use --OVERWRITE=True or a new EXPERIMENT_NAME to run it again.")
             return self.state.records()
         total = sum(self.state_space.stage_sizes(self.config.encoder.k))
@@ -415,10 +351,10 @@ class Search:
             self.end_stage(b)
         # Final encoder training, so the saved encoder has seen every stage.
         # (A search that ended early at b trained it on stages < b in decide(b).)
-        if not self.state.data["finished"]:
+        if not self.state.data.finished:
             if last_stage == self.config.max_blocks and self.final_encoder:
                 self.train_encoder(self.config.max_blocks)
-            self.state.data["finished"] = True
+            self.state.data.finished = True
             write_logs(self.state, self.state_space, self.paths)
         return self.state.records()
 

@@ -149,13 +149,13 @@ class SpaceTable:
         (`common_seeds`) when some have more than others: a cell measured
         once is more likely to sit at an extreme than one averaged over two.
         """
-        children = self.children() if children is None else children
-        means = {c: self.mean_reward(c, seeds) for c in children}
-        ordered = sorted(means.values(), reverse=True)
-        first = {}
-        for i, value in enumerate(ordered, start=1):
-            first.setdefault(value, i)
-        return {c: first[m] for c, m in means.items()}
+        from scipy.stats import rankdata
+
+        children = list(self.children() if children is None else children)
+        means = [self.mean_reward(c, seeds) for c in children]
+        # Ranks of the negated means: the best is 1, and 'min' gives tied cells their best rank.
+        ranks = rankdata([-m for m in means], method="min") if children else []
+        return {c: int(r) for c, r in zip(children, ranks)}
 
     def complete(self, b, seed=0):
         """Whether every cell with `b` blocks has a reward for `seed`."""
@@ -241,14 +241,15 @@ def simulate_search(table, settings, root, reward_seed=0, rewards=None):
     import io
 
     from pnas.config import SearchConfig
-    from pnas.search import Search, SearchPaths
+    from pnas.paths import ExperimentPaths
+    from pnas.search import Search
 
     space = table.state_space
     s = dict(settings, B=space.B, operators=list(space.operators), INPUT_LOOKFORWARD_DEPTH=space.input_lookforward_depth,
              EXPERIMENT_NAME=f"sim_k{settings['K_']}_s{settings['SEED']}", OVERWRITE=True,
              RESTORE_CONTROLLER=False, MAX_MUL_OPS=None, MAX_CONSECUTIVE_FAILURES=1)
     config = SearchConfig.from_settings(s)
-    paths = SearchPaths(config.experiment_name, root=root)
+    paths = ExperimentPaths(config.experiment_name, root=root)
     train_fn = table_train_fn(table, reward_seed, rewards)
     search = Search(config, None, paths, train_fn=train_fn, plots=False, final_encoder=False)
     with contextlib.redirect_stdout(io.StringIO()):

@@ -12,19 +12,10 @@ fails its child, not the search.
 
 import multiprocessing
 import os
-import traceback
 
-from binarized.quiet import import_keras_quietly  # noqa: F401  (kept importable here)
-from pnas.files import WriteFailed
-
-
-class ChildFailed(RuntimeError):
-    """A child raised in the worker; `error` and `trace` describe it."""
-
-    def __init__(self, error, trace):
-        super().__init__(error)
-        self.error = error
-        self.trace = trace
+from binarized.quiet import import_keras_quietly
+from mnist.files import WriteFailed
+from pnas.runners import Outcome, manager_train, run_job
 
 
 def limit_threads(threads):
@@ -39,30 +30,24 @@ def limit_threads(threads):
 
 
 def _serve(conn, dataset, manager_kwargs, threads=None):
-    """The worker's loop: (seed, train_child kwargs) in, ('ok', result) or ('error', ...) out."""
+    """The worker's loop: (`ChildJob`, train_child kwargs) in, its `Outcome` (`pnas.runners.run_job`) out."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import_keras_quietly()
-    import keras
-
     if threads:
         limit_threads(threads)
 
     from pnas.manager import NetworkManager
-    from pnas.model import model_fn
 
     manager = NetworkManager(dataset, **manager_kwargs)
     while True:
         message = conn.recv()
         if message is None:
             return
-        seed, kwargs = message
+        job, train_kwargs = message
         try:
-            keras.utils.set_random_seed(seed)
-            conn.send(("ok", manager.train_child(model_fn, **kwargs)))
+            conn.send(run_job(job, manager_train(manager, train_kwargs)))
         except WriteFailed as exc:  # the disk, not the child: the search must stop, not go on
             conn.send(("write_failed", exc.errno, exc.strerror, exc.filename))
-        except Exception as exc:  # reported to the search, which records the child as failed
-            conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
 
 
 class ChildWorker:
@@ -84,7 +69,7 @@ class ChildWorker:
         self.process = None
         self.conn = None
         self.trained = 0
-        self.busy = False
+        self.job = None  # the job submitted and not yet answered
 
     @property
     def pid(self):
@@ -100,51 +85,47 @@ class ChildWorker:
         theirs.close()
         self.trained = 0
 
-    def train(self, seed, **kwargs):
-        """Trains one child (see `NetworkManager.train_child`) and returns its result.
+    def train(self, job, train_kwargs):
+        """Trains the child of `job` (`NetworkManager.train_child` with `train_kwargs`); returns its `Outcome`.
 
-        Raises:
-            ChildFailed: the child raised, or the worker died.
+        A child that raises, or whose worker dies, is an outcome with an `error`.
         """
-        self.submit(seed, **kwargs)
+        self.submit(job, train_kwargs)
         return self.result()
 
-    def submit(self, seed, **kwargs):
+    def submit(self, job, train_kwargs):
         """Starts training one child; `result()` waits for it."""
         if self.process is None or self.trained >= self.max_children or not self.process.is_alive():
             self.close()
             self._start()
         self.trained += 1
-        self.busy = True
+        self.job = job
         try:
-            self.conn.send((seed, kwargs))
+            self.conn.send((job, train_kwargs))
         except (ConnectionError, BrokenPipeError):
             pass  # result() reports the dead worker
 
     def result(self):
-        """The result of the child of the last `submit` (see `train`)."""
-        self.busy = False
+        """The `Outcome` of the job of the last `submit` (see `train`)."""
+        job, self.job = self.job, None
         try:
             reply = self.conn.recv()
         except (EOFError, ConnectionError, BrokenPipeError, OSError):
             self.process.join(timeout=5)
             code = self.process.exitcode
             self.close()
-            raise ChildFailed(
-                f"WorkerDied: the child's training process ended with exit code {code}", ""
-            ) from None
-        if reply[0] == "ok":
-            return reply[1]
-        if reply[0] == "write_failed":
+            return Outcome(job, error=f"WorkerDied: the child's training process ended with exit code {code}",
+                           trace="")
+        if isinstance(reply, tuple) and reply[0] == "write_failed":
             raise WriteFailed(*reply[1:])
-        raise ChildFailed(reply[1], reply[2])
+        return reply
 
     def close(self):
         """Stops the worker (politely, then by force)."""
         if self.process is None:
             return
         try:
-            if self.process.is_alive() and not self.busy:  # a busy worker is abandoned
+            if self.process.is_alive() and self.job is None:  # a busy worker is abandoned
                 self.conn.send(None)
                 self.process.join(timeout=10)
         except (BrokenPipeError, ConnectionError, OSError):
@@ -153,5 +134,4 @@ class ChildWorker:
             self.process.kill()
             self.process.join()
         self.conn.close()
-        self.process = self.conn = None
-        self.busy = False
+        self.process = self.conn = self.job = None

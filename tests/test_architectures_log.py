@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 
 from pnas.records import SearchState, write_logs  # noqa: E402
 from pnas.search import Search, SearchPaths  # noqa: E402
-from _search_helpers import search_with, synthetic_dataset, tiny_config, tiny_settings  # noqa: E402
+from conftest import search_with, synthetic_dataset, tiny_config, tiny_settings  # noqa: E402
 
 
 # ------------------------------------------------ the original's code, verbatim

@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -337,6 +336,7 @@ def _every_layer_model():
     )
 
 
+@pytest.mark.slow  # a fresh Python process that imports TensorFlow
 def test_keras_file_round_trip_in_fresh_process(tmp_path):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(7)
@@ -370,6 +370,7 @@ def test_keras_file_round_trip_in_fresh_process(tmp_path):
 # --- a tiny binary network learns ------------------------------------------------
 
 
+@pytest.mark.slow  # 160 training steps
 def test_tiny_binary_network_learns_toy_problem():
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -392,11 +393,8 @@ def test_tiny_binary_network_learns_toy_problem():
         ]
     )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="squared_hinge")
-    start = time.perf_counter()
     model.fit(x, y, batch_size=64, epochs=20, verbose=0)
-    elapsed = time.perf_counter() - start
     pred = np.where(_np(model(x_test, training=False)) >= 0, 1.0, -1.0)
     accuracy = np.mean(pred == y_test)
     majority = max(np.mean(y_test == 1), np.mean(y_test == -1))
     assert accuracy > 0.9, f"accuracy {accuracy:.3f} (majority class {majority:.3f})"
-    assert elapsed < 30, f"training took {elapsed:.1f} s"

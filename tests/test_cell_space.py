@@ -14,6 +14,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from conftest import random_child, raw_children, synthetic_batch  # noqa: E402
 from pnas.encoder import Encoder, RepresentationError, StateSpace, tokens  # noqa: E402
 from pnas.model import OPERATORS, model_fn  # noqa: E402
 
@@ -22,15 +23,6 @@ TWO_OPS = ["3x3 bconv", "3x3 maxpool"]
 
 
 # ------------------------------------------------------------ brute force
-def _raw_children(space, blocks):
-    """Every child of `blocks` blocks, canonical or not, that the space allows."""
-    per_block = []
-    for position in range(blocks):
-        operands = list(itertools.product(space.block_inputs(position), range(space.op_size)))
-        per_block.append([a + b for a in operands for b in operands])
-    return [sum(combo, ()) for combo in itertools.product(*per_block)]
-
-
 def _network_key(child):
     """A complete invariant of the network a child describes, by brute force.
 
@@ -54,14 +46,6 @@ def _network_key(child):
             if best is None or flat < best:
                 best = flat
     return best
-
-
-def _random_child(space, rng, blocks):
-    return tuple(
-        int(rng.choice(space.block_inputs(p))) if i % 2 == 0 else int(rng.integers(space.op_size))
-        for p in range(blocks)
-        for i in range(4)
-    )
 
 
 def _random_relabelling(space, child, rng):
@@ -110,7 +94,7 @@ def test_expansion_is_one_child_per_distinct_network(lookback, lookforward, oper
     for b in range(1, blocks + 1):
         if b > 1:
             children = space.expand(children)
-        raw = _raw_children(space, b)
+        raw = raw_children(space, b)
         keys = {c: _network_key(c) for c in raw}
         canonical = {c: space.canonical(c) for c in raw}
         # Same canonical form exactly when same network...
@@ -154,7 +138,7 @@ def test_canonical_is_idempotent_and_invariant_under_allowed_reorders(lookforwar
     space = StateSpace(4, DEFAULT_OPS, -1, lookforward)
     rng = np.random.default_rng(0)
     for _ in range(150):
-        child = _random_child(space, rng, int(rng.integers(1, 5)))
+        child = random_child(space, rng, int(rng.integers(1, 5)))
         form = space.canonical(child)
         assert space.canonical(form) == form
         assert _network_key(form) == _network_key(child)
@@ -214,7 +198,7 @@ def test_encodings_round_trip_for_random_lookback_children(lookforward):
     space = StateSpace(3, DEFAULT_OPS, -1, lookforward)
     rng = np.random.default_rng(1)
     for _ in range(50):
-        child = _random_child(space, rng, int(rng.integers(1, 4)))
+        child = random_child(space, rng, int(rng.integers(1, 4)))
         arrays = space.encode(child)
         assert all(a.shape == (1, 4) for a in arrays)  # B + 1 inputs, 4 operators
         for i, (array, value) in enumerate(zip(arrays, child)):
@@ -260,14 +244,6 @@ def test_tokens_number_inputs_by_one_hot_index_and_the_encoder_vocab_grows():
 
 
 # ------------------------------------------------------------------- model
-def _synthetic_batch(n=4, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(-1, 1, size=(n, 28, 28, 1)).astype(np.float32)
-    y = -np.ones((n, 10), np.float32)
-    y[np.arange(n), rng.integers(0, 10, n)] = 1.0
-    return x, y
-
-
 @pytest.mark.parametrize("op", list(OPERATORS))
 def test_every_operator_on_every_input_builds_trains_and_round_trips(op):
     keras.utils.set_random_seed(0)
@@ -281,7 +257,7 @@ def test_every_operator_on_every_input_builds_trains_and_round_trips(op):
     model, mul_ops = model_fn(actions, num_cells=3, num_cell_filters=[2, 3, 2], dense_layers=[10])
     assert model.output_shape == (None, 10)
     assert mul_ops > 0
-    x, y = _synthetic_batch()
+    x, y = synthetic_batch(4)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="squared_hinge", run_eagerly=True)
     before = [w.copy() for w in model.get_weights()]
     assert np.isfinite(model.train_on_batch(x, y))

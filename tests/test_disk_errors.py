@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 
 from pnas.files import WriteFailed, atomic_path, write_atomic  # noqa: E402
 from pnas.search import SearchPaths  # noqa: E402
-from _search_helpers import search_with, synthetic_dataset, tiny_config  # noqa: E402
+from conftest import search_with, synthetic_dataset, tiny_config  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

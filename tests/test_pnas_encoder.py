@@ -12,6 +12,7 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
+from conftest import random_child, raw_children  # noqa: E402
 from pnas.encoder import (  # noqa: E402
     Encoder, RepresentationError, RidgeSurrogate, StateSpace, new_surrogate, op_counts,
 )
@@ -19,23 +20,6 @@ from pnas.encoder import (  # noqa: E402
 # The operators of train.py, which the original research code's logs were written with.
 DEFAULT_OPS = ["3x3 sep-bconv", "5x5 sep-bconv", "1x7-7x1 bconv", "3x3 bconv"]
 TWO_OPS = ["3x3 bconv", "3x3 maxpool"]
-
-
-def _raw_children(space, blocks):
-    """Every child of `blocks` blocks, canonical or not, that the space allows."""
-    per_block = []
-    for position in range(blocks):
-        operands = list(itertools.product(space.block_inputs(position), range(space.op_size)))
-        per_block.append([a + b for a in operands for b in operands])
-    return [sum(combo, ()) for combo in itertools.product(*per_block)]
-
-
-def _random_child(space, rng, blocks):
-    child = []
-    for position in range(blocks):
-        for _ in range(2):
-            child += [int(rng.choice(space.block_inputs(position))), int(rng.integers(space.op_size))]
-    return tuple(child)
 
 
 # ------------------------------------------------------------------- counts
@@ -79,7 +63,7 @@ def test_expand_yields_exactly_the_distinct_canonical_children(lookforward, oper
         children = space.expand(children)
         assert len(set(children)) == len(children)
         assert all(space.canonical(c) == c for c in children)
-        raw = _raw_children(space, blocks)
+        raw = raw_children(space, blocks)
         # Brute force: the canonical forms of every raw child of this size...
         assert set(children) == {space.canonical(c) for c in raw}
         if lookforward <= 1:
@@ -135,7 +119,7 @@ def test_encodings_round_trip_for_random_children(lookforward):
     space = StateSpace(3, DEFAULT_OPS, input_lookforward_depth=lookforward)
     rng = np.random.default_rng(0)
     for _ in range(50):
-        child = _random_child(space, rng, int(rng.integers(1, 4)))
+        child = random_child(space, rng, int(rng.integers(1, 4)))
         arrays = space.encode(child)
         assert [a.shape for a in arrays] == [(1, 3) if i % 2 == 0 else (1, 4) for i in range(len(child))]
         assert all(a[0, v] == v + 1 and np.count_nonzero(a) == 1 for a, v in zip(arrays, child))
@@ -188,6 +172,7 @@ def _synthetic_reward(child):
     return 0.1 + 0.6 * np.mean(ops == 0) + 0.2 * np.mean(ops == 1) + 0.02 * len(child) / 4
 
 
+@pytest.mark.slow  # 20 epochs of the LSTM encoder
 def test_encoder_learns_to_rank_a_synthetic_reward():
     import keras
 
@@ -278,6 +263,7 @@ def test_top_k_keeps_k_best_and_skips_rejected_children(tmp_path):
     assert [(r["rank"], r["predicted_reward"]) for r in rows] == [("1", "1.000000"), ("2", "1.000000"), ("3", "0.000000")]
 
 
+@pytest.mark.slow  # trains the LSTM encoder to fit its targets
 @pytest.mark.parametrize(
     "targets, rewards",
     [("standardize", [0.80, 0.82, 0.86]), ("scaled", [0.975, 0.978, 0.985])],  # 'scaled' near 1, where 'raw' saturates
@@ -399,3 +385,47 @@ def test_the_mean_readout_averages_the_unpadded_outputs_only():
     np.testing.assert_allclose(together[3], (outputs.mean(axis=1) @ kernel + bias)[0, 0], rtol=1e-5)
     with pytest.raises(ValueError, match="readout"):
         Encoder(space, readout="max")
+@pytest.mark.slow  # trains three LSTM encoders
+def test_encoder_ensemble_trains_on_different_thirds_and_averages(tmp_path):
+    space = StateSpace(2, TWO_OPS)
+    keras.utils.set_random_seed(0)
+    children = space.initial_children() + space.expand(space.initial_children())
+    rewards = [0.1 + 0.05 * i for i in range(len(children))]  # distinct, to tell the samples apart
+    assert len(children) == 9
+    encoder = Encoder(space, controller_cells=8, epochs=2, ensemble=3, targets="raw")
+    assert len(encoder.models) == 3
+    seen = []
+    for i, model in enumerate(encoder.models):
+        def fit(x, y, _fit=model.fit, _i=i, **kwargs):
+            seen.append((_i, np.array(x), np.array(y)))
+            return _fit(x, y, **kwargs)
+
+        model.fit = fit
+    loss = encoder.fit(children, rewards)
+    assert np.isfinite(loss)
+    assert [i for i, _, _ in seen] == [0, 1, 2]
+    x_all = encoder._batch(children)
+    left_out = []
+    for i, x, y in seen:
+        assert len(y) == 6  # 2/3 of the 9 samples
+        kept = [rewards.index(pytest.approx(v)) for v in y]
+        np.testing.assert_array_equal(x, x_all[kept])
+        left_out.append(sorted(set(range(9)) - set(kept)))
+    # Each sample is left out by exactly one member: three different subsets.
+    assert sorted(sum(left_out, [])) == list(range(9))
+    assert len({tuple(s) for s in left_out}) == 3
+
+    members = np.stack([m.predict(x_all, verbose=0)[:, 0] for m in encoder.models])
+    predicted = encoder.predict(children)
+    assert predicted.shape == (9,)
+    np.testing.assert_allclose(predicted, members.mean(axis=0), rtol=1e-6, atol=1e-7)
+    assert np.ptp(members, axis=0).max() > 1e-4  # the members really differ
+
+    path = str(tmp_path / "enc" / "encoder.weights.h5")
+    encoder.save_weights(path)
+    assert sorted(os.listdir(tmp_path / "enc")) == [f"encoder.{i}.weights.h5" for i in range(3)]
+    keras.utils.set_random_seed(1)
+    fresh = Encoder(space, controller_cells=8, epochs=2, ensemble=3, targets="raw")
+    assert not np.allclose(fresh.predict(children), predicted, atol=1e-5)
+    fresh.load_weights(path)
+    np.testing.assert_allclose(fresh.predict(children), predicted, rtol=1e-6, atol=1e-7)

@@ -8,15 +8,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from conftest import synthetic_batch  # noqa: E402
 from pnas.model import OPERATORS, check_operators, model_fn  # noqa: E402
-
-
-def _synthetic_batch(n=8, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(-1, 1, size=(n, 28, 28, 1)).astype(np.float32)
-    y = -np.ones((n, 10), np.float32)
-    y[np.arange(n), rng.integers(0, 10, n)] = 1.0
-    return x, y
 
 
 def test_there_are_ten_operators():
@@ -32,7 +25,7 @@ def test_every_operator_builds_and_trains_one_step(op):
     model, mul_ops = model_fn(actions, num_cells=2, num_cell_filters=[4, 6], dense_layers=[8, 10])
     assert model.output_shape == (None, 10)
     assert isinstance(mul_ops, int) and mul_ops > 0
-    x, y = _synthetic_batch()
+    x, y = synthetic_batch(8)
     # Eagerly: one step does not repay tracing a graph (the search tests cover graph mode).
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="squared_hinge", run_eagerly=True)
     before = [w.copy() for w in model.get_weights()]
@@ -128,7 +121,7 @@ def test_calibrate_batchnorm_makes_inference_match_the_calibration_batch():
     actions = [0, "3x3 sep-bconv", 0, "1x7-7x1 bconv"]
     model, _ = model_fn(actions, num_cells=2, num_cell_filters=[4, 6], dense_layers=[8, 10],
                         dropout=(True, 0.2, 0.5))
-    x, _ = _synthetic_batch(64)
+    x, _ = synthetic_batch(64)
     # Fresh moving statistics (mean 0, variance 1) do not describe x.
     assert not np.allclose(model(x, training=False), model(x, training=True), atol=1e-3)
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]

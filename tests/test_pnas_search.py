@@ -5,7 +5,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import json  # noqa: E402
+import pathlib  # noqa: E402
 import re  # noqa: E402
+import shutil  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -15,7 +17,7 @@ from pnas.manager import ChildTrainingError, NetworkManager  # noqa: E402
 from pnas.model import model_fn  # noqa: E402
 import pnas.search  # noqa: E402
 from pnas.search import Search, SearchAborted, SearchPaths, estimate_eta  # noqa: E402
-from _search_helpers import keras_run_child, search_with, synthetic_dataset, tiny_config  # noqa: E402
+from conftest import keras_run_child, search_with, synthetic_dataset, tiny_config  # noqa: E402
 
 _settings = tiny_config
 
@@ -109,6 +111,7 @@ def test_a_diverging_child_fails_alone_in_a_search(tmp_path):
     assert [r["status"] for r in records[1:]] == ["ok", "ok"]
 
 
+@pytest.mark.slow  # trains 8 children in worker processes
 def test_the_same_seed_gives_the_same_search(tmp_path):
     dataset = _dataset()
     runs = []
@@ -129,6 +132,7 @@ def test_the_same_seed_gives_the_same_search(tmp_path):
     assert scores1 == scores2
 
 
+@pytest.mark.slow  # two worker processes
 def test_children_side_by_side_give_the_search_of_one_by_one(tmp_path, capsys):
     """Two workers, one thread each: the same children, numbers and order as one by one."""
     dataset = _dataset()
@@ -218,3 +222,33 @@ def test_an_unreadable_state_without_records_is_one_clear_error(tmp_path):
     state.write_text('{"version": 1, "config": {"B": 2}, "chi')
     with pytest.raises(SearchConfigError, match=r"search_state.json is unreadable \(JSONDecodeError\).*OVERWRITE"):
         SearchState.load_or_create(str(state), {"B": 2}, records_path=str(tmp_path / "missing.jsonl"))
+
+
+# A search (B=3, 2 operators, K_=2) killed during its last child by the code of before the state's
+# schema (pnas.records.StateFile): its state file, records, logs, scores and ridge weights.
+SAVED_SEARCH = pathlib.Path(__file__).parent / "fixtures" / "search_v1"
+
+
+def test_a_search_saved_by_earlier_code_resumes_at_its_last_child(tmp_path):
+    shutil.copytree(SAVED_SEARCH, tmp_path / "saved")
+    saved = _read_records(SearchPaths("fixture", root=str(tmp_path / "saved")))
+    trained = []
+
+    def run_child(search, child, sr_no):
+        trained.append(sr_no)
+        return _fake_result(child)
+
+    settings = _settings(B=3, EXPERIMENT_NAME="fixture")
+    paths = SearchPaths("fixture", root=str(tmp_path / "saved"))
+    search = search_with(run_child, settings, _dataset(), paths, plots=False)
+    assert search.state.stage(2).spearman == pytest.approx(1.0)  # read from the saved file's layout
+    assert search.state.stage(3).beam == [tuple(c) for c in search.state.data.beams["3"]]
+    records = search.run()
+    assert trained == [7]  # the 6 recorded children were not trained again
+    assert records[:6] == saved
+    assert search.state.data.finished
+    expected = search_with(lambda search, child, sr_no: _fake_result(child), settings, _dataset(),
+                           SearchPaths("fixture", root=str(tmp_path / "whole")), plots=False).run()
+    assert [(r["sr_no"], r["child"], r["reward"], r.get("predicted_reward")) for r in records] == [
+        (r["sr_no"], r["child"], r["reward"], r.get("predicted_reward")) for r in expected
+    ]

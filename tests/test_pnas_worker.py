@@ -7,7 +7,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from pnas.worker import ChildFailed, ChildWorker  # noqa: E402
+from pnas.runners import ChildJob  # noqa: E402
+from pnas.worker import ChildWorker  # noqa: E402
+
+# Every test here spawns worker processes.
+pytestmark = pytest.mark.slow
 
 CHILD = dict(actions=[0, "3x3 bconv", 0, "3x3 maxpool"], num_cells=1, num_cell_filters=[4], dense_layers=[10])
 
@@ -23,8 +27,14 @@ def _dataset(n=64, poison=False):
     return [x, y, x[:32], y[:32], x[:16], y[:16]]
 
 
+def _train(worker, seed, **child):
+    """The `Outcome` of `worker` training CHILD (with `child` in place of its arguments) from `seed`."""
+    kwargs = dict(CHILD, **child)
+    return worker.train(ChildJob(seed + 1, 1, (), tuple(kwargs["actions"]), seed), kwargs)
+
+
 def _kwargs(tmp_path):
-    return dict(exp_name="w", epochs=1, batchsize=32, weights_dir=str(tmp_path), log_dir=None, verbose=0)
+    return dict(epochs=1, batchsize=32, weights_dir=str(tmp_path), log_dir=None, verbose=0)
 
 
 def test_worker_trains_children_and_is_replaced_after_max_children(tmp_path):
@@ -32,7 +42,9 @@ def test_worker_trains_children_and_is_replaced_after_max_children(tmp_path):
     try:
         pids, results = [], []
         for seed in range(3):
-            results.append(worker.train(seed, **CHILD))
+            outcome = _train(worker, seed)
+            assert outcome.ok and outcome.job.seed == seed, outcome.error
+            results.append(outcome.result)
             pids.append(worker.pid)
         assert pids[0] == pids[1] != pids[2]
         for result in results:
@@ -41,7 +53,7 @@ def test_worker_trains_children_and_is_replaced_after_max_children(tmp_path):
         # Same seed, fresh process: the same numbers.
         again = ChildWorker(_dataset(), _kwargs(tmp_path), max_children=2)
         try:
-            assert again.train(0, **CHILD)["val_accuracy"] == results[0]["val_accuracy"]
+            assert _train(again, 0).result["val_accuracy"] == results[0]["val_accuracy"]
         finally:
             again.close()
     finally:
@@ -52,14 +64,13 @@ def test_worker_trains_children_and_is_replaced_after_max_children(tmp_path):
 def test_a_failing_child_is_reported_with_its_error_and_the_worker_goes_on(tmp_path):
     worker = ChildWorker(_dataset(poison=True), _kwargs(tmp_path), max_children=5)
     try:
-        with pytest.raises(ChildFailed) as info:
-            worker.train(0, **CHILD)
-        assert info.value.error.startswith("ChildTrainingError")
-        assert "Traceback" in info.value.trace
+        outcome = _train(worker, 0)
+        assert not outcome.ok and outcome.result is None
+        assert outcome.error.startswith("ChildTrainingError")
+        assert "Traceback" in outcome.trace
         pid = worker.pid
-        with pytest.raises(ChildFailed) as info:
-            worker.train(0, **dict(CHILD, actions=[0, "9x9 nonsense", 0, "3x3 bconv"]))
-        assert info.value.error.startswith("ValueError") and "valid operators" in info.value.error
+        outcome = _train(worker, 0, actions=[0, "9x9 nonsense", 0, "3x3 bconv"])
+        assert outcome.error.startswith("ValueError") and "valid operators" in outcome.error
         assert worker.pid == pid
     finally:
         worker.close()
@@ -68,10 +79,13 @@ def test_a_failing_child_is_reported_with_its_error_and_the_worker_goes_on(tmp_p
 def test_a_dead_worker_is_replaced(tmp_path):
     worker = ChildWorker(_dataset(), _kwargs(tmp_path), max_children=5)
     try:
-        worker.train(0, **CHILD)
+        assert _train(worker, 0).ok
+        dead = worker.pid
         worker.process.kill()
         worker.process.join()
-        result = worker.train(1, **CHILD)
-        assert 0.0 <= result["reward"] <= 1.0
+        outcome = _train(worker, 1)
+        assert worker.pid is not None and worker.pid != dead
+        assert worker.process.is_alive()
+        assert outcome.ok and 0.0 <= outcome.result["reward"] <= 1.0
     finally:
         worker.close()

@@ -9,7 +9,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import json  # noqa: E402
 import logging  # noqa: E402
-import pathlib  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -18,11 +17,13 @@ import pytest  # noqa: E402
 
 from pnas.runners import InlineRunner, RayRunner, RunnerUnavailable, check_ray_address  # noqa: E402
 from pnas.search import Search, SearchAborted, SearchPaths  # noqa: E402
-from _search_helpers import synthetic_dataset, tiny_config  # noqa: E402
+from conftest import TRAIN, cli_env, synthetic_dataset, tiny_config  # noqa: E402
 
 ray = pytest.importorskip("ray")
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Every test here starts Ray or joins it.
+pytestmark = pytest.mark.slow
+
 COMPARED = ("sr_no", "stage", "child", "status", "reward", "best_epoch", "val_accuracy", "test_accuracy", "mul_ops")
 
 
@@ -118,25 +119,12 @@ TINY = [
 ]
 
 
-def _env():
-    env = dict(os.environ)
-    env.update(MNIST_DATA_DIR=str(REPO_ROOT / "data" / "mnist"), MNIST_MIRRORS="http://127.0.0.1:9/",
-               PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
-    return env
-
-
-def test_a_ray_search_killed_with_sigkill_resumes_without_retraining(local_ray, tmp_path):
+def test_a_ray_search_killed_with_sigkill_resumes_without_retraining(local_ray, mnist_dir, tmp_path):
     """train.py on the shared Ray, killed after 2 children, then rerun to the end."""
-    from mnist.download_mnist import MnistUnavailableError, ensure_mnist
-
-    try:
-        ensure_mnist(REPO_ROOT / "data" / "mnist")
-    except MnistUnavailableError as exc:
-        pytest.skip(f"MNIST is not available: {exc}")
-    command = [sys.executable, str(REPO_ROOT / "train.py"), *TINY, f"--RAY_ADDRESS={local_ray!r}"]
+    command = [sys.executable, str(TRAIN), *TINY, f"--RAY_ADDRESS={local_ray!r}"]
     records = tmp_path / "architectures" / "tiny.jsonl"
     with open(tmp_path / "first.out", "w") as out:
-        proc = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, cwd=tmp_path, env=cli_env(), stdout=out, stderr=subprocess.STDOUT)
         try:
             import time
 
@@ -150,7 +138,7 @@ def test_a_ray_search_killed_with_sigkill_resumes_without_retraining(local_ray, 
             proc.wait()
     first = [json.loads(line) for line in records.read_text().splitlines()]
     killed_after = len(first)
-    result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"Resuming: {killed_after} children already trained." in result.stdout
     final = [json.loads(line) for line in records.read_text().splitlines()]

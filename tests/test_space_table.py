@@ -18,7 +18,7 @@ from pnas.space_table import (
     read_table,
     simulate_search,
 )
-from tests._search_helpers import tiny_settings
+from conftest import tiny_settings
 
 OPERATORS = ["3x3 bconv", "3x3 maxpool", "linear"]
 # Per-operator contribution to a synthetic reward: the best cell uses '3x3 bconv' only.
@@ -136,6 +136,7 @@ def _noisy(tmp_path, space):
     return path
 
 
+@pytest.mark.slow  # trains the LSTM encoder at every stage
 def test_a_perfect_surrogate_makes_the_search_find_the_best_cell(tmp_path, monkeypatch):
     path = tmp_path / "t.csv"
     space = _synthetic_table(path, B=3, seeds=(0,))
@@ -164,6 +165,7 @@ def test_the_ridge_surrogate_leads_the_search_to_the_best_cell(tmp_path):
     assert os.path.exists(tmp_path / "logs" / "sim_k2_s0" / "encoder" / "after_b2.ridge.json")
 
 
+@pytest.mark.slow  # trains the LSTM encoder at every stage
 def test_simulated_search_trains_distinct_table_cells_with_the_real_encoder(tmp_path):
     path = tmp_path / "t.csv"
     space = _synthetic_table(path, B=2, seeds=(0,))
@@ -176,6 +178,7 @@ def test_simulated_search_trains_distinct_table_cells_with_the_real_encoder(tmp_
     assert random_search(table, len(trained), seed=0) == sample  # seeded
 
 
+@pytest.mark.slow  # two searches that train the LSTM encoder
 def test_the_search_saves_its_encoder_and_a_new_search_starts_from_it(tmp_path, capsys):
     from pnas.config import SearchConfig
     from pnas.search import Search, SearchPaths
@@ -209,6 +212,7 @@ def test_the_search_saves_its_encoder_and_a_new_search_starts_from_it(tmp_path, 
     np.testing.assert_allclose(start.predict(cells), saved.predict(cells), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow  # a bench script that trains LSTM encoders
 def test_surrogate_eval_prints_each_line_once_on_a_two_block_table(tmp_path):
     """bench/surrogate_eval.py on a complete B = 2 table (as the reference table's b <= 2 is)."""
     import re

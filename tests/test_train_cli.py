@@ -22,13 +22,13 @@ import time  # noqa: E402
 
 import pytest  # noqa: E402
 
+from conftest import (  # noqa: E402
+    MNIST_DIR, TIMEOUT_S, TRAIN, UNREACHABLE, assert_ok as _ok, cli_env as _env, run_train as _train,
+)
 from pnas.encoder import StateSpace  # noqa: E402
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-TRAIN = REPO_ROOT / "train.py"
-MNIST_DIR = REPO_ROOT / "data" / "mnist"
-# Port 9 (discard) on loopback: nothing listens, so no test waits on the network.
-UNREACHABLE = "http://127.0.0.1:9/"
+# Every test here launches train.py.
+pytestmark = pytest.mark.slow
 
 NAME = "tiny"
 OPS = ["3x3 bconv", "3x3 maxpool"]
@@ -46,35 +46,6 @@ TINY = [
     f"--EXPERIMENT_NAME={NAME}",
 ]
 SPACE = StateSpace(2, OPS)
-TIMEOUT_S = 300
-
-
-def _env(data_dir=MNIST_DIR, **extra):
-    env = dict(os.environ)
-    env.update(
-        MNIST_DATA_DIR=str(data_dir),
-        MNIST_MIRRORS=UNREACHABLE,
-        PYTHONPATH=str(REPO_ROOT),
-        TF_CPP_MIN_LOG_LEVEL="3",
-    )
-    env.update(extra)
-    return env
-
-
-def _train(cwd, *args, env=None):
-    return subprocess.run(
-        [sys.executable, str(TRAIN), *args],
-        cwd=cwd,
-        env=env or _env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-
-
-def _ok(result):
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
 
 
 def _records(folder):
@@ -84,16 +55,6 @@ def _records(folder):
 
 def _log(folder):
     return (pathlib.Path(folder) / "architectures" / f"{NAME}.txt").read_text()
-
-
-@pytest.fixture(scope="session")
-def mnist_dir():
-    from mnist.download_mnist import MnistUnavailableError, ensure_mnist
-
-    try:
-        return ensure_mnist(MNIST_DIR)
-    except MnistUnavailableError as exc:
-        pytest.skip(f"MNIST is not available: {exc}")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,102 @@
+"""Where an experiment's files go: every output path of a search, a retrain and a report.
+
+One object per experiment name, so that the search, `python -m pnas.report`,
+train.py and the child trainer agree on the layout:
+
+    architectures/NAME.txt, NAME.jsonl   the log and the records
+    logs/NAME/                           state, settings, summary, plots, TensorBoard
+    weights/NAME/                        child and encoder weights, the retrained model
+    scores/NAME/scores_B.csv             every candidate of stage B, ranked
+"""
+
+import os
+import re
+import shutil
+
+
+class ExperimentPaths:
+    """The output paths of the experiment `exp_name`, under `root`."""
+
+    def __init__(self, exp_name, root="."):
+        self.exp_name = exp_name
+        self.root = root
+        self.architectures = os.path.join(root, "architectures", f"{exp_name}.txt")
+        self.records = os.path.join(root, "architectures", f"{exp_name}.jsonl")
+        self.log_dir = os.path.join(root, "logs")
+        self.exp_log_dir = os.path.join(root, "logs", exp_name)
+        self.state = os.path.join(self.exp_log_dir, "search_state.json")
+        self.settings = os.path.join(self.exp_log_dir, "settings.json")
+        self.retrain_args = os.path.join(self.exp_log_dir, "retrain_args.json")
+        self.summary = os.path.join(self.exp_log_dir, "summary.txt")
+        self.weights_dir = os.path.join(root, "weights")
+        self.exp_weights_dir = os.path.join(root, "weights", exp_name)
+        self.encoder_weights = os.path.join(self.exp_weights_dir, "encoder.weights.h5")
+        self.scores_dir = os.path.join(root, "scores", exp_name)
+
+    def scores(self, b):
+        """Every candidate of stage b with its predicted reward, best first."""
+        return os.path.join(self.scores_dir, f"scores_{b}.csv")
+
+    def encoder_log_dir(self, b):
+        """TensorBoard summaries of the encoder's training after stage b."""
+        return os.path.join(self.exp_log_dir, "encoder", f"b{b}")
+
+    def stage_encoder_weights(self, b):
+        """Encoder weights after its training on stages 1..b (kept for resume)."""
+        return os.path.join(self.exp_log_dir, "encoder", f"after_b{b}.weights.h5")
+
+    def weights(self, name):
+        """The weights file of the child trained under `name` ('child', 'best', ...)."""
+        return os.path.join(self.exp_weights_dir, f"{name}.weights.h5")
+
+    @property
+    def model(self):
+        """The whole retrained model (`python train.py -ta True`), as Keras saves it."""
+        return os.path.join(self.exp_weights_dir, "model.keras")
+
+    @property
+    def packed_model(self):
+        """The retrained model exported bit-packed (`binarized.export`)."""
+        return os.path.join(self.exp_weights_dir, "model.bnn.npz")
+
+    @property
+    def retrain_settings(self):
+        """The settings of the last retrain (`python train.py -ta True`)."""
+        return os.path.join(self.exp_log_dir, "train_architecture_settings.json")
+
+    def outputs(self):
+        """The files and folders a search writes, for checking up front that they can be written."""
+        return [self.architectures, self.records, self.exp_log_dir, self.exp_weights_dir, self.scores_dir]
+
+    # What a search writes under logs/NAME/ and weights/NAME/ (with their temporary files, `pnas.files`).
+    # Not there: the encoder weights weights/NAME/encoder.* that RESTORE_CONTROLLER adopts, and what
+    # train.py -ta writes (best.weights.h5, model.keras, model.bnn.npz, logs/NAME/best/, its settings).
+    _LOG_OUTPUTS = re.compile(
+        r"(search_state\.json|settings\.json|retrain_args\.json|summary\.txt|rewards\.png|predicted_vs_actual\.png"
+        r"|pareto\.png|encoder|child_\d+)(\.tmp\d+.*)?"
+    )
+    _WEIGHT_OUTPUTS = re.compile(r"child\d*\.weights\.h5(\.tmp\d+.*)?")
+
+    def search_outputs(self):
+        """Every file and folder the search of this name wrote, but the encoder that RESTORE_CONTROLLER adopts."""
+        found = [p for p in (self.architectures, self.records, self.scores_dir) if os.path.lexists(p)]
+        for folder, pattern in ((self.exp_log_dir, self._LOG_OUTPUTS), (os.path.dirname(self.encoder_weights),
+                                                                         self._WEIGHT_OUTPUTS)):
+            if os.path.isdir(folder):
+                found += [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if pattern.fullmatch(n)]
+        for log in (self.architectures, self.records):  # temporary files of an interrupted write
+            folder = os.path.dirname(log)
+            if os.path.isdir(folder):
+                found += [os.path.join(folder, n) for n in sorted(os.listdir(folder))
+                          if re.fullmatch(re.escape(os.path.basename(log)) + r"\.tmp\d+.*", n)]
+        return found
+
+    def discard(self):
+        """Removes `search_outputs()`: OVERWRITE starts from a clean slate. Returns what it removed."""
+        removed = self.search_outputs()
+        for path in removed:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+        return removed
