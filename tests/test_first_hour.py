@@ -32,7 +32,7 @@ TEXT_SETTINGS = [n for n in train.SETTINGS if is_text_setting(n, getattr(train, 
 
 def test_the_text_settings_are_those_that_take_a_str():
     assert set(TEXT_SETTINGS) == {
-        "EXPERIMENT_NAME", "SURROGATE", "ENCODER_TARGETS", "RUNNER", "RAY_ADDRESS", "BINARY_H",
+        "EXPERIMENT_NAME", "SURROGATE", "ENCODER_TARGETS", "ENCODER_READOUT", "RUNNER", "RAY_ADDRESS", "BINARY_H",
         "KERNEL_LR_MULTIPLIER", "LOSS", "REPRESENTATION_STRING",
     }
 
