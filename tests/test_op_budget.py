@@ -117,9 +117,9 @@ def test_op_budget_the_next_candidates_in_rank_order_fill_the_beam(tmp_path, mon
     def predict(self, children):
         return np.array([child[1::2].count(0) / 4 for child in children], np.float32)  # more convs, higher
 
-    monkeypatch.setattr(RidgeSurrogate, "predict", predict)  # the default SURROGATE
+    monkeypatch.setattr(RidgeSurrogate, "predict", predict)
     paths = SearchPaths("tiny", root=str(tmp_path))
-    search = search_with(run_child, _settings(MAX_MUL_OPS=40000), _dataset(n_train=32, n_val=16, n_test=16), paths)
+    search = search_with(run_child, _settings(MAX_MUL_OPS=40000, SURROGATE="ridge"), _dataset(n_train=32, n_val=16, n_test=16), paths)
     records = search.run()
 
     ranked = [c for c, _ in _ranked(paths, 2)]

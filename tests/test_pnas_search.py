@@ -238,7 +238,7 @@ def test_a_search_saved_by_earlier_code_resumes_at_its_last_child(tmp_path):
         trained.append(sr_no)
         return _fake_result(child)
 
-    settings = _settings(B=3, EXPERIMENT_NAME="fixture")
+    settings = _settings(B=3, EXPERIMENT_NAME="fixture", SURROGATE="ridge")  # the default when it was saved
     paths = SearchPaths("fixture", root=str(tmp_path / "saved"))
     search = search_with(run_child, settings, _dataset(), paths, plots=False)
     assert search.state.stage(2).spearman == pytest.approx(1.0)  # read from the saved file's layout

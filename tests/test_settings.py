@@ -66,14 +66,14 @@ def test_train_py_acts_on_each_setting_that_feeds_no_config_field(monkeypatch, t
     from pnas.encoder import StateSpace
 
     # DROP_INPUT and DROP_HIDDEN: the rates of DROPOUT.
-    _, s = train.parse_args(["--DROP_INPUT=0.3", "--DROP_HIDDEN=0.4"])
+    _, s, _ = train.parse_args(["--DROP_INPUT=0.3", "--DROP_HIDDEN=0.4"])
     assert s["DROPOUT"][1:] == (0.3, 0.4)
 
     # USE_EXPANSION and TRAIN_SIZE: the dataset.
     loads = []
     monkeypatch.setattr(mnist_data, "get_dataset", lambda *args, **kwargs: loads.append((args, kwargs)))
     train.load_dataset(dict(_defaults(), USE_EXPANSION=True, TRAIN_SIZE=123, SEED=5))
-    assert loads == [((True,), {"train_size": 123, "seed": 5})]
+    assert loads == [((True,), {"train_size": 123, "seed": 5, "verbose": True})]  # train.py asks for the shapes
 
     # REPRESENTATION_STRING, NUM_EPOCHS and LOAD_SAVED: the -ta training, stopped where it starts.
     handed = {}
@@ -92,7 +92,7 @@ def test_train_py_acts_on_each_setting_that_feeds_no_config_field(monkeypatch, t
     space = StateSpace(1, train.operators, train.INPUT_LOOKBACK_DEPTH, train.INPUT_LOOKFORWARD_DEPTH)
     child = space.initial_children()[-1]
     string = space.representation_string(child)
-    _, s = train.parse_args(["-ta", "True", f"--REPRESENTATION_STRING={string}", "--NUM_EPOCHS=3", "--B=1"])
+    _, s, _ = train.parse_args(["-ta", "True", f"--REPRESENTATION_STRING={string}", "--NUM_EPOCHS=3", "--B=1"])
     with pytest.raises(_Stop):
         train.train_architecture(s)
     assert handed["actions"] == space.parse(child)
