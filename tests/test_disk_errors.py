@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 
 from pnas.files import WriteFailed, atomic_path, write_atomic  # noqa: E402
 from pnas.search import SearchPaths  # noqa: E402
-from conftest import search_with, synthetic_dataset, tiny_config  # noqa: E402
+from conftest import cli_env, fake_result as _fake_result, search_with, synthetic_dataset, tiny_config  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -62,12 +62,6 @@ def test_other_os_errors_are_not_disk_errors(tmp_path):
     assert not isinstance(other.value, WriteFailed)
 
 
-def _fake_result(child):
-    reward = 0.1 + 0.01 * sum(child)
-    return {"reward": reward, "best_epoch": 1, "val_accuracy": [reward], "test_accuracy": reward,
-            "mul_ops": 1, "params": 1, "seconds": 0.0,
-            "footprint": {"binary_params": 8, "float_params": 1, "packed_kib": 0.005, "float32_kib": 0.035,
-                          "binary_macs": 1, "float_macs": 0}}
 
 
 def _files(root, temporary=False):
@@ -141,11 +135,6 @@ train.main(sys.argv[2:])
 """
 
 
-def _env():
-    env = dict(os.environ)
-    env.update(MNIST_DATA_DIR=str(REPO_ROOT / "data" / "mnist"), MNIST_MIRRORS="http://127.0.0.1:9/",
-               PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
-    return env
 
 
 def _records(root):
@@ -156,7 +145,7 @@ def _records(root):
 def test_train_py_stops_on_a_full_disk_with_one_line_and_exit_1_then_resumes(tmp_path):
     """The third child's weights cannot be written: exit 1, the two children before are kept."""
     run = [sys.executable, "-c", FULL_DISK_RUN, "3", *TINY]
-    full = subprocess.run(run, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    full = subprocess.run(run, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert full.returncode == 1, full.stdout[-3000:] + full.stderr[-3000:]
     lines = full.stderr.strip().splitlines()
     assert len(lines) == 1, full.stderr
@@ -168,7 +157,7 @@ def test_train_py_stops_on_a_full_disk_with_one_line_and_exit_1_then_resumes(tmp
     kept = _records(tmp_path)
     assert [(r["sr_no"], r["status"]) for r in kept] == [(1, "ok"), (2, "ok")]
     assert (tmp_path / weights).exists()  # the second child's weights, untouched
-    resumed = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *TINY], cwd=tmp_path, env=_env(),
+    resumed = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *TINY], cwd=tmp_path, env=cli_env(),
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Resuming: 2 children already trained." in resumed.stdout

@@ -15,6 +15,7 @@ import time  # noqa: E402
 import pytest  # noqa: E402
 
 from pnas.lock import ExperimentInUse, FolderLock  # noqa: E402
+from conftest import cli_env  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = REPO_ROOT / "train.py"
@@ -33,11 +34,6 @@ HOLDER = (
 )
 
 
-def _env():
-    env = dict(os.environ)
-    env.update(MNIST_DATA_DIR=str(REPO_ROOT / "data" / "mnist"), MNIST_MIRRORS="http://127.0.0.1:9/",
-               PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
-    return env
 
 
 def _snapshot(folder):
@@ -50,7 +46,7 @@ def _snapshot(folder):
 
 def _hold(folder, cwd):
     """A process holding the lock of `folder`; returns it once it holds the lock."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], cwd=cwd, env=_env(),
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], cwd=cwd, env=cli_env(),
                             stdout=subprocess.PIPE, text=True)
     assert int(proc.stdout.readline()) == proc.pid
     return proc
@@ -98,7 +94,7 @@ def test_train_py_is_refused_while_another_process_holds_the_lock(tmp_path, ta, 
     try:
         before = _snapshot(tmp_path)
         start = time.monotonic()
-        result = subprocess.run([sys.executable, str(TRAIN), *TINY, *ta], cwd=tmp_path, env=_env(),
+        result = subprocess.run([sys.executable, str(TRAIN), *TINY, *ta], cwd=tmp_path, env=cli_env(),
                                 capture_output=True, text=True, timeout=120)
         seconds = time.monotonic() - start
         assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
@@ -119,7 +115,7 @@ def test_train_py_is_refused_while_another_process_holds_the_lock(tmp_path, ta, 
 def test_two_searches_of_one_name_the_second_refused_the_first_unharmed(tmp_path):
     records = tmp_path / "architectures" / "tiny.jsonl"
     with open(tmp_path / "first.out", "w") as out:
-        first = subprocess.Popen([sys.executable, str(TRAIN), *TINY], cwd=tmp_path, env=_env(), stdout=out,
+        first = subprocess.Popen([sys.executable, str(TRAIN), *TINY], cwd=tmp_path, env=cli_env(), stdout=out,
                                  stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 900  # generous: a shared 2-core machine can be slow
@@ -127,7 +123,7 @@ def test_two_searches_of_one_name_the_second_refused_the_first_unharmed(tmp_path
                 assert first.poll() is None, (tmp_path / "first.out").read_text()[-3000:]
                 assert time.monotonic() < deadline, "the first search recorded no child in 900 s"
                 time.sleep(0.05)
-            second = subprocess.run([sys.executable, str(TRAIN), *TINY], cwd=tmp_path, env=_env(),
+            second = subprocess.run([sys.executable, str(TRAIN), *TINY], cwd=tmp_path, env=cli_env(),
                                     capture_output=True, text=True, timeout=120)
             assert first.poll() is None, "the first search ended before the second started"
             assert first.wait(timeout=600) == 0, (tmp_path / "first.out").read_text()[-3000:]

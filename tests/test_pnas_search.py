@@ -17,7 +17,7 @@ from pnas.manager import ChildTrainingError, NetworkManager  # noqa: E402
 from pnas.model import model_fn  # noqa: E402
 import pnas.search  # noqa: E402
 from pnas.search import Search, SearchAborted, SearchPaths, estimate_eta  # noqa: E402
-from conftest import keras_run_child, search_with, synthetic_dataset, tiny_config  # noqa: E402
+from conftest import fake_result as _fake_result, keras_run_child, search_with, synthetic_dataset, tiny_config  # noqa: E402
 
 _settings = tiny_config
 
@@ -25,12 +25,6 @@ _settings = tiny_config
 _dataset = synthetic_dataset
 
 
-def _fake_result(child):
-    reward = 0.1 + 0.01 * sum(child)
-    return {"reward": reward, "best_epoch": 1, "val_accuracy": [reward], "test_accuracy": reward,
-            "mul_ops": 1, "params": 1, "seconds": 0.0,
-            "footprint": {"binary_params": 8, "float_params": 1, "packed_kib": 0.005, "float32_kib": 0.035,
-                          "binary_macs": 1, "float_macs": 0}}
 
 
 def _read_records(paths):
