@@ -80,7 +80,7 @@ BAD = [
     ["--operators=[]"], ["--operators=['3x3 bconv', '3x3 bconv']"], ["--NUM_CELL_FILTERS=[4, 8]"],
     ["--NUM_CELL_FILTERS=[4, 0, 8]"], ["--DENSE_LAYERS=[10, 12]"], ["--DENSE_LAYERS=[]"],
     ["--PARALLEL_CHILDREN=2", "--CHILDREN_PER_PROCESS=0"], ["--PARALLEL_CHILDREN=0"], ["--CHILDREN_PER_PROCESS=-1"],
-    ["--SURROGATE=mlp"], ["--ENCODER_TARGETS=zscore"], ["--ENCODER_ENSEMBLE=5"], ["--RUNNER=spark"],
+    ["--SURROGATE=mlp"], ["--ENCODER_TARGETS=zscore"], ["--ENCODER_ENSEMBLE=5", "--SURROGATE=ridge"], ["--RUNNER=spark"],
     ["--RUNNER=inline", "--PARALLEL_CHILDREN=2"], ["--RAY_ADDRESS=6379"], ["--RAY_ADDRESS="],
     ["--RAY_CPUS_PER_CHILD=0"], ["--RAY_GPUS_PER_CHILD=-1"], ["--RAY_MAX_RETRIES=-1"], ["--ENCODER_BATCHSIZE=0"],
     ["--ENCODER_LR=0"], ["--MAX_MUL_OPS=0"], ["--INPUT_LOOKBACK_DEPTH=2"], ["--INPUT_LOOKFORWARD_DEPTH=-1"],
