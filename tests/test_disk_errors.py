@@ -65,9 +65,13 @@ def test_other_os_errors_are_not_disk_errors(tmp_path):
 
 
 def _files(root, temporary=False):
-    """Every file under `root` with its bytes; the temporary files of writes in progress only if `temporary`."""
+    """Every file under `root` with its bytes; the temporary files of writes in progress only if `temporary`.
+
+    The LSTM encoder's TensorBoard summaries are left out: TensorBoard appends to them from its
+    own thread, names them by time and process, and the search never reads them back.
+    """
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(pathlib.Path(root).rglob("*"))
-            if p.is_file() and (temporary or ".tmp" not in p.name)}
+            if p.is_file() and (temporary or ".tmp" not in p.name) and not p.name.startswith("events.out.tfevents.")}
 
 
 def _search(root, trained):
