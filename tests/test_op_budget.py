@@ -49,11 +49,12 @@ def budget_search(tmp_path_factory):
     """A real tiny search whose MAX_MUL_OPS skips the costliest 1-block child."""
     root = tmp_path_factory.mktemp("budget")
     dataset = _dataset()
-    probe = Search(_settings(), dataset, SearchPaths("probe", root=str(root / "probe")))
+    # Ranked by the ridge: its top candidates at b = 2 are the costliest, so the budget skips some.
+    probe = Search(_settings(SURROGATE="ridge"), dataset, SearchPaths("probe", root=str(root / "probe")))
     stage1 = SPACE.initial_children()
     costs = sorted(probe.mul_ops(c) for c in stage1)
     budget = (costs[-2] + costs[-1]) // 2  # between the two costliest 1-block children
-    settings = _settings(MAX_MUL_OPS=budget)
+    settings = _settings(MAX_MUL_OPS=budget, SURROGATE="ridge")
     paths = SearchPaths("tiny", root=str(root / "run"))
     trained = []
     train_child = keras_run_child(settings, dataset, paths)

@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 
 from pnas.runners import InlineRunner, RayRunner, RunnerUnavailable, check_ray_address  # noqa: E402
 from pnas.search import Search, SearchAborted, SearchPaths  # noqa: E402
-from conftest import TRAIN, cli_env, synthetic_dataset, tiny_config  # noqa: E402
+from conftest import REPO_ROOT, TRAIN, cli_env, synthetic_dataset, tiny_config  # noqa: E402
 
 ray = pytest.importorskip("ray")
 
@@ -250,7 +250,7 @@ def test_a_lost_ray_head_stops_the_search_with_one_line_and_processes_resume_it(
     # Short: Ray's socket paths under it must stay within the 107 characters of a Unix socket.
     ray_dir = tempfile.mkdtemp(prefix="pnas_head_")
     port = _free_port()
-    env = dict(_env(), RAY_AUTH_MODE="disabled")
+    env = dict(cli_env(), RAY_AUTH_MODE="disabled")
     started = subprocess.run(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}", "--num-cpus=2",
          "--include-dashboard=false", f"--temp-dir={ray_dir}", "--disable-usage-stats"],
@@ -289,7 +289,7 @@ def test_a_lost_ray_head_stops_the_search_with_one_line_and_processes_resume_it(
     assert kept and all(r["status"] == "ok" for r in kept)  # no child failed for the lost head
     # On this machine's worker processes, the search goes on from the records.
     resumed = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args, "--RUNNER='processes'"],
-                             cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1200)
+                             cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=1200)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"Resuming: {len(kept)} children already trained." in resumed.stdout
     assert resumed.stdout.count("[b ") == 3 - len(kept)  # no finished child trained again
