@@ -231,9 +231,10 @@ def oracle_search(table, K, rewards):
 
 def oracle_line(table, K, ranks, seeds):
     """The oracle on the seed-0 rewards. Deterministic, so no repeats."""
-    best = best_found(table, oracle_search(table, K, seed_rewards(table, 0)))
+    trained = oracle_search(table, K, seed_rewards(table, 0))
+    best = best_found(table, trained)
     return (f"oracle K_={K} best_rank={ranks[best]} best_reward={table.mean_reward(best, seeds):.4f} "
-            f"cells={len(oracle_search(table, K, seed_rewards(table, 0)))}")
+            f"cells={len(trained)}")
 
 
 # ------------------------------------------------------------- noisy search
