@@ -4,7 +4,8 @@ For a B=1 and a B=3 child (default operators, original cell settings), it
 trains the binary network and its float twin (same topology, float
 Conv/Dense and tanh in place of binarization) for one epoch on the 55,000
 MNIST training images after a warm-up, and prints images/s and the
-binary/float ratio. Both run in the same process, one after the other.
+binary/float ratio. Both run in the same process, one after the other, fed
+as the search feeds a child (`pnas.pipeline.fit_arguments`).
 
     python bench/child_throughput.py [--epochs 1] [--train-size 55000] [--repeats 1]
 """
@@ -26,6 +27,7 @@ import numpy as np  # noqa: E402
 from mnist.mnist_data import get_dataset  # noqa: E402
 from pnas.manager import compile_child  # noqa: E402
 from pnas.model import model_fn  # noqa: E402
+from pnas.pipeline import fit_arguments  # noqa: E402
 
 CHILDREN = {
     "B=1": [0, "3x3 sep-bconv", 0, "3x3 bconv"],
@@ -42,9 +44,9 @@ def images_per_second(actions, float_twin, x, y, epochs):
     compile_child(model, epochs, len(x), BATCH)
     # Warm-up: traces the train step for full and partial batches.
     warm = 10 * BATCH + len(x) % BATCH
-    model.fit(x[:warm], y[:warm], batch_size=BATCH, epochs=1, verbose=0)
+    model.fit(**fit_arguments(x[:warm], y[:warm], BATCH), epochs=1, verbose=0)
     start = time.perf_counter()
-    model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
+    model.fit(**fit_arguments(x, y, BATCH), epochs=epochs, verbose=0)
     return epochs * len(x) / (time.perf_counter() - start)
 
 

@@ -14,6 +14,7 @@ Rows already in the file are skipped, so a killed run resumes where it was.
 
     python bench/space_table.py                       # proxy: 5,000 images x 1 epoch
     python bench/space_table.py --budget reference --max-b 2    # all 55,000 images x 3 epochs
+    python bench/space_table.py --seeds 0 --sample 20 --out new.csv  # 20 fixed cells, e.g. after a change
 
 Order of the proxy run: seed 0 of b = 1 and 2, seed 1 of b = 1 and 2, seed 0
 of b = 3, seed 1 of b = 3 (the three-block cells in a fixed shuffled order,
@@ -63,6 +64,8 @@ def main():
     parser.add_argument("--max-b", type=int, default=3, choices=[1, 2, 3], help="largest block count to train")
     parser.add_argument("--parallel", type=int, default=2, help="children trained side by side (one thread each)")
     parser.add_argument("--limit", type=int, default=None, help="stop after this many new rows")
+    parser.add_argument("--sample", type=int, default=None,
+                        help="train only N cells, evenly spaced over the plan of each seed (a fixed subset)")
     parser.add_argument("--out", default=None, help="CSV path (default: bench/results/space_{budget}.csv)")
     args = parser.parse_args()
     budget = BUDGETS[args.budget]
@@ -81,7 +84,13 @@ def main():
     settings = {name: getattr(train, name) for name in train.SETTINGS}
     state_space = StateSpace(3, train.operators, 0, 0)
     done = {row_key(r) for r in read_table(out, repair=True)}
-    jobs = [(c, s) for c, s in plan(state_space, seeds, args.max_b)
+    planned = plan(state_space, seeds, args.max_b)
+    if args.sample is not None:
+        cells = [c for c, s in planned if s == seeds[0]]
+        step = len(cells) / args.sample
+        chosen = {cells[int(i * step)] for i in range(args.sample)}
+        planned = [(c, s) for c, s in planned if c in chosen]
+    jobs = [(c, s) for c, s in planned
             if (state_space.representation_string(c), s) not in done]
     if args.limit is not None:
         jobs = jobs[: args.limit]

@@ -28,6 +28,19 @@ OPERATORS = {
     "3x3 avgpool": ("avgpool", 3),
     "linear": ("linear", 1),
 }
+# A child's expected training cost, in units of one binary convolution (its conv, BatchNorm and
+# sign layers), by operator kind: what a separable or factorized operator adds is two convolutions
+# and the layers around them, a pooling or identity operator next to nothing. Both the trace of a
+# child's train step and its arithmetic grow with these layers. The search orders the children of
+# a stage by it, costliest first, so that workers side by side finish a stage together.
+OPERATOR_COST = {"conv": 1.0, "sep": 1.5, "factorized": 2.0, "maxpool": 0.25, "avgpool": 0.25, "linear": 0.25}
+
+
+def expected_cost(actions):
+    """A child's expected training cost (`OPERATOR_COST` units) from its architecture."""
+    return sum(OPERATOR_COST[OPERATORS[op][0]] for op in actions[1::2])
+
+
 RUNNERS = ("processes", "inline", "ray")
 SURROGATES = ("lstm", "ridge")
 # The LSTM encoder's target recipes (`pnas.encoder.Encoder`), the default first.

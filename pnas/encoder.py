@@ -548,6 +548,8 @@ class Encoder(Surrogate):
         """
         import keras
 
+        from pnas.pipeline import fit_arguments
+
         if len(rewards) != len(children):
             raise ValueError(f"got {len(rewards)} rewards for {len(children)} children")
         x = self._batch(list(children))
@@ -569,14 +571,15 @@ class Encoder(Surrogate):
                 callbacks.append(
                     keras.callbacks.TensorBoard(os.path.join(self.tensorboard_dir, member), write_graph=False)
                 )
-            fit = dict(batch_size=max(1, size), shuffle=True, verbose=0, callbacks=callbacks)
+            fit = dict(verbose=0, callbacks=callbacks)
             if forms is None:
-                hist = model.fit(x[keep], y[keep], epochs=self.epochs, **fit)
+                hist = model.fit(**fit_arguments(x[keep], y[keep], max(1, size)), epochs=self.epochs, **fit)
             else:
                 # Each epoch shows every child in one of its forms, drawn afresh.
                 for epoch in range(self.epochs):
                     xe = self._batch([f[np.random.randint(len(f))] for f in forms])
-                    hist = model.fit(xe[keep], y[keep], initial_epoch=epoch, epochs=epoch + 1, **fit)
+                    hist = model.fit(**fit_arguments(xe[keep], y[keep], max(1, size)), initial_epoch=epoch,
+                                     epochs=epoch + 1, **fit)
             losses.append(hist.history["loss"][-1])
         return float(np.mean(losses))
 

@@ -158,6 +158,9 @@ class StateFile:
         encoder_restored: Whether the encoder of stage 1 started from an earlier search's
             weights (RESTORE_CONTROLLER); None where the search did not ask.
         encoder_steps: The encoder's gradient steps in all after its training on stages 1..b.
+        worker_time: Per stage, how its children kept the workers busy, summed over the runs that
+            trained them: `{"slots": workers side by side, "wall_seconds": from the first child's
+            start to the last one's end, "busy_seconds": the children's own training seconds}`.
         version: The format's version.
     """
 
@@ -170,6 +173,7 @@ class StateFile:
     finished: bool = False
     encoder_restored: Optional[bool] = None
     encoder_steps: dict = dataclasses.field(default_factory=dict)
+    worker_time: dict = dataclasses.field(default_factory=dict)
     version: int = STATE_VERSION
 
     @classmethod
@@ -305,6 +309,13 @@ class SearchState:
     def set_encoder_steps(self, b, steps):
         """Records the encoder's gradient steps in all after its training on stages 1..b."""
         self.data.encoder_steps[str(b)] = steps
+
+    def add_worker_time(self, b, slots, wall_seconds, busy_seconds):
+        """Adds a run's training of stage b to its `worker_time` (see `StateFile`)."""
+        time = self.data.worker_time.setdefault(str(b), {"slots": slots, "wall_seconds": 0.0, "busy_seconds": 0.0})
+        time["slots"] = max(time["slots"], slots)
+        time["wall_seconds"] = round(time["wall_seconds"] + wall_seconds, 2)
+        time["busy_seconds"] = round(time["busy_seconds"] + busy_seconds, 2)
 
     def add(self, record):
         """Appends a finished child's `ChildRecord`; returns its JSON object."""

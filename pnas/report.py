@@ -165,7 +165,27 @@ SURROGATE_NAMES = {
 }
 
 
-def summary_text(records, top=5, retrain_args=(), surrogate=None):
+def idle_line(worker_time):
+    """The summary's line on how busy the workers were, from the state's `worker_time`; None without it.
+
+    A worker is idle while it has no child to train: a stage's last children
+    running on fewer workers than there are, worker starts, the search's own
+    work between children.
+    """
+    if not worker_time:
+        return None
+    stages = sorted(worker_time.items(), key=lambda item: int(item[0]))
+    capacity = {b: t["slots"] * t["wall_seconds"] for b, t in stages}
+    idle = {b: 1 - t["busy_seconds"] / capacity[b] if capacity[b] > 0 else 0.0 for b, t in stages}
+    total = sum(capacity.values())
+    overall = 1 - sum(t["busy_seconds"] for _, t in stages) / total if total > 0 else 0.0
+    slots = max(t["slots"] for _, t in stages)
+    per_stage = ", ".join(f"b = {b} {max(0.0, value):.0%}" for b, value in idle.items())
+    return (f"Workers: {slots} side by side, idle {max(0.0, overall):.0%} of the time they had children to train "
+            f"({per_stage})")
+
+
+def summary_text(records, top=5, retrain_args=(), surrogate=None, worker_time=None):
     """The top architectures, the predictor quality and the command to retrain the best.
 
     Args:
@@ -175,6 +195,8 @@ def summary_text(records, top=5, retrain_args=(), surrogate=None):
             (the search's overrides that shape a child).
         surrogate: The search's SURROGATE setting, named in the summary
             (None: not named, e.g. for records without their settings).
+        worker_time: The search state's `worker_time`, for the workers' idle
+            fraction (None: no such line).
     """
     trained = _trained(records)
     failed = sum(r["status"] == Status.FAILED for r in records)
@@ -183,6 +205,9 @@ def summary_text(records, top=5, retrain_args=(), surrogate=None):
              + (f"; {skipped} candidate{'s' * (skipped != 1)} over the op budget (MAX_MUL_OPS) skipped" if skipped else "")]
     if surrogate is not None and any(r["stage"] > 1 for r in records):
         lines.append(f"Candidates ranked by {SURROGATE_NAMES.get(surrogate, repr(surrogate))}")
+    idle = idle_line(worker_time)
+    if idle:
+        lines.append(idle)
     rho = stage_spearman(records)
     for b, value in rho.items():
         if value is not None:
@@ -216,8 +241,12 @@ def report(exp_name, root="."):
     if os.path.exists(paths.retrain_args):
         with open(paths.retrain_args) as f:
             retrain = json.load(f)
+    worker_time = None
+    if os.path.exists(paths.state):
+        with open(paths.state) as f:
+            worker_time = json.load(f).get("worker_time")
     plot_all(records, paths.exp_log_dir)
-    text = summary_text(records, retrain_args=retrain, surrogate=settings.get("SURROGATE"))
+    text = summary_text(records, retrain_args=retrain, surrogate=settings.get("SURROGATE"), worker_time=worker_time)
     with open(paths.summary, "w") as f:
         f.write(text)
     return text

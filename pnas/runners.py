@@ -26,7 +26,9 @@ import tempfile
 import traceback
 from typing import Optional
 
+from binarized.quiet import tensorflow_environment
 from mnist.files import WriteFailed
+from pnas.config import expected_cost
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +177,8 @@ def available_cores():
 class ProcessRunner(Runner):
     """Trains jobs in `parallel` replaceable worker processes (`pnas.worker.ChildWorker`).
 
-    Side by side, each worker runs its ops on its share of the CPU cores.
+    Side by side, each worker runs its ops on its share of the CPU cores,
+    and the jobs start costliest first (`pnas.config.expected_cost`).
     Outcomes come in job order; a job's seed is its own, so the results
     differ from one-by-one training only by the threads' arithmetic.
     """
@@ -190,7 +193,11 @@ class ProcessRunner(Runner):
 
     def run(self, jobs, on_start=None):
         jobs = list(jobs)
-        todo = collections.deque(jobs)
+        # Side by side, the costliest children start first (longest processing time
+        # first), so that the workers end a stage together rather than one waiting
+        # for the other's last, long child. Outcomes still come in job order.
+        todo = collections.deque(sorted(jobs, key=lambda job: -expected_cost(job.actions)) if self.parallel > 1
+                                 else jobs)
         running, finished = {}, {}  # worker -> job; sr_no -> Outcome
         order = iter(jobs)
         head = next(order, None)
@@ -332,7 +339,7 @@ class RayRunner(Runner):
         max_calls = 1 if gpus else runner_config.children_per_process
         env = {
             "PYTHONPATH": REPO_ROOT,  # the repository is at the same path on every node (docs/cluster.md)
-            "TF_CPP_MIN_LOG_LEVEL": "3",
+            **tensorflow_environment(),
             "TF_FORCE_GPU_ALLOW_GROWTH": "true",  # children sharing a GPU (RAY_GPUS_PER_CHILD < 1)
         }
         self.remote = ray.remote(

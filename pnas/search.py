@@ -317,13 +317,21 @@ class Search:
     def run_stage(self, b, beam, total):
         """Trains the beam's children not yet recorded, recording each in beam order."""
         position = {child: i for i, child in enumerate(beam, start=1)}
+        first_start = []
 
         def started(job):
+            first_start[:] = first_start or [time.time()]
             print(f"{self._progress(b, position[job.child], len(beam), job.sr_no, total)} {list(job.actions)}")
 
+        busy = 0.0
         for outcome in self.runner.run(self.jobs(b, beam), on_start=started):
             self._tick(b)
+            busy += outcome.result.get("seconds", 0.0) if outcome.ok else 0.0
             self._finish(outcome)
+        if first_start:
+            # How well the children kept the workers busy (the summary's idle fraction).
+            self.state.add_worker_time(b, self.runner.parallel, time.time() - first_start[0], busy)
+            write_logs(self.state, self.state_space, self.paths)
 
     def _run(self):
         if self.state.data.finished:
