@@ -151,9 +151,9 @@ def fuse_adam(optimizer):
     three-block child's 8,000, a third of the time it takes to trace its
     train step. TensorFlow's `ResourceApplyAdam[WithAmsgrad]` applies the same
     formula in one op, and the step's scalars (the beta powers, the learning
-    rate) are made once for all variables. The arithmetic differs in float32 rounding only: the
-    kernel forms `1 - beta_1` in float32, Keras in float64. On other backends
-    the optimizer is left as it is.
+    rate) are made once per `apply` for all variables. The arithmetic differs
+    in float32 rounding only: the kernel forms `1 - beta_1` in float32, Keras
+    in float64. On other backends the optimizer is left as it is.
 
     The optimizer stays an `Adam` (its update is replaced on the instance), so
     a saved child loads with Keras alone.
@@ -162,20 +162,26 @@ def fuse_adam(optimizer):
         return optimizer
     import tensorflow as tf
 
-    shared = {}  # the step's scalars, made once per step: keyed by its learning-rate tensor
+    shared = {}  # the scalars of the step being applied, by dtype: made once for all variables
+    apply = optimizer.apply
+
+    def apply_step(*args, **kwargs):
+        shared.clear()
+        try:
+            return apply(*args, **kwargs)
+        finally:
+            shared.clear()
 
     def scalars(learning_rate, dtype):
-        key = (id(learning_rate), dtype)
-        if key not in shared or shared[key][0] is not learning_rate:
+        if dtype not in shared:
             step = ops.cast(optimizer.iterations + 1, dtype)
-            shared.clear()
-            shared[key] = (learning_rate, dict(
+            shared[dtype] = dict(
                 beta1_power=ops.power(ops.cast(optimizer.beta_1, dtype), step),
                 beta2_power=ops.power(ops.cast(optimizer.beta_2, dtype), step),
                 lr=ops.cast(learning_rate, dtype), beta1=ops.cast(optimizer.beta_1, dtype),
                 beta2=ops.cast(optimizer.beta_2, dtype), epsilon=ops.cast(optimizer.epsilon, dtype),
-            ))
-        return shared[key][1]
+            )
+        return shared[dtype]
 
     def update_step(gradient, variable, learning_rate):
         index = optimizer._get_variable_index(variable)
@@ -188,6 +194,7 @@ def fuse_adam(optimizer):
         else:
             tf.raw_ops.ResourceApplyAdam(**arguments)
 
+    optimizer.apply = apply_step
     optimizer.update_step = update_step
     return optimizer
 

@@ -174,11 +174,33 @@ def available_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+# Children at a stage's end that side-by-side workers start costliest first (times the workers).
+TAIL_PER_WORKER = 4
+
+
+def start_order(jobs, parallel):
+    """The order in which `parallel` workers start `jobs`: the beam's, with its tail costliest first.
+
+    A stage waits for its last child. Side by side, the last `TAIL_PER_WORKER`
+    jobs per worker start longest processing time first
+    (`pnas.config.expected_cost`), so that the workers end the stage together
+    rather than one waiting for the other's last, long child. The rest keep the
+    beam's order, so that outcomes, which are recorded in job order, come as
+    they finish; sorting the whole stage would hold every outcome back until
+    the beam's first, perhaps cheapest, child ended. One worker keeps the order.
+    """
+    jobs = list(jobs)
+    if parallel <= 1:
+        return jobs
+    split = max(0, len(jobs) - TAIL_PER_WORKER * parallel)
+    return jobs[:split] + sorted(jobs[split:], key=lambda job: -expected_cost(job.actions))
+
+
 class ProcessRunner(Runner):
     """Trains jobs in `parallel` replaceable worker processes (`pnas.worker.ChildWorker`).
 
     Side by side, each worker runs its ops on its share of the CPU cores,
-    and the jobs start costliest first (`pnas.config.expected_cost`).
+    and a stage's last jobs start costliest first (`start_order`).
     Outcomes come in job order; a job's seed is its own, so the results
     differ from one-by-one training only by the threads' arithmetic.
     """
@@ -193,11 +215,7 @@ class ProcessRunner(Runner):
 
     def run(self, jobs, on_start=None):
         jobs = list(jobs)
-        # Side by side, the costliest children start first (longest processing time
-        # first), so that the workers end a stage together rather than one waiting
-        # for the other's last, long child. Outcomes still come in job order.
-        todo = collections.deque(sorted(jobs, key=lambda job: -expected_cost(job.actions)) if self.parallel > 1
-                                 else jobs)
+        todo = collections.deque(start_order(jobs, self.parallel))
         running, finished = {}, {}  # worker -> job; sr_no -> Outcome
         order = iter(jobs)
         head = next(order, None)

@@ -316,12 +316,15 @@ class Search:
 
     def run_stage(self, b, beam, total):
         """Trains the beam's children not yet recorded, recording each in beam order."""
-        position = {child: i for i, child in enumerate(beam, start=1)}
         first_start = []
+        # Side by side, children start costliest first, not in beam order: the line
+        # counts the stage's children started so far (those of an earlier run included).
+        started_count = [len(self.state.records(stage=b))]
 
         def started(job):
             first_start[:] = first_start or [time.time()]
-            print(f"{self._progress(b, position[job.child], len(beam), job.sr_no, total)} {list(job.actions)}")
+            started_count[0] += 1
+            print(f"{self._progress(b, started_count[0], len(beam), job.sr_no, total)} {list(job.actions)}")
 
         busy = 0.0
         for outcome in self.runner.run(self.jobs(b, beam), on_start=started):

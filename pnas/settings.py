@@ -124,8 +124,18 @@ def _require_one_of(settings, name, choices):
 
 
 def validate(settings):
-    """Checks the search settings; raises `SettingsError` with the fix."""
-    s = settings
+    """Checks the search settings; raises `SettingsError` with the fix (the first problem found, group by group)."""
+    _check_operators(settings)
+    _check_counts(settings)
+    _check_workers(settings)
+    _check_surrogate(settings)
+    _check_space(settings)
+    _check_child(settings)
+    _check_training(settings)
+
+
+def _check_operators(s):
+    """The operators: known, at least one, no duplicates."""
     unknown = [op for op in s["operators"] if op not in OPERATORS]
     if unknown:
         raise SettingsError(
@@ -142,10 +152,18 @@ def validate(settings):
             f"operators has duplicates: {s['operators']}; list each operator once, "
             f"e.g. {format_override('operators', list(dict.fromkeys(s['operators'])))}"
         )
+
+
+def _check_counts(s):
+    """The counts that must be positive."""
     for name in ("B", "K_", "NUM_CELLS", "MAX_EPOCHS", "BATCHSIZE", "NUM_EPOCHS", "RNN_TRAINING_EPOCHS",
                  "CONTROLLER_CELLS", "MAX_CONSECUTIVE_FAILURES", "ENCODER_ENSEMBLE"):
         if s[name] < 1:
             raise SettingsError(f"{name} must be >= 1, received {name}={s[name]}; write e.g. --{name}=1")
+
+
+def _check_workers(s):
+    """Where and how many children train side by side: the runner, its processes, Ray."""
     if s["CHILDREN_PER_PROCESS"] < 0:
         raise SettingsError(
             f"CHILDREN_PER_PROCESS must be >= 0, received {s['CHILDREN_PER_PROCESS']}; write e.g. --CHILDREN_PER_PROCESS=10"
@@ -176,6 +194,10 @@ def validate(settings):
         raise SettingsError(f"RAY_GPUS_PER_CHILD must be >= 0, received {s['RAY_GPUS_PER_CHILD']}; write e.g. --RAY_GPUS_PER_CHILD=0")
     if s["RAY_MAX_RETRIES"] < 0:
         raise SettingsError(f"RAY_MAX_RETRIES must be >= 0, received {s['RAY_MAX_RETRIES']}; write e.g. --RAY_MAX_RETRIES=1")
+
+
+def _check_surrogate(s):
+    """The surrogate and the LSTM encoder's settings."""
     if s["ENCODER_BATCHSIZE"] is not None and s["ENCODER_BATCHSIZE"] < 1:
         raise SettingsError(
             f"ENCODER_BATCHSIZE must be None or >= 1, received {s['ENCODER_BATCHSIZE']}; write e.g. --ENCODER_BATCHSIZE=1"
@@ -190,6 +212,10 @@ def validate(settings):
         )
     _require_one_of(s, "ENCODER_TARGETS", ENCODER_TARGETS)
     _require_one_of(s, "ENCODER_READOUT", ENCODER_READOUTS)
+
+
+def _check_space(s):
+    """The op budget and the blocks' inputs."""
     if s["MAX_MUL_OPS"] is not None and not s["MAX_MUL_OPS"] > 0:
         raise SettingsError(f"MAX_MUL_OPS must be None or > 0, received {s['MAX_MUL_OPS']}; write e.g. --MAX_MUL_OPS=None")
     if s["INPUT_LOOKBACK_DEPTH"] not in (0, -1):
@@ -202,6 +228,10 @@ def validate(settings):
             f"INPUT_LOOKFORWARD_DEPTH must be None (no limit) or >= 0, received {s['INPUT_LOOKFORWARD_DEPTH']}; "
             "write e.g. --INPUT_LOOKFORWARD_DEPTH=None or --INPUT_LOOKFORWARD_DEPTH=0"
         )
+
+
+def _check_child(s):
+    """A child's network: cells, dense head."""
     if len(s["NUM_CELL_FILTERS"]) != s["NUM_CELLS"]:
         raise SettingsError(
             f"NUM_CELL_FILTERS has {len(s['NUM_CELL_FILTERS'])} entries but NUM_CELLS={s['NUM_CELLS']}; "
@@ -222,6 +252,10 @@ def validate(settings):
             f"the last DENSE_LAYERS entry is the number of MNIST classes and must be 10, received {s['DENSE_LAYERS']}; "
             f"write e.g. {format_override('DENSE_LAYERS', [u for u in s['DENSE_LAYERS'][:-1] if isinstance(u, int) and u > 0] + [10])}"
         )
+
+
+def _check_training(s):
+    """A child's training and the experiment's name."""
     dropout = s["DROPOUT"]
     if len(dropout) != 3 or not isinstance(dropout[0], bool) or not all(0 <= r < 1 for r in dropout[1:]):
         raise SettingsError(

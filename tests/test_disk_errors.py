@@ -54,7 +54,7 @@ def test_a_failed_write_leaves_the_previous_file_and_names_the_file_and_cause(tm
 
 def test_other_os_errors_are_not_disk_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
-        with atomic_path(tmp_path / "x") as tmp:
+        with atomic_path(tmp_path / "x"):
             open(os.path.join(tmp_path, "missing", "y")).close()
     with pytest.raises(OSError) as other:
         with atomic_path(tmp_path / "x"):

@@ -136,7 +136,7 @@ def test_children_side_by_side_give_the_search_of_one_by_one(tmp_path, capsys):
         settings = _settings(B=1, CHILDREN_PER_PROCESS=3 if parallel > 1 else 0, PARALLEL_CHILDREN=parallel,
                              TEST_CHILDREN=parallel == 1)
         runs[parallel] = (Search(settings, dataset, paths).run(), _read_records(paths))
-    (one, one_log), (two, two_log) = runs[1], runs[2]
+    (one, _), (two, two_log) = runs[1], runs[2]
     assert len(one) == 3 and all(r["status"] == "ok" for r in one + two)
     assert [(r["sr_no"], r["child"]) for r in two] == [(r["sr_no"], r["child"]) for r in one]
     assert [r["sr_no"] for r in two_log] == [1, 2, 3]

@@ -283,7 +283,7 @@ def test_a_lost_ray_head_stops_the_search_with_one_line_and_processes_resume_it(
     assert proc.returncode == 1, out[-2000:] + err[-2000:]
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert lines[0].startswith(f"error: lost the Ray cluster: its head at ") and f":{port} stopped answering" in lines[0]
+    assert lines[0].startswith("error: lost the Ray cluster: its head at ") and f":{port} stopped answering" in lines[0]
     assert "--RUNNER='processes'" in lines[0]
     kept = [json.loads(line) for line in records.read_text().splitlines()]
     assert kept and all(r["status"] == "ok" for r in kept)  # no child failed for the lost head

@@ -1,0 +1,170 @@
+"""What the CPU speed-ups of child training keep: the same values, the same batches, one trace.
+
+Speed itself is measured by bench/child_cost.py and bench/child_throughput.py, not here.
+"""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import fake_result, search_with, synthetic_dataset, tiny_config
+from binarized.binary_ops import _straight_through, _unit_mask, binary_tanh
+from pnas import report
+from pnas.config import OPERATORS, expected_cost
+from pnas.manager import compile_child, fuse_adam
+from pnas.model import model_fn
+from pnas.paths import ExperimentPaths
+from pnas.pipeline import evaluate_arguments, fit_arguments
+from pnas.runners import TAIL_PER_WORKER, ChildJob, start_order
+
+SPECIAL = np.array([-np.inf, -2.0, -1.0, -0.5, -0.0, 0.0, 1e-30, 0.5, 1.0, 1.5, np.inf, np.nan], np.float32)
+
+
+def _composed_sign(x):
+    """binary_tanh as the composed straight-through form it replaced."""
+    hard = tf.cast(tf.where(x >= 0.0, 1.0, -1.0), x.dtype)
+    return _straight_through(x, hard, _unit_mask(x))
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+def test_the_one_op_sign_matches_the_composed_form_bit_for_bit(graph):
+    x = tf.constant(np.concatenate([SPECIAL, np.random.default_rng(0).normal(0, 2, 500).astype(np.float32)]))
+    upstream = tf.constant(np.random.default_rng(1).normal(0, 1, x.shape).astype(np.float32))
+
+    def value_and_grad(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+        return y, tape.gradient(y, x, output_gradients=upstream)
+
+    if graph:
+        value_and_grad = tf.function(value_and_grad)
+    new, old = value_and_grad(binary_tanh), value_and_grad(_composed_sign)
+    for a, b in zip(new, old):
+        np.testing.assert_array_equal(a.numpy().view(np.uint32), b.numpy().view(np.uint32))
+    assert np.isnan(new[0].numpy()[[0, 10, 11]]).all(), "NaN and infinite activations must stay NaN (divergence shows)"
+
+
+def _tiny_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model, _ = model_fn([0, "3x3 sep-bconv", 0, "3x3 bconv"], num_cells=1, num_cell_filters=[4], dense_layers=[10])
+    return model
+
+
+def _weights(model):
+    return np.concatenate([w.numpy().ravel() for w in model.weights])
+
+
+def test_the_pipeline_trains_exactly_as_fit_on_arrays():
+    """The same batches, the same steps (no extra step at an epoch's end), the same weights."""
+    x, y = synthetic_dataset(n_train=100)[:2]  # 3 full batches of 32 and a partial one of 4
+    weights = []
+    for pipeline in (False, True):
+        keras.backend.clear_session()
+        model = _tiny_model()
+        compile_child(model, 2, len(x), 32)
+        keras.utils.set_random_seed(5)
+        data = fit_arguments(x, y, 32) if pipeline else dict(x=x, y=y, batch_size=32)
+        model.fit(**data, epochs=2, verbose=0)
+        assert int(model.optimizer.iterations) == 8
+        weights.append(_weights(model))
+    np.testing.assert_array_equal(weights[0], weights[1])
+
+
+def test_the_pipeline_evaluates_as_evaluate_on_arrays():
+    x, y = synthetic_dataset(n_val=70)[2:4]
+    model = _tiny_model()
+    compile_child(model, 1, 70, 32)
+    np.testing.assert_allclose(model.evaluate(**evaluate_arguments(x, y, 32), verbose=0),
+                               model.evaluate(x, y, batch_size=32, verbose=0), rtol=1e-6)
+
+
+def test_a_child_traces_its_train_step_once():
+    """Metrics built inside the first trace would make TensorFlow trace the whole step twice."""
+    x, y = synthetic_dataset(n_train=70)[:2]
+    model = _tiny_model()
+    compile_child(model, 1, len(x), 32)
+    traces = []
+    step = model.train_step
+
+    def counted(data):
+        traces.append(1)
+        return step(data)
+
+    model.train_step = counted
+    model.fit(**fit_arguments(x, y, 32), epochs=1, verbose=0)  # a partial last batch too
+    assert len(traces) == 1
+
+
+@pytest.mark.parametrize("amsgrad", [True, False])
+def test_the_fused_adam_follows_keras_adam(amsgrad):
+    rng = np.random.default_rng(0)
+    start = rng.normal(0, 1, (5, 3)).astype(np.float32)
+    grads = [rng.normal(0, 1, (5, 3)).astype(np.float32) for _ in range(20)]
+    results = []
+    for fused in (False, True):
+        variable = keras.Variable(start)
+        optimizer = keras.optimizers.Adam(1e-2, amsgrad=amsgrad)
+        if fused:
+            optimizer = fuse_adam(optimizer)
+        step = tf.function(lambda g: optimizer.apply([g], [variable]))
+        for g in grads:
+            step(tf.constant(g))
+        results.append(variable.numpy())
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(results[1], start)
+
+
+def test_a_saved_child_loads_with_keras_alone(tmp_path):
+    """The fused update is the instance's; the saved optimizer is Keras' Adam."""
+    model = _tiny_model()
+    compile_child(model, 1, 32, 32)
+    x, y = synthetic_dataset(n_train=32)[:2]
+    model.fit(x, y, batch_size=32, verbose=0)
+    path = str(tmp_path / "child.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded.optimizer) is keras.optimizers.Adam
+
+
+def test_side_by_side_workers_start_a_stages_last_children_costliest_first():
+    def job(sr_no, *ops):
+        actions = tuple(a for op in ops for a in (0, op))
+        return ChildJob(sr_no, 1, (), actions, 0)
+
+    cheap, dear = ("3x3 maxpool", "linear"), ("1x7-7x1 bconv", "5x5 sep-bconv")
+    head = [job(n, *(dear if n % 2 else cheap)) for n in range(1, 11)]
+    tail = [job(11, *cheap), job(12, *dear), job(13, "3x3 bconv", "linear"), job(14, "3x3 sep-bconv", "3x3 sep-bconv"),
+            job(15, *cheap), job(16, *dear), job(17, *cheap), job(18, "3x3 bconv", "3x3 bconv")]
+    jobs = head + tail
+    assert len(tail) == TAIL_PER_WORKER * 2
+    order = [j.sr_no for j in start_order(jobs, 2)]
+    assert order[:10] == list(range(1, 11)), "the beam's order until its tail"
+    assert order[10:] == [12, 16, 14, 18, 13, 11, 15, 17]
+    assert [j.sr_no for j in start_order(jobs, 1)] == list(range(1, 19))
+    assert [j.sr_no for j in start_order(tail[:3], 2)] == [12, 13, 11]
+    assert all(expected_cost([0, op]) > 0 for op in OPERATORS)
+
+
+def test_the_summary_shows_how_idle_the_workers_were(tmp_path):
+    config = tiny_config(B=2, K_=2)
+    paths = ExperimentPaths("idle", root=str(tmp_path))
+    search_with(lambda search, child, sr_no: dict(fake_result(child), seconds=1.0), config,
+                synthetic_dataset(), paths).run()
+    with open(paths.state) as f:
+        worker_time = json.load(f)["worker_time"]
+    assert set(worker_time) == {"1", "2"}
+    for stage in worker_time.values():
+        assert stage["slots"] == 1 and stage["busy_seconds"] > 0 and stage["wall_seconds"] > 0
+    text = report.report("idle", root=str(tmp_path))
+    assert "Workers: 1 side by side, idle " in text and "(b = 1 " in text and ", b = 2 " in text
+
+
+def test_the_idle_line_on_constructed_stages():
+    line = report.idle_line({"1": {"slots": 2, "wall_seconds": 100.0, "busy_seconds": 150.0},
+                             "2": {"slots": 2, "wall_seconds": 50.0, "busy_seconds": 100.0}})
+    assert line == "Workers: 2 side by side, idle 17% of the time they had children to train (b = 1 25%, b = 2 0%)"
+    assert report.idle_line({}) is None and report.idle_line(None) is None
