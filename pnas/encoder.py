@@ -437,8 +437,6 @@ class Encoder(Surrogate):
         tensorboard_dir=None,
         jit_compile=False,
     ):
-        import keras
-
         if targets not in self.TARGETS:
             raise ValueError(f"`targets` must be one of {list(self.TARGETS)}, received targets={targets!r}.")
         if readout not in ENCODER_READOUTS:
@@ -457,32 +455,37 @@ class Encoder(Surrogate):
         # The standardised rewards' mean and std in the output's units.
         self.center, self.spread = (self.SCALED_CENTER, self.SCALED_SPREAD) if targets == "scaled" else (0.0, 1.0)
         vocab = state_space.input_size + state_space.op_size + 1
+        self.models = [self._network(vocab, controller_cells, embedding_dim, regularization, learning_rate, jit_compile)
+                       for _ in range(ensemble)]
+
+    def _network(self, vocab, controller_cells, embedding_dim, regularization, learning_rate, jit_compile):
+        """One member, compiled: embedding, LSTM, dense output (the original's), with the readout and targets set."""
+        import keras
+
         reg = keras.regularizers.L2(regularization) if regularization else None
-        self.models = []
-        for _ in range(ensemble):
-            lstm = keras.layers.LSTM(
-                controller_cells, kernel_regularizer=reg, recurrent_regularizer=reg,
-                return_sequences=readout == "mean",
-            )
-            # 'mean': the masked mean of the LSTM's outputs over the tokens.
-            pooling = [keras.layers.GlobalAveragePooling1D()] if readout == "mean" else []
-            model = keras.Sequential(
-                [
-                    keras.Input((None,), dtype="int32"),
-                    keras.layers.Embedding(vocab, embedding_dim, mask_zero=True, embeddings_regularizer=reg),
-                    lstm,
-                    *pooling,
-                    keras.layers.Dense(
-                        1, activation=None if targets == "standardize" else "sigmoid", kernel_regularizer=reg
-                    ),
-                ]
-            )
-            schedule = keras.optimizers.schedules.ExponentialDecay(learning_rate, 500, 0.98, staircase=True)
-            model.compile(
-                optimizer=keras.optimizers.Adam(schedule), loss="mse", jit_compile=jit_compile,
-                steps_per_execution=self.STEPS_PER_EXECUTION,
-            )
-            self.models.append(model)
+        lstm = keras.layers.LSTM(
+            controller_cells, kernel_regularizer=reg, recurrent_regularizer=reg,
+            return_sequences=self.readout == "mean",
+        )
+        # 'mean': the masked mean of the LSTM's outputs over the tokens.
+        pooling = [keras.layers.GlobalAveragePooling1D()] if self.readout == "mean" else []
+        model = keras.Sequential(
+            [
+                keras.Input((None,), dtype="int32"),
+                keras.layers.Embedding(vocab, embedding_dim, mask_zero=True, embeddings_regularizer=reg),
+                lstm,
+                *pooling,
+                keras.layers.Dense(
+                    1, activation=None if self.targets == "standardize" else "sigmoid", kernel_regularizer=reg
+                ),
+            ]
+        )
+        schedule = keras.optimizers.schedules.ExponentialDecay(learning_rate, 500, 0.98, staircase=True)
+        model.compile(
+            optimizer=keras.optimizers.Adam(schedule), loss="mse", jit_compile=jit_compile,
+            steps_per_execution=self.STEPS_PER_EXECUTION,
+        )
+        return model
 
     @property
     def steps(self):

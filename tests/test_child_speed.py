@@ -58,6 +58,7 @@ def _weights(model):
     return np.concatenate([w.numpy().ravel() for w in model.weights])
 
 
+@pytest.mark.slow  # two Keras trainings
 def test_the_pipeline_trains_exactly_as_fit_on_arrays():
     """The same batches, the same steps (no extra step at an epoch's end), the same weights."""
     x, y = synthetic_dataset(n_train=100)[:2]  # 3 full batches of 32 and a partial one of 4
@@ -82,6 +83,7 @@ def test_the_pipeline_evaluates_as_evaluate_on_arrays():
                                model.evaluate(x, y, batch_size=32, verbose=0), rtol=1e-6)
 
 
+@pytest.mark.slow  # a Keras training
 def test_a_child_traces_its_train_step_once():
     """Metrics built inside the first trace would make TensorFlow trace the whole step twice."""
     x, y = synthetic_dataset(n_train=70)[:2]
@@ -118,6 +120,7 @@ def test_the_fused_adam_follows_keras_adam(amsgrad):
     assert not np.array_equal(results[1], start)
 
 
+@pytest.mark.slow  # a Keras training and a saved model
 def test_a_saved_child_loads_with_keras_alone(tmp_path):
     """The fused update is the instance's; the saved optimizer is Keras' Adam."""
     model = _tiny_model()
@@ -149,6 +152,7 @@ def test_side_by_side_workers_start_a_stages_last_children_costliest_first():
     assert all(expected_cost([0, op]) > 0 for op in OPERATORS)
 
 
+@pytest.mark.slow  # a whole (simulated) search and its plots
 def test_the_summary_shows_how_idle_the_workers_were(tmp_path):
     config = tiny_config(B=2, K_=2)
     paths = ExperimentPaths("idle", root=str(tmp_path))

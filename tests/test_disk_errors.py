@@ -68,10 +68,19 @@ def _files(root, temporary=False):
     """Every file under `root` with its bytes; the temporary files of writes in progress only if `temporary`.
 
     The LSTM encoder's TensorBoard summaries are left out: TensorBoard appends to them from its
-    own thread, names them by time and process, and the search never reads them back.
+    own thread, names them by time and process, and the search never reads them back. So is the
+    search state's `worker_time`, wall-clock seconds that differ from run to run.
     """
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(pathlib.Path(root).rglob("*"))
+    return {str(p.relative_to(root)): _without_worker_time(p) for p in sorted(pathlib.Path(root).rglob("*"))
             if p.is_file() and (temporary or ".tmp" not in p.name) and not p.name.startswith("events.out.tfevents.")}
+
+
+def _without_worker_time(path):
+    if path.name != "search_state.json":
+        return path.read_bytes()
+    state = json.loads(path.read_bytes())
+    state.pop("worker_time", None)
+    return json.dumps(state).encode()
 
 
 def _search(root, trained):

@@ -396,8 +396,12 @@ def test_encoder_ensemble_trains_on_different_thirds_and_averages(tmp_path):
     assert len(encoder.models) == 3
     seen = []
     for i, model in enumerate(encoder.models):
-        def fit(x, y, _fit=model.fit, _i=i, **kwargs):
-            seen.append((_i, np.array(x), np.array(y)))
+        def fit(x, y=None, _fit=model.fit, _i=i, **kwargs):
+            if y is None:  # a tf.data pipeline of (x, y) batches (pnas.pipeline), shuffled as one
+                batches = list(x.as_numpy_iterator())
+                seen.append((_i, np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])))
+            else:
+                seen.append((_i, np.array(x), np.array(y)))
             return _fit(x, y, **kwargs)
 
         model.fit = fit
