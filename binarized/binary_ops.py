@@ -94,34 +94,82 @@ def binary_tanh(x):
     x = ops.convert_to_tensor(x)
     # A variable (which `convert_to_tensor` passes through) takes the composed
     # path: TensorFlow's custom gradients want variables read inside them named.
-    if keras.backend.backend() in _CUSTOM_GRADIENT_BACKENDS and not isinstance(x, keras.Variable):
+    if isinstance(x, keras.Variable):
+        pass
+    elif keras.backend.backend() == "tensorflow":
+        return _tf_sign_with_ste(x)
+    elif keras.backend.backend() == "jax":
         return _sign_with_ste(x)
     hard = ops.where(ops.greater_equal(x, 0.0), 1.0, -1.0)
     return _straight_through(x, ops.cast(hard, x.dtype), _unit_mask(x))
 
 
-# Backends whose `keras.ops.custom_gradient` the sign uses; the others compose it from ops.
-_CUSTOM_GRADIENT_BACKENDS = ("tensorflow", "jax")
+# `binary_tanh` as one op with its own gradient: the same values and gradients, bit for bit.
+# Composed from `_straight_through` it is ten elementwise ops forward and more backward, on
+# every activation of a child; this is a select and an exact zero forward and a mask times
+# the gradient backward, which also makes a child's train step quicker to trace.
+
+
+def _sign(x):
+    # `+ (x - x)` adds an exact zero, or NaN where x is NaN or infinite: a diverged
+    # activation stays NaN, as in the composed form, so that the loss shows it.
+    return ops.cast(ops.where(ops.greater_equal(x, 0.0), 1.0, -1.0), x.dtype) + (x - x)
 
 
 @ops.custom_gradient
 def _sign_with_ste(x):
-    """`binary_tanh` as one op with its own gradient: the same values and gradients, bit for bit.
-
-    Composed from `_straight_through` it is ten elementwise ops forward and
-    more backward, on every activation of a child; here it is a select and
-    an exact zero forward and a mask times the gradient backward, which also
-    makes a child's train step quicker to trace.
-    """
+    """The one-op sign on JAX (`keras.ops.custom_gradient`)."""
 
     def grad(*args, upstream=None):
         if upstream is None:
             (upstream,) = args
         return upstream * _unit_mask(x)
 
-    # `+ (x - x)` adds an exact zero, or NaN where x is NaN or infinite: a diverged
-    # activation stays NaN, as in the composed form, so that the loss shows it.
-    return ops.cast(ops.where(ops.greater_equal(x, 0.0), 1.0, -1.0), x.dtype) + (x - x), grad
+    return _sign(x), grad
+
+
+# The name of the sign's gradient in TensorFlow's registry, registered once.
+_TF_GRADIENT = "BinarizedBinaryTanh"
+_tf_gradient_registered = False
+
+
+def _tf_sign_with_ste(x):
+    """The one-op sign on TensorFlow, as `tf.custom_gradient` builds it, less its leak.
+
+    In a graph, `tf.custom_gradient` registers a new gradient function under
+    a new name at every trace, and TensorFlow's registry never lets go of it:
+    the function's closure holds the traced graph, so every child a worker
+    trained stayed in memory (about 130,000 Python objects for a three-block
+    child) and each full garbage collection took longer. Here one gradient,
+    registered once, reads its input from the op; the tape gets the same
+    backward function as `tf.custom_gradient` gives it, held by the tape only.
+    """
+    import tensorflow as tf
+    from tensorflow.python.eager import record
+
+    global _tf_gradient_registered
+    if not _tf_gradient_registered:
+        try:
+            tf.RegisterGradient(_TF_GRADIENT)(_tf_sign_gradient)
+        except KeyError:  # registered by an earlier import of this module
+            pass
+        _tf_gradient_registered = True
+    with record.stop_recording():
+        y = _sign(x)
+    if tf.executing_eagerly():
+        y = tf.identity(y)
+    else:
+        # For symbolic gradients (`tf.gradients`, a tf.function differentiated from outside).
+        with tf.compat.v1.get_default_graph().gradient_override_map({"IdentityN": _TF_GRADIENT}):
+            y, _ = tf.identity_n([y, x])
+    # For a GradientTape, also inside a tf.function (Keras' train step).
+    record.record_operation("BinaryTanh", [y], [x], lambda upstream: [upstream * _unit_mask(x)])
+    return y
+
+
+def _tf_sign_gradient(op, upstream, _):
+    # The op is IdentityN([sign, x]): no gradient through the sign's select, the STE's to x.
+    return [None, upstream * _unit_mask(op.inputs[1])]
 
 
 def binarize(W, H=1.0):

@@ -126,7 +126,10 @@ class Search:
         search's encoder (`weights/{EXPERIMENT_NAME}/`, which RESTORE_CONTROLLER
         starts a later search from).
         """
-        keras.backend.clear_session(free_memory=True)
+        if self.config.encoder.surrogate != "ridge":
+            # The LSTM is a Keras model: start it in a cleared session. (The
+            # ridge is NumPy; a full garbage collection would only cost time.)
+            keras.backend.clear_session(free_memory=True)
         keras.utils.set_random_seed(_seed(self.config.seed, 1, b))
         encoder = self._new_encoder(tensorboard_dir=self.paths.encoder_log_dir(b))
         if b > 1 or self.state.data.encoder_restored:
@@ -152,7 +155,8 @@ class Search:
         """The child's binary multiply-accumulates (builds it; cached)."""
         key = tuple(child)
         if key not in self._mul_ops:
-            keras.backend.clear_session(free_memory=True)
+            # Only counted, never traced: no full garbage collection per child.
+            keras.backend.clear_session(free_memory=False)
             _, self._mul_ops[key] = model_fn(self.state_space.parse(child), **self.config.child.model_kwargs())
         return self._mul_ops[key]
 

@@ -93,13 +93,14 @@ def budget(tmp_path_factory):
     return (costs[-2] + costs[-1]) // 2
 
 
-def _settings(budget):
-    return tiny_config(RUNNER="inline", MAX_MUL_OPS=budget, MAX_CONSECUTIVE_FAILURES=5)
+def _settings(budget, surrogate="ridge"):
+    # The log does not depend on what ranks; the LSTM's resume is the one slow test below.
+    return tiny_config(RUNNER="inline", MAX_MUL_OPS=budget, MAX_CONSECUTIVE_FAILURES=5, SURROGATE=surrogate)
 
 
-def _search(root, budget, monkeypatch, fail=2, stop=None):
+def _search(root, budget, monkeypatch, fail=2, stop=None, surrogate="ridge"):
     paths = SearchPaths("tiny", root=str(root))
-    return search_with(_fake_run(fail, stop), _settings(budget), synthetic_dataset(), paths), paths
+    return search_with(_fake_run(fail, stop), _settings(budget, surrogate), synthetic_dataset(), paths), paths
 
 
 def _stages(paths, B):
@@ -157,9 +158,8 @@ def test_regenerating_from_the_state_gives_the_same_bytes(finished, budget, tmp_
         assert f.read() == text
 
 
-def test_an_interrupted_search_logs_a_prefix_and_resumes_to_the_same_bytes(finished, budget, tmp_path, monkeypatch):
-    _, text = finished
-    search, paths = _search(tmp_path, budget, monkeypatch, stop=3)  # killed before the first 2-block child
+def _interrupted_then_resumed(text, budget, root, monkeypatch, surrogate="ridge"):
+    search, paths = _search(root, budget, monkeypatch, stop=3, surrogate=surrogate)  # killed before a 2-block child
     with pytest.raises(KeyboardInterrupt):
         search.run()
     with open(paths.architectures, "rb") as f:
@@ -167,10 +167,24 @@ def test_an_interrupted_search_logs_a_prefix_and_resumes_to_the_same_bytes(finis
     assert text.startswith(partial)
     assert partial.endswith(b"\n \n --------------------EXPERIMENT FINISHED------------------- \n \n"
                             b"---- B= 1 Architectures ---- \n")
-    search, paths = _search(tmp_path, budget, monkeypatch)
+    search, paths = _search(root, budget, monkeypatch, surrogate=surrogate)
     search.run()
     with open(paths.architectures, "rb") as f:
         assert f.read() == text
+
+
+def test_an_interrupted_search_logs_a_prefix_and_resumes_to_the_same_bytes(finished, budget, tmp_path, monkeypatch):
+    _interrupted_then_resumed(finished[1], budget, tmp_path, monkeypatch)
+
+
+@pytest.mark.slow  # three searches, each with its LSTM traced afresh
+def test_an_interrupted_lstm_search_resumes_to_the_same_bytes(budget, tmp_path, monkeypatch):
+    """The LSTM's stage weights, restored on resume, rank the next stage as in an unbroken run."""
+    search, paths = _search(tmp_path / "whole", budget, monkeypatch, surrogate="lstm")
+    search.run()
+    with open(paths.architectures, "rb") as f:
+        text = f.read()
+    _interrupted_then_resumed(text, budget, tmp_path / "cut", monkeypatch, surrogate="lstm")
 
 
 @pytest.mark.parametrize("surrogate", ["lstm", "ridge"])

@@ -48,6 +48,33 @@ def test_the_one_op_sign_matches_the_composed_form_bit_for_bit(graph):
     assert np.isnan(new[0].numpy()[[0, 10, 11]]).all(), "NaN and infinite activations must stay NaN (divergence shows)"
 
 
+def test_the_sign_keeps_no_graph_alive_and_differentiates_from_outside_a_function():
+    """Every trace once registered a gradient that held its graph for good (tf.custom_gradient)."""
+    from tensorflow.python.framework import ops as tf_ops
+
+    x = tf.constant(np.random.default_rng(0).normal(0, 2, 64).astype(np.float32))
+    weights = tf.range(64, dtype=tf.float32)
+    expected = np.where(np.abs(x.numpy()) <= 1, weights.numpy(), 0)
+    binary_tanh(tf.constant([0.5]))  # registers the sign's one gradient, if no test did yet
+    registered = len(tf_ops._gradient_registry.list())
+    for _ in range(3):  # three traces, each with a tape inside, as Keras' train step
+        @tf.function
+        def inside(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = tf.reduce_sum(binary_tanh(x) * weights)
+            return tape.gradient(y, x)
+
+        np.testing.assert_array_equal(inside(x).numpy(), expected)
+    assert len(tf_ops._gradient_registry.list()) == registered
+
+    forward = tf.function(lambda x: tf.reduce_sum(binary_tanh(x) * weights))
+    with tf.GradientTape() as tape:  # the function's gradient is built symbolically, from the registry
+        tape.watch(x)
+        y = forward(x)
+    np.testing.assert_array_equal(tape.gradient(y, x).numpy(), expected)
+
+
 def _tiny_model(seed=0):
     keras.utils.set_random_seed(seed)
     model, _ = model_fn([0, "3x3 sep-bconv", 0, "3x3 bconv"], num_cells=1, num_cell_filters=[4], dense_layers=[10])

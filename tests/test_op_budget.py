@@ -145,7 +145,8 @@ def test_op_budget_that_leaves_a_stage_empty(tmp_path, monkeypatch, capsys, budg
                 "mul_ops": self.mul_ops(child), "params": 1, "footprint": {"packed_kib": 1.0}, "seconds": 0.0}
 
     paths = SearchPaths("tiny", root=str(tmp_path))
-    search = search_with(run_child, _settings(B=3, MAX_MUL_OPS=budget), _dataset(n_train=32, n_val=16, n_test=16),
+    search = search_with(run_child, _settings(B=3, MAX_MUL_OPS=budget, SURROGATE="ridge"),
+                         _dataset(n_train=32, n_val=16, n_test=16),
                          paths)
     if stages is None:
         with pytest.raises(SearchAborted, match="MAX_MUL_OPS=1000"):

@@ -19,7 +19,16 @@ import pnas.search  # noqa: E402
 from pnas.search import Search, SearchAborted, SearchPaths, estimate_eta  # noqa: E402
 from conftest import fake_result as _fake_result, keras_run_child, search_with, synthetic_dataset, tiny_config  # noqa: E402
 
-_settings = tiny_config
+
+
+def _settings(**overrides):
+    """The tiny settings, ranked by the ridge unless a test names the surrogate.
+
+    The failures, resumes and progress lines tested here do not depend on what
+    ranks, and each LSTM costs seconds of tracing; the LSTM's own search is
+    tested below (slow) and in test_pnas_encoder.py and test_architectures_log.py.
+    """
+    return tiny_config(**{"SURROGATE": "ridge", **overrides})
 
 
 _dataset = synthetic_dataset
@@ -111,7 +120,7 @@ def test_the_same_seed_gives_the_same_search(tmp_path):
     runs = []
     for name in ("first", "second"):
         paths = SearchPaths("tiny", root=str(tmp_path / name))
-        records = Search(_settings(K_=1), dataset, paths).run()
+        records = Search(_settings(K_=1, SURROGATE="lstm"), dataset, paths).run()
         with open(os.path.join(paths.scores_dir, "scores_2.csv")) as f:
             runs.append((records, f.read()))
     (first, scores1), (second, scores2) = runs
@@ -232,7 +241,7 @@ def test_a_search_saved_by_earlier_code_resumes_at_its_last_child(tmp_path):
         trained.append(sr_no)
         return _fake_result(child)
 
-    settings = _settings(B=3, EXPERIMENT_NAME="fixture", SURROGATE="ridge")  # the default when it was saved
+    settings = _settings(B=3, EXPERIMENT_NAME="fixture")  # the ridge: the default when it was saved
     paths = SearchPaths("fixture", root=str(tmp_path / "saved"))
     search = search_with(run_child, settings, _dataset(), paths, plots=False)
     assert search.state.stage(2).spearman == pytest.approx(1.0)  # read from the saved file's layout
