@@ -94,12 +94,11 @@ def binary_tanh(x):
     x = ops.convert_to_tensor(x)
     # A variable (which `convert_to_tensor` passes through) takes the composed
     # path: TensorFlow's custom gradients want variables read inside them named.
-    if isinstance(x, keras.Variable):
-        pass
-    elif keras.backend.backend() == "tensorflow":
-        return _tf_sign_with_ste(x)
-    elif keras.backend.backend() == "jax":
-        return _sign_with_ste(x)
+    if not isinstance(x, keras.Variable):
+        if keras.backend.backend() == "tensorflow":
+            return _tf_sign_with_ste(x)
+        if keras.backend.backend() == "jax":
+            return _sign_with_ste(x)
     hard = ops.where(ops.greater_equal(x, 0.0), 1.0, -1.0)
     return _straight_through(x, ops.cast(hard, x.dtype), _unit_mask(x))
 
@@ -137,12 +136,11 @@ def _tf_sign_with_ste(x):
     """The one-op sign on TensorFlow, as `tf.custom_gradient` builds it, less its leak.
 
     In a graph, `tf.custom_gradient` registers a new gradient function under
-    a new name at every trace, and TensorFlow's registry never lets go of it:
-    the function's closure holds the traced graph, so every child a worker
-    trained stayed in memory (about 130,000 Python objects for a three-block
-    child) and each full garbage collection took longer. Here one gradient,
-    registered once, reads its input from the op; the tape gets the same
-    backward function as `tf.custom_gradient` gives it, held by the tape only.
+    a new name at every trace, and TensorFlow's registry never lets go of
+    it: its closure holds the traced graph, for as long as the process runs.
+    Here one gradient, registered once, reads its input from the op; the
+    tape gets the same backward function as `tf.custom_gradient` gives it,
+    held by the tape only.
     """
     import tensorflow as tf
     from tensorflow.python.eager import record

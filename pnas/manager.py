@@ -1,5 +1,6 @@
 """Trains one child network and returns its numbers."""
 
+import gc
 import logging
 import math
 import os
@@ -319,14 +320,19 @@ class NetworkManager:
         history, keep_best = self.fit(model, weights_path, log_name or name, label)
         result = self.summarise(model, history, keep_best, mul_ops, model_path)
         result["seconds"] = round(time.time() - start, 2)
-        # The model's memory goes at the next child's `build` (one full
-        # garbage collection per child, not two: each takes 0.4-1 s in a worker).
+        # The model's memory goes at the next child's `build`: one full
+        # garbage collection per child, not two.
         del model, history, keep_best
         return result
 
     def build(self, model_fn, actions, num_cells, num_cell_filters, dense_layers, dropout, load_from=None):
         """A fresh child model (in a cleared Keras session) and its mul_ops; weights from `load_from`."""
         keras.backend.clear_session(free_memory=True)
+        # What survives that full collection stays for the process's life: the
+        # modules, the data, and what TensorFlow and Keras keep of earlier
+        # children. Frozen, it is not scanned again: a worker's collection
+        # here takes 0.3 s at every child, not 0.3 s growing to 0.9 s by the fifth.
+        gc.freeze()
         model, mul_ops = model_fn(
             actions,
             num_cells=num_cells,
