@@ -127,9 +127,8 @@ def _sign_with_ste(x):
     return _sign(x), grad
 
 
-# The name of the sign's gradient in TensorFlow's registry, registered once.
+# The name of the sign's gradient in TensorFlow's registry (registered below, once).
 _TF_GRADIENT = "BinarizedBinaryTanh"
-_tf_gradient_registered = False
 
 
 def _tf_sign_with_ste(x):
@@ -145,13 +144,6 @@ def _tf_sign_with_ste(x):
     import tensorflow as tf
     from tensorflow.python.eager import record
 
-    global _tf_gradient_registered
-    if not _tf_gradient_registered:
-        try:
-            tf.RegisterGradient(_TF_GRADIENT)(_tf_sign_gradient)
-        except KeyError:  # registered by an earlier import of this module
-            pass
-        _tf_gradient_registered = True
     with record.stop_recording():
         y = _sign(x)
     if tf.executing_eagerly():
@@ -168,6 +160,15 @@ def _tf_sign_with_ste(x):
 def _tf_sign_gradient(op, upstream, _):
     # The op is IdentityN([sign, x]): no gradient through the sign's select, the STE's to x.
     return [None, upstream * _unit_mask(op.inputs[1])]
+
+
+if keras.backend.backend() == "tensorflow":  # Keras has imported TensorFlow already
+    import tensorflow as _tf
+
+    try:
+        _tf.RegisterGradient(_TF_GRADIENT)(_tf_sign_gradient)
+    except KeyError:  # registered by an earlier import of this module
+        pass
 
 
 def binarize(W, H=1.0):

@@ -20,7 +20,6 @@ from pnas.search import Search, SearchAborted, SearchPaths, estimate_eta  # noqa
 from conftest import fake_result as _fake_result, keras_run_child, search_with, synthetic_dataset, tiny_config  # noqa: E402
 
 
-
 def _settings(**overrides):
     """The tiny settings, ranked by the ridge unless a test names the surrogate.
 
