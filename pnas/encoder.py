@@ -351,6 +351,9 @@ class Surrogate:
     and `load_weights(path)`, and `steps` (gradient steps so far, or None).
     """
 
+    # Whether it is a Keras model: the search then builds it in a cleared Keras session.
+    keras_model = False
+
     def rank(self, children):
         """`(child, predicted reward)` pairs, best first; ties keep the order of `children`."""
         children = list(children)
@@ -416,6 +419,7 @@ class Encoder(Surrogate):
     """
 
     TARGETS = ENCODER_TARGETS
+    keras_model = True
     # 'scaled': the standardised rewards' mean and std in the sigmoid's units.
     SCALED_CENTER, SCALED_SPREAD = 0.5, 0.1
     # Gradient steps per call into the compiled training function.
@@ -689,10 +693,16 @@ class RidgeSurrogate(Surrogate):
         self.coef, self.intercept = coef, float(saved["intercept"])
 
 
+def surrogate_class(kind):
+    """The class of the surrogate named `kind`: 'lstm' (`Encoder`) or 'ridge' (`RidgeSurrogate`)."""
+    classes = {"lstm": Encoder, "ridge": RidgeSurrogate}
+    if kind not in classes:
+        raise ValueError(f"`kind` must be one of {list(SURROGATES)}, received kind={kind!r}.")
+    return classes[kind]
+
+
 def new_surrogate(state_space, kind="lstm", tensorboard_dir=None, **encoder_kwargs):
     """The surrogate a search ranks with: 'lstm' (`Encoder`, with `encoder_kwargs`) or 'ridge' (`RidgeSurrogate`)."""
-    if kind == "ridge":
+    if surrogate_class(kind) is RidgeSurrogate:
         return RidgeSurrogate(state_space)
-    if kind == "lstm":
-        return Encoder(state_space, tensorboard_dir=tensorboard_dir, **encoder_kwargs)
-    raise ValueError(f"`kind` must be one of {list(SURROGATES)}, received kind={kind!r}.")
+    return Encoder(state_space, tensorboard_dir=tensorboard_dir, **encoder_kwargs)

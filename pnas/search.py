@@ -16,7 +16,7 @@ import keras
 
 from mnist.files import copy_atomic
 from pnas import report
-from pnas.encoder import StateSpace, new_surrogate
+from pnas.encoder import StateSpace, new_surrogate, surrogate_class
 from pnas.model import model_fn
 from pnas.paths import ExperimentPaths
 from pnas.records import ChildRecord, SearchConfigError, SearchState, Status, write_logs, write_scores
@@ -126,9 +126,9 @@ class Search:
         search's encoder (`weights/{EXPERIMENT_NAME}/`, which RESTORE_CONTROLLER
         starts a later search from).
         """
-        if self.config.encoder.surrogate != "ridge":
-            # The LSTM is a Keras model: start it in a cleared session. (The
-            # ridge is NumPy; a full garbage collection would only cost time.)
+        if surrogate_class(self.config.encoder.surrogate).keras_model:
+            # Start it in a cleared session. (A NumPy surrogate skips this: a
+            # full garbage collection would only cost time.)
             keras.backend.clear_session(free_memory=True)
         keras.utils.set_random_seed(_seed(self.config.seed, 1, b))
         encoder = self._new_encoder(tensorboard_dir=self.paths.encoder_log_dir(b))

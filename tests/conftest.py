@@ -122,6 +122,17 @@ def tiny_config(**overrides):
     return SearchConfig.from_settings(tiny_settings(**overrides))
 
 
+def flow_config(**overrides):
+    """`tiny_config` ranked by the ridge unless `overrides` names SURROGATE.
+
+    The tests of the search's own flows (failures, resumes, progress lines,
+    the log's bytes, the op budget) do not depend on what ranks, and each
+    LSTM costs seconds of tracing; the ridge traces nothing
+    (docs/architecture.md#tests).
+    """
+    return tiny_config(**{"SURROGATE": "ridge", **overrides})
+
+
 def synthetic_dataset(n_train=64, n_val=64, n_test=32, seed=0):
     """Learnable synthetic images: the class sets the brightness of one row band.
 

@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 
 from pnas.records import SearchState, write_logs  # noqa: E402
 from pnas.search import Search, SearchPaths  # noqa: E402
-from conftest import search_with, synthetic_dataset, tiny_config, tiny_settings  # noqa: E402
+from conftest import flow_config, search_with, synthetic_dataset, tiny_config, tiny_settings  # noqa: E402
 
 
 # ------------------------------------------------ the original's code, verbatim
@@ -94,8 +94,8 @@ def budget(tmp_path_factory):
 
 
 def _settings(budget, surrogate="ridge"):
-    # The log does not depend on what ranks; the LSTM's resume is the one slow test below.
-    return tiny_config(RUNNER="inline", MAX_MUL_OPS=budget, MAX_CONSECUTIVE_FAILURES=5, SURROGATE=surrogate)
+    # The log does not depend on what ranks (`flow_config`); the LSTM's resume is the one slow test below.
+    return flow_config(RUNNER="inline", MAX_MUL_OPS=budget, MAX_CONSECUTIVE_FAILURES=5, SURROGATE=surrogate)
 
 
 def _search(root, budget, monkeypatch, fail=2, stop=None, surrogate="ridge"):

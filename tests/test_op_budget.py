@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from conftest import (  # noqa: E402
-    PLOTS, is_png, keras_run_child, read_jsonl as _jsonl, search_with, synthetic_dataset, tiny_config,
+    PLOTS, flow_config, is_png, keras_run_child, read_jsonl as _jsonl, search_with, synthetic_dataset, tiny_config,
 )
 from pnas import report  # noqa: E402
 from pnas.encoder import RidgeSurrogate, StateSpace  # noqa: E402
@@ -145,7 +145,7 @@ def test_op_budget_that_leaves_a_stage_empty(tmp_path, monkeypatch, capsys, budg
                 "mul_ops": self.mul_ops(child), "params": 1, "footprint": {"packed_kib": 1.0}, "seconds": 0.0}
 
     paths = SearchPaths("tiny", root=str(tmp_path))
-    search = search_with(run_child, _settings(B=3, MAX_MUL_OPS=budget, SURROGATE="ridge"),
+    search = search_with(run_child, flow_config(B=3, MAX_MUL_OPS=budget),
                          _dataset(n_train=32, n_val=16, n_test=16),
                          paths)
     if stages is None:

@@ -17,17 +17,13 @@ from pnas.manager import ChildTrainingError, NetworkManager  # noqa: E402
 from pnas.model import model_fn  # noqa: E402
 import pnas.search  # noqa: E402
 from pnas.search import Search, SearchAborted, SearchPaths, estimate_eta  # noqa: E402
-from conftest import fake_result as _fake_result, keras_run_child, search_with, synthetic_dataset, tiny_config  # noqa: E402
+from conftest import (  # noqa: E402
+    fake_result as _fake_result, flow_config, keras_run_child, search_with, synthetic_dataset,
+)
 
 
-def _settings(**overrides):
-    """The tiny settings, ranked by the ridge unless a test names the surrogate.
-
-    The failures, resumes and progress lines tested here do not depend on what
-    ranks, and each LSTM costs seconds of tracing; the LSTM's own search is
-    tested below (slow) and in test_pnas_encoder.py and test_architectures_log.py.
-    """
-    return tiny_config(**{"SURROGATE": "ridge", **overrides})
+# The LSTM's own search is tested below (slow) and in test_pnas_encoder.py and test_architectures_log.py.
+_settings = flow_config
 
 
 _dataset = synthetic_dataset
