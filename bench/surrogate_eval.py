@@ -38,7 +38,10 @@ judged by its mean reward over all its seeds: regret is the best mean of all
 cells minus the pick's mean, rank its place among all cells by mean (1 =
 best); mean and standard error over the repeats. Random search's figure in a
 repeat is its mean over 200 random subsets of as many cells as PNAS trains,
-its expected pick under that draw.
+its expected pick under that draw. The oracle ranks the beam by the drawn
+rewards; `truth` ranks it by each cell's mean over its seeds, as a surrogate
+that predicted that mean exactly would, and still picks by the drawn reward:
+the bound of any surrogate under this noise.
 
 The search line runs the real search loop (`pnas.search.Search`: surrogate,
 beam, dedup) with each child's reward looked up in the table (seed 0), and a
@@ -238,8 +241,8 @@ def oracle_line(table, K, ranks, seeds):
 
 
 # ------------------------------------------------------------- noisy search
-# Searchers of the noisy lines, in print order: the default surrogate first. 'random' and 'oracle'
-# train no encoder; the others are (searcher, overrides of train.py's settings).
+# Searchers of the noisy lines, in print order: the default surrogate first. 'random', 'oracle' and
+# 'truth' train no encoder; the others are (searcher, overrides of train.py's settings).
 NOISY_SURROGATES = (("lstm", {"SURROGATE": "lstm"}), ("ridge", {"SURROGATE": "ridge"}))
 # Random subsets averaged per draw: random search's expected pick under that draw, so that its
 # standard error measures the training noise, not the luck of one subset.
@@ -263,7 +266,7 @@ def noisy_outcomes(table, K, repeat, found, n_trained):
     """`{searcher: (regret, rank)}` of one repeat, judged by each cell's mean over all its seeds.
 
     `found` maps each surrogate to its best-found cell under draw `repeat`;
-    random and oracle are computed here on the same draw: random as the mean
+    random, oracle and truth are computed here on the same draw: random as the mean
     over `RANDOM_SUBSETS` subsets of `n_trained` cells.
     """
     means = {c: table.mean_reward(c) for c in table.children()}
@@ -272,6 +275,7 @@ def noisy_outcomes(table, K, repeat, found, n_trained):
     drawn = draw_rewards(table, repeat)
     picks = dict(found)
     picks["oracle"] = best_found(table, oracle_search(table, K, drawn), rewards=drawn)
+    picks["truth"] = best_found(table, oracle_search(table, K, means), rewards=drawn)
     outcomes = {name: (best - means[c], ranks[c]) for name, c in picks.items()}
     subsets = [best_found(table, random_search(table, n_trained, RANDOM_SUBSETS * repeat + i), rewards=drawn)
                for i in range(RANDOM_SUBSETS)]
@@ -283,7 +287,7 @@ def noisy_outcomes(table, K, repeat, found, n_trained):
 def noisy_lines(table, ks, repeats, found):
     """The `noisy` lines from `found[searcher, K, repeat] = (cells trained, best cell)`."""
     lines = []
-    names = [name for name, _ in NOISY_SURROGATES] + ["random", "oracle"]
+    names = [name for name, _ in NOISY_SURROGATES] + ["random", "oracle", "truth"]
     for K in ks:
         per_repeat = []
         for r in range(repeats):

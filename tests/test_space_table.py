@@ -260,7 +260,7 @@ def test_surrogate_eval_prints_each_line_once_on_a_two_block_table(tmp_path):
     assert noisy.returncode == 0, noisy.stderr[-3000:]
     lines = [line for line in noisy.stdout.splitlines() if not line.startswith("#")]
     pattern = r"noisy K_=4 searcher=(\w+) regret=\d\.\d{4} regret_se=\d\.\d{4} rank=[\d.]+ rank_se=[\d.]+ repeats=3"
-    assert [re.fullmatch(pattern, line).group(1) for line in lines] == ["ridge", "random", "oracle"], lines
+    assert [re.fullmatch(pattern, line).group(1) for line in lines] == ["ridge", "random", "oracle", "truth"], lines
 
 
 def _load_surrogate_eval():
@@ -332,3 +332,4 @@ def test_without_seed_noise_the_noisy_search_gives_the_old_figures(tmp_path):
             assert outcomes["ridge"][1] == ranks[found]
             oracle = best_found(table, surrogate_eval.oracle_search(table, K, surrogate_eval.seed_rewards(table, 0)))
             assert outcomes["oracle"][1] == ranks[oracle]
+            assert outcomes["truth"] == outcomes["oracle"]  # without noise the drawn rewards are the means
