@@ -40,8 +40,9 @@ best); mean and standard error over the repeats. Random search's figure in a
 repeat is its mean over 200 random subsets of as many cells as PNAS trains,
 its expected pick under that draw. The oracle ranks the beam by the drawn
 rewards; `truth` ranks it by each cell's mean over its seeds, as a surrogate
-that predicted that mean exactly would, and still picks by the drawn reward:
-the bound of any surrogate under this noise.
+that predicted that mean exactly would, and still picks by the drawn reward.
+Neither is a bound: a searcher that leaves out a cell whose lucky training
+would win the pick can do better.
 
 The search line runs the real search loop (`pnas.search.Search`: surrogate,
 beam, dedup) with each child's reward looked up in the table (seed 0), and a
