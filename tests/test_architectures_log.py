@@ -93,12 +93,13 @@ def budget(tmp_path_factory):
     return (costs[-2] + costs[-1]) // 2
 
 
-def _settings(budget, surrogate="ridge"):
+def _settings(budget, surrogate=None):
     # The log does not depend on what ranks (`flow_config`); the LSTM's resume is the one slow test below.
-    return flow_config(RUNNER="inline", MAX_MUL_OPS=budget, MAX_CONSECUTIVE_FAILURES=5, SURROGATE=surrogate)
+    named = {} if surrogate is None else {"SURROGATE": surrogate}
+    return flow_config(RUNNER="inline", MAX_MUL_OPS=budget, MAX_CONSECUTIVE_FAILURES=5, **named)
 
 
-def _search(root, budget, monkeypatch, fail=2, stop=None, surrogate="ridge"):
+def _search(root, budget, monkeypatch, fail=2, stop=None, surrogate=None):
     paths = SearchPaths("tiny", root=str(root))
     return search_with(_fake_run(fail, stop), _settings(budget, surrogate), synthetic_dataset(), paths), paths
 
@@ -158,7 +159,7 @@ def test_regenerating_from_the_state_gives_the_same_bytes(finished, budget, tmp_
         assert f.read() == text
 
 
-def _interrupted_then_resumed(text, budget, root, monkeypatch, surrogate="ridge"):
+def _interrupted_then_resumed(text, budget, root, monkeypatch, surrogate=None):
     search, paths = _search(root, budget, monkeypatch, stop=3, surrogate=surrogate)  # killed before a 2-block child
     with pytest.raises(KeyboardInterrupt):
         search.run()
