@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 
 from pnas.files import WriteFailed, atomic_path, write_atomic  # noqa: E402
 from pnas.search import SearchPaths  # noqa: E402
-from conftest import cli_env, fake_result as _fake_result, search_with, synthetic_dataset, tiny_config  # noqa: E402
+from conftest import cli_env, fake_result as _fake_result, flow_config, search_with, synthetic_dataset, tiny_config  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -83,46 +83,92 @@ def _without_worker_time(path):
     return json.dumps(state).encode()
 
 
-def _search(root, trained):
+def _search(root, trained, config=None):
     def run_child(search, child, sr_no):
         trained.append(sr_no)
         return _fake_result(child)
 
-    return search_with(run_child, tiny_config(), synthetic_dataset(), SearchPaths("tiny", root=str(root)), plots=False)
+    return search_with(run_child, config or flow_config(), synthetic_dataset(), SearchPaths("tiny", root=str(root)),
+                       plots=False)
 
 
-@pytest.mark.slow  # a whole (simulated) search per write: about a minute
+def _written_paths(monkeypatch, config, root):
+    """Runs a whole (simulated) search that fails no write; returns the file of every `os.fsync`, in order.
+
+    Each is the file the write lands on, without its temporary name's `.tmp<pid>`.
+    """
+    paths = []
+    real = os.fsync
+
+    def fsync(fd):
+        paths.append(re.sub(r"\.tmp\d+", "", os.readlink(f"/proc/self/fd/{fd}"), count=1))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    _search(root, [], config).run()
+    monkeypatch.setattr(os, "fsync", real)
+    return paths
+
+
+def _fail_then_resume(monkeypatch, config, root, fail_at, reference):
+    """The `fail_at`-th write (1-based) fails with ENOSPC; then, with space freed, a rerun finishes the search."""
+    trained = []
+    snapshots = []
+    real = os.fsync
+
+    def fsync(fd):
+        snapshots.append(_files(root))  # the files as they are before this write lands
+        if len(snapshots) == fail_at:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(WriteFailed, match=r"cannot write .*: No space left on device \(ENOSPC\)"):
+        _search(root, trained, config).run()
+    # Every file, the one that failed included, is as it was before the failed write.
+    assert _files(root, temporary=True) == snapshots[-1], fail_at
+    monkeypatch.setattr(os, "fsync", real)  # space freed
+    _search(root, trained, config).run()
+    assert _files(root) == reference, fail_at
+    # At most the child whose record was being written trains again.
+    assert len(trained) - len(set(trained)) <= 1, (fail_at, trained)
+    assert set(trained) == {1, 2, 3, 4, 5}, (fail_at, trained)
+
+
+@pytest.mark.slow  # a whole (simulated) search per write: about 20 s with the ridge
 def test_a_full_disk_at_any_write_stops_the_search_and_a_rerun_resumes(tmp_path, monkeypatch):
     """Every write of a whole (simulated) search fails once in turn: nothing is lost, nothing trained twice."""
-    reference_root = tmp_path / "reference"
-    counter = _full_disk(monkeypatch, fail_at=0)  # counts, never fails
-    _search(reference_root, []).run()
-    writes = counter["n"]
-    reference = _files(reference_root)
-    assert writes > 10
-    for fail_at in range(1, writes + 1):
-        root = tmp_path / f"fail{fail_at}"
-        trained = []
-        snapshots = []
-        real = os.fsync
+    config = flow_config()
+    written = _written_paths(monkeypatch, config, tmp_path / "reference")
+    reference = _files(tmp_path / "reference")
+    assert len(written) > 10 and any(p.endswith(".ridge.json") for p in written)
+    for fail_at in range(1, len(written) + 1):
+        _fail_then_resume(monkeypatch, config, tmp_path / f"fail{fail_at}", fail_at, reference)
 
-        def fsync(fd, fail_at=fail_at):
-            snapshots.append(_files(root))  # the files as they are before this write lands
-            if len(snapshots) == fail_at:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return real(fd)
 
-        monkeypatch.setattr(os, "fsync", fsync)
-        with pytest.raises(WriteFailed, match=r"cannot write .*: No space left on device \(ENOSPC\)"):
-            _search(root, trained).run()
-        # Every file, the one that failed included, is as it was before the failed write.
-        assert _files(root, temporary=True) == snapshots[-1], fail_at
-        monkeypatch.setattr(os, "fsync", real)  # space freed
-        _search(root, trained).run()
-        assert _files(root) == reference, fail_at
-        # At most the child whose record was being written trains again.
-        assert len(trained) - len(set(trained)) <= 1, (fail_at, trained)
-        assert set(trained) == {1, 2, 3, 4, 5}, (fail_at, trained)
+@pytest.mark.slow  # an LSTM's searches: about 30 s
+def test_a_full_disk_at_the_lstm_encoders_own_writes_stops_the_search_and_a_rerun_resumes(tmp_path, monkeypatch):
+    """The test above ranks by the ridge; the LSTM writes other files (Keras weights, reward units): each fails once."""
+    import keras
+
+    real_save = keras.Model.save_weights
+
+    def save_weights(self, filepath, *args, **kwargs):  # Keras does not fsync: its write ends in one here
+        real_save(self, filepath, *args, **kwargs)
+        with open(filepath, "rb") as f:
+            os.fsync(f.fileno())
+
+    monkeypatch.setattr(keras.Model, "save_weights", save_weights)
+    config = tiny_config(SURROGATE="lstm")
+    written = _written_paths(monkeypatch, config, tmp_path / "reference")
+    reference = _files(tmp_path / "reference")
+    own = [i + 1 for i, p in enumerate(written) if p.endswith((".weights.h5", ".units.json")) and "encoder" in p]
+    # The first save of the encoder's weights and of its reward units, and the last write of each.
+    firsts = {next(i for i in own if written[i - 1].endswith(end)) for end in (".weights.h5", ".units.json")}
+    lasts = {max(i for i in own if written[i - 1].endswith(end)) for end in (".weights.h5", ".units.json")}
+    assert len(firsts | lasts) == 4, written
+    for fail_at in sorted(firsts | lasts):
+        _fail_then_resume(monkeypatch, config, tmp_path / f"fail{fail_at}", fail_at, reference)
 
 
 # --------------------------------------------------------------- train.py
