@@ -216,6 +216,17 @@ def print_settings(settings):
         print(f"  {name} = {settings[name]!r}")
 
 
+def keras_after_the_checks():
+    """Imports Keras (about 7 s, TensorFlow's start-up lines kept off stderr) once the input has passed every check.
+
+    Up to here train.py has parsed the settings, checked the outputs and the
+    resume, and loaded MNIST without it: bad input is answered in a second.
+    """
+    from binarized.quiet import import_keras_quietly
+
+    import_keras_quietly()
+
+
 def load_dataset(settings):
     from mnist.download_mnist import MnistUnavailableError
     from mnist.mnist_data import MnistFormatError, get_dataset
@@ -240,15 +251,16 @@ def search(settings, overridden=()):
     from pnas.config import SearchConfig
     from pnas.lock import ExperimentInUse
     from pnas.paths import ExperimentPaths
-    from pnas.records import SearchState
-    from pnas.runners import RunnerLost, RunnerUnavailable, make_runner
-    from pnas.search import Search, SearchAborted, SearchConfigError
+    from pnas.records import SearchConfigError, SearchState
+    from pnas.runners import RunnerLost, RunnerUnavailable, check_ray_address, make_runner
     from pnas.settings import SettingsError, check_writable
 
     config = SearchConfig.from_settings(settings)
     paths = ExperimentPaths(config.experiment_name)
     lock = None
     try:
+        if config.runner.kind == "ray":
+            check_ray_address(config.runner.ray_address)  # a wrong address, in a second (make_runner checks again)
         check_writable(paths.outputs())
         if config.overwrite:
             # Held until this process ends; taken before anything of the old search is removed.
@@ -261,9 +273,12 @@ def search(settings, overridden=()):
         state = SearchState.load_or_create(
             paths.state, config.identity_dict(), overwrite=config.overwrite, records_path=paths.records
         )
-    except (SettingsError, SearchConfigError, ExperimentInUse) as exc:
+    except (SettingsError, SearchConfigError, ExperimentInUse, RunnerUnavailable) as exc:
         fail(str(exc))
     dataset = load_dataset(settings)
+    keras_after_the_checks()
+    from pnas.search import Search, SearchAborted
+
     try:
         runner = make_runner(config, dataset, paths)
     except RunnerUnavailable as exc:
@@ -308,8 +323,6 @@ def search(settings, overridden=()):
 def train_architecture(settings):
     from pnas.config import SearchConfig
     from pnas.encoder import RepresentationError, StateSpace
-    from pnas.manager import ChildTrainingError, NetworkManager
-    from pnas.model import model_fn
     from pnas.paths import ExperimentPaths
     from pnas.settings import SettingsError, check_writable
 
@@ -331,7 +344,11 @@ def train_architecture(settings):
     print(f"Training architecture {architecture} for {settings['NUM_EPOCHS']} epochs")
     dataset = load_dataset(settings)
     lock = take_lock(settings["EXPERIMENT_NAME"], train_arch=True)  # noqa: F841  (held until the end)
+    keras_after_the_checks()
     import keras
+
+    from pnas.manager import ChildTrainingError, NetworkManager
+    from pnas.model import model_fn
 
     keras.utils.set_random_seed(settings["SEED"])
     # The child settings of the search, trained for NUM_EPOCHS.
@@ -378,10 +395,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stdout)
     argv = sys.argv[1:] if argv is None else argv
     refuse_if_in_use(argv)  # in a second, not after the ~10 s of importing Keras
-    from binarized.quiet import import_keras_quietly
-
     train_arch, settings, overridden = parse_args(argv)
-    import_keras_quietly()
+    # Keras is imported once the input is checked and the data loaded (`keras_after_the_checks`),
+    # so that bad input is answered in a second.
     print_settings(settings)
     from pnas.files import WriteFailed
 
