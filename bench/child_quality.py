@@ -28,6 +28,46 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import train  # noqa: E402  (imports no TensorFlow)
+from pnas.config import BN_MOMENTUM  # noqa: E402  (pnas.model's, defined without Keras)
+
+
+def child_settings(overrides):
+    """train.py's child-training settings, with the experiment's overrides."""
+    settings = {
+        "BINARY_H": train.BINARY_H,
+        "KERNEL_LR_MULTIPLIER": train.KERNEL_LR_MULTIPLIER,
+        "LR_START": train.LR_START,
+        "LR_END": train.LR_END,
+        "LOSS": train.LOSS,
+        "BATCHSIZE": train.BATCHSIZE,
+        "DENSE_LAYERS": train.DENSE_LAYERS,
+        "NUM_CELL_FILTERS": train.NUM_CELL_FILTERS,
+        "BN_MOMENTUM": BN_MOMENTUM,
+        "FLOAT_TWIN": False,
+    }
+    unknown = set(overrides) - set(settings)
+    if unknown:
+        renamed = " (H is now BINARY_H, as in train.py)" if "H" in unknown else ""
+        sys.exit(f"error: unknown --config keys {sorted(unknown)}{renamed}; known: {sorted(settings)}")
+    settings.update(overrides)
+    return settings
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3)
+    keys = ", ".join(f"{k} ({v!r})" for k, v in child_settings({}).items())
+    parser.add_argument("--config", default="{}", help=f"JSON object of settings to override; keys (defaults): {keys}")
+    parser.add_argument("--archs", default=None, help="comma-separated indices into the reference set")
+    parser.add_argument("--jsonl", default=None, help="also append one JSON record per run here")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help and a bad flag answer before TensorFlow is imported (about 7 s)
+
 from binarized.quiet import import_keras_quietly  # noqa: E402
 
 import_keras_quietly()
@@ -36,7 +76,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import pnas.model  # noqa: E402
-import train  # noqa: E402
 from mnist.mnist_data import get_dataset  # noqa: E402
 from pnas.manager import NetworkManager  # noqa: E402
 
@@ -56,28 +95,6 @@ TARGET_SPREAD = 0.5  # points, max - min reward over the seeds
 TARGET_DROP = 2.0  # points, largest fall of validation accuracy from one epoch to the next
 
 
-def child_settings(overrides):
-    """train.py's child-training settings, with the experiment's overrides."""
-    settings = {
-        "BINARY_H": train.BINARY_H,
-        "KERNEL_LR_MULTIPLIER": train.KERNEL_LR_MULTIPLIER,
-        "LR_START": train.LR_START,
-        "LR_END": train.LR_END,
-        "LOSS": train.LOSS,
-        "BATCHSIZE": train.BATCHSIZE,
-        "DENSE_LAYERS": train.DENSE_LAYERS,
-        "NUM_CELL_FILTERS": train.NUM_CELL_FILTERS,
-        "BN_MOMENTUM": pnas.model.BN_MOMENTUM,
-        "FLOAT_TWIN": False,
-    }
-    unknown = set(overrides) - set(settings)
-    if unknown:
-        renamed = " (H is now BINARY_H, as in train.py)" if "H" in unknown else ""
-        sys.exit(f"error: unknown --config keys {sorted(unknown)}{renamed}; known: {sorted(settings)}")
-    settings.update(overrides)
-    return settings
-
-
 def train_one(dataset, actions, seed, epochs, s):
     keras.utils.set_random_seed(seed)
     manager = NetworkManager(
@@ -93,15 +110,7 @@ def train_one(dataset, actions, seed, epochs, s):
     )
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--seeds", type=int, default=3)
-    keys = ", ".join(f"{k} ({v!r})" for k, v in child_settings({}).items())
-    parser.add_argument("--config", default="{}", help=f"JSON object of settings to override; keys (defaults): {keys}")
-    parser.add_argument("--archs", default=None, help="comma-separated indices into the reference set")
-    parser.add_argument("--jsonl", default=None, help="also append one JSON record per run here")
-    args = parser.parse_args()
+def main(args):
     try:
         overrides = json.loads(args.config)
     except json.JSONDecodeError as exc:
@@ -144,4 +153,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

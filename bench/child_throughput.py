@@ -17,6 +17,18 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--train-size", type=int, default=55000)
+    parser.add_argument("--repeats", type=int, default=1, help="alternate binary/float runs this many times")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help and a bad flag answer before TensorFlow is imported (about 7 s)
+
 from binarized.quiet import import_keras_quietly  # noqa: E402
 
 import_keras_quietly()  # TensorFlow's start-up lines stay off the terminal
@@ -50,12 +62,7 @@ def images_per_second(actions, float_twin, x, y, epochs):
     return epochs * len(x) / (time.perf_counter() - start)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--train-size", type=int, default=55000)
-    parser.add_argument("--repeats", type=int, default=1, help="alternate binary/float runs this many times")
-    args = parser.parse_args()
+def main(args):
     x, y = get_dataset(train_size=args.train_size, verbose=False)[:2]
     print(f"keras {keras.__version__}, backend {keras.backend.backend()}, {os.cpu_count()} CPUs, "
           f"{len(x)} images x {args.epochs} epoch(s), batch {BATCH}")
@@ -70,4 +77,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

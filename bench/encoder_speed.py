@@ -22,6 +22,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="fits of each configuration, alternated")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help and a bad flag answer before TensorFlow is imported (about 7 s)
+
 from binarized.quiet import import_keras_quietly  # noqa: E402
 
 import_keras_quietly()  # TensorFlow's start-up lines stay off the terminal
@@ -56,10 +66,7 @@ def fit_seconds(cls, jit_compile, children, rewards, targets):
     return seconds, encoder.steps, encoder.predict(targets)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="fits of each configuration, alternated")
-    args = parser.parse_args()
+def main(args):
     cells = all_cells(StateSpace(3, train.operators), 3)
     children = cells[1] + cells[2]
     rng = np.random.default_rng(0)
@@ -82,4 +89,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -16,6 +16,20 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--children", type=int, default=50)
+    parser.add_argument("--train-size", type=int, default=512)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--children-per-process", type=int, default=10,
+                        help="as CHILDREN_PER_PROCESS in train.py; 0 trains every child in this process")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help and a bad flag answer before TensorFlow is imported (about 7 s)
+
 from binarized.quiet import import_keras_quietly  # noqa: E402
 
 import_keras_quietly()  # TensorFlow's start-up lines stay off the terminal
@@ -37,14 +51,7 @@ def rss_mb(pid="self"):
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--children", type=int, default=50)
-    parser.add_argument("--train-size", type=int, default=512)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--children-per-process", type=int, default=10,
-                        help="as CHILDREN_PER_PROCESS in train.py; 0 trains every child in this process")
-    args = parser.parse_args()
+def main(args):
     dataset = get_dataset(train_size=args.train_size, val_size=500, test_size=500, verbose=False)
     space = StateSpace(2, OPERATORS)
     # Alternate 1- and 2-block cells so that every child is a new graph.
@@ -81,4 +88,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

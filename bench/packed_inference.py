@@ -27,6 +27,21 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a saved .keras binary model")
+    parser.add_argument("--operators", action="store_true", help="also one calibrated model of each operator")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per speed figure (median)")
+    args = parser.parse_args(argv)
+    if not args.model and not args.operators:
+        parser.error("give --model and/or --operators")
+    return args
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help and a bad flag answer before TensorFlow is imported (about 7 s)
+
 from binarized.quiet import import_keras_quietly  # noqa: E402
 
 import_keras_quietly()  # TensorFlow's start-up lines stay off the terminal
@@ -140,14 +155,7 @@ def operator_models(x_calibration):
         yield f"[0, '{op}', 0, '{op}'] (untrained, calibrated)", model
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="a saved .keras binary model")
-    parser.add_argument("--operators", action="store_true", help="also one calibrated model of each operator")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per speed figure (median)")
-    args = parser.parse_args()
-    if not args.model and not args.operators:
-        parser.error("give --model and/or --operators")
+def main(args):
     x_train, _, _, _, x_test, y_test = get_dataset(train_size=1000, verbose=False)
     print(f"numpy {np.__version__}, keras {keras.__version__}, backend {keras.backend.backend()}, "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
@@ -167,4 +175,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -28,6 +28,23 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+DEFAULT_PROXIES = [{"TRAIN_SIZE": 5000, "MAX_EPOCHS": 1}, {"TRAIN_SIZE": 10000, "MAX_EPOCHS": 1}]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-b", type=int, default=4, help="children sampled for each block count 1..B")
+    parser.add_argument("--b", default=None, help="comma-separated block counts to sample (default: 1..B)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the sample and every training")
+    parser.add_argument("--reference", default="{}", help="JSON budget of the reference (default: train.py's)")
+    parser.add_argument("--proxies", default=json.dumps(DEFAULT_PROXIES), help="JSON list of proxy budgets")
+    parser.add_argument("--jsonl", default=None, help="append every training here; skip those it holds")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help and a bad flag answer before TensorFlow is imported (about 7 s)
+
 from binarized.quiet import import_keras_quietly  # noqa: E402
 
 import_keras_quietly()  # TensorFlow's start-up lines stay off the terminal
@@ -44,7 +61,6 @@ from pnas.model import model_fn  # noqa: E402
 from pnas.config import SearchConfig  # noqa: E402
 
 WEIGHTS_DIR = tempfile.mkdtemp(prefix="proxy_ranking_")
-DEFAULT_PROXIES = [{"TRAIN_SIZE": 5000, "MAX_EPOCHS": 1}, {"TRAIN_SIZE": 10000, "MAX_EPOCHS": 1}]
 
 
 def budget(spec):
@@ -88,15 +104,7 @@ def load_done(path):
     return done
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-b", type=int, default=4, help="children sampled for each block count 1..B")
-    parser.add_argument("--b", default=None, help="comma-separated block counts to sample (default: 1..B)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the sample and every training")
-    parser.add_argument("--reference", default="{}", help="JSON budget of the reference (default: train.py's)")
-    parser.add_argument("--proxies", default=json.dumps(DEFAULT_PROXIES), help="JSON list of proxy budgets")
-    parser.add_argument("--jsonl", default=None, help="append every training here; skip those it holds")
-    args = parser.parse_args()
+def main(args):
     reference = budget(json.loads(args.reference))
     proxies = [budget(p) for p in json.loads(args.proxies)]
     budgets = proxies + [reference]
@@ -151,4 +159,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -33,13 +33,32 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from pnas.space_table import BUDGETS, all_cells, append_row, read_table, row_key  # noqa: E402  (imports no TensorFlow)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="proxy",
+                        help="proxy: TRAIN_SIZE 5000, 1 epoch; reference: all 55,000 images, 3 epochs")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1 proxy; 0 reference)")
+    parser.add_argument("--max-b", type=int, default=3, choices=[1, 2, 3], help="largest block count to train")
+    parser.add_argument("--parallel", type=int, default=2, help="children trained side by side (one thread each)")
+    parser.add_argument("--limit", type=int, default=None, help="stop after this many new rows")
+    parser.add_argument("--sample", type=int, default=None,
+                        help="train only N cells, evenly spaced over the plan of each seed (a fixed subset)")
+    parser.add_argument("--out", default=None, help="CSV path (default: bench/results/space_{budget}.csv)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help and a bad flag answer before TensorFlow is imported (about 7 s)
+
 from binarized.quiet import import_keras_quietly  # noqa: E402
 
 import_keras_quietly()  # TensorFlow's start-up lines stay off the terminal
 
 import train  # noqa: E402
 from pnas.report import hms  # noqa: E402
-from pnas.space_table import BUDGETS, all_cells, append_row, read_table, row_key  # noqa: E402
 
 
 def plan(state_space, seeds, max_b, shuffle_seed=0):
@@ -56,18 +75,7 @@ def plan(state_space, seeds, max_b, shuffle_seed=0):
     return jobs
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="proxy",
-                        help="proxy: TRAIN_SIZE 5000, 1 epoch; reference: all 55,000 images, 3 epochs")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1 proxy; 0 reference)")
-    parser.add_argument("--max-b", type=int, default=3, choices=[1, 2, 3], help="largest block count to train")
-    parser.add_argument("--parallel", type=int, default=2, help="children trained side by side (one thread each)")
-    parser.add_argument("--limit", type=int, default=None, help="stop after this many new rows")
-    parser.add_argument("--sample", type=int, default=None,
-                        help="train only N cells, evenly spaced over the plan of each seed (a fixed subset)")
-    parser.add_argument("--out", default=None, help="CSV path (default: bench/results/space_{budget}.csv)")
-    args = parser.parse_args()
+def main(args):
     budget = BUDGETS[args.budget]
     seeds = [int(s) for s in (args.seeds or ("0,1" if args.budget == "proxy" else "0")).split(",")]
     out = args.out or os.path.join(ROOT, "bench", "results", f"space_{args.budget}.csv")
@@ -157,4 +165,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

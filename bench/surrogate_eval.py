@@ -69,6 +69,32 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+DEFAULT_TABLE = os.path.join(ROOT, "bench", "results", "space_proxy.csv")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", default=DEFAULT_TABLE, help="a CSV written by bench/space_table.py")
+    parser.add_argument("--seeds", type=int, default=5, help="surrogate seeds of the held-out measure")
+    parser.add_argument("--repeats", type=int, default=None, help="repeats of each search (default: 20; 40 with --noisy)")
+    parser.add_argument("--k", default="4,8,16,32", help="comma-separated beam sizes K_ of the search lines")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes training encoders")
+    parser.add_argument("--ablation", action="store_true", help="held-out rho of each surrogate recipe instead")
+    parser.add_argument("--against", default=None,
+                        help="another table (e.g. the proxy's): print how its seed-0 rewards rank alike, per stage")
+    parser.add_argument("--quick", action="store_true",
+                        help="leave out every line that trains an LSTM encoder: about a minute")
+    parser.add_argument("--recipes", default=None,
+                        help="with --ablation: comma-separated numbers (from 1) of the recipes to run (default: all)")
+    parser.add_argument("--noisy", action="store_true",
+                        help="only the search under training noise: each repeat draws every cell's reward from "
+                             "one of its seeds; regret and rank by the mean over the seeds")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()  # --help and a bad flag answer before TensorFlow is imported (about 7 s)
+
 from binarized.quiet import import_keras_quietly  # noqa: E402
 
 import_keras_quietly()  # TensorFlow's start-up lines stay off the terminal
@@ -85,8 +111,6 @@ from pnas.space_table import (  # noqa: E402
     SpaceTable, TableError, all_cells, best_found, draw_rewards, noise_ceiling, random_search, read_table,
     seed_rewards, simulate_search,
 )
-
-DEFAULT_TABLE = os.path.join(ROOT, "bench", "results", "space_proxy.csv")
 
 # Encoder recipes of the ablation: train.py's names -> values, on top of train.py's settings. Each
 # LSTM recipe names its ENCODER_AUGMENT and ENCODER_READOUT, so that it stays what its name says.
@@ -431,24 +455,7 @@ def noisy_main(table, args, ks):
             print(line, flush=True)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--table", default=DEFAULT_TABLE, help="a CSV written by bench/space_table.py")
-    parser.add_argument("--seeds", type=int, default=5, help="surrogate seeds of the held-out measure")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats of each search (default: 20; 40 with --noisy)")
-    parser.add_argument("--k", default="4,8,16,32", help="comma-separated beam sizes K_ of the search lines")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes training encoders")
-    parser.add_argument("--ablation", action="store_true", help="held-out rho of each surrogate recipe instead")
-    parser.add_argument("--against", default=None,
-                        help="another table (e.g. the proxy's): print how its seed-0 rewards rank alike, per stage")
-    parser.add_argument("--quick", action="store_true",
-                        help="leave out every line that trains an LSTM encoder: about a minute")
-    parser.add_argument("--recipes", default=None,
-                        help="with --ablation: comma-separated numbers (from 1) of the recipes to run (default: all)")
-    parser.add_argument("--noisy", action="store_true",
-                        help="only the search under training noise: each repeat draws every cell's reward from "
-                             "one of its seeds; regret and rank by the mean over the seeds")
-    args = parser.parse_args()
+def main(args):
     if args.repeats is None:
         args.repeats = 40 if args.noisy else 20
     for path in (args.table, args.against):
@@ -530,4 +537,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

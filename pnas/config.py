@@ -28,6 +28,11 @@ OPERATORS = {
     "3x3 avgpool": ("avgpool", 3),
     "linear": ("linear", 1),
 }
+# BatchNorm after every binary layer (the original's settings); here so that bench/child_quality.py
+# lists it in its --help without importing Keras.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-6
+
 # A child's expected training cost, in units of one binary convolution (its conv, BatchNorm and
 # sign layers), by operator kind: what a separable or factorized operator adds is two convolutions
 # and the layers around them, a pooling or identity operator next to nothing. Both the trace of a

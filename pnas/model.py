@@ -23,12 +23,8 @@ from binarized.binary_layers import (
     DropoutNoScale,
 )
 from binarized.binary_ops import binary_tanh
-from pnas.config import OPERATORS  # noqa: F401  (name -> (kind, kernel size), defined without Keras)
+from pnas.config import BN_EPSILON, BN_MOMENTUM, OPERATORS  # noqa: F401  (defined without Keras)
 from pnas.footprint import BINARY_LAYERS, layer_macs
-
-# BatchNorm after every binary layer (the original's settings).
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-6
 
 
 def check_operators(operators):
