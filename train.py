@@ -251,7 +251,7 @@ def search(settings, overridden=()):
     from pnas.config import SearchConfig
     from pnas.lock import ExperimentInUse
     from pnas.paths import ExperimentPaths
-    from pnas.records import SearchConfigError, SearchState
+    from pnas.records import ALREADY_FINISHED, SearchConfigError, SearchState
     from pnas.runners import RunnerLost, RunnerUnavailable, check_ray_address, make_runner
     from pnas.settings import SettingsError, check_writable
 
@@ -275,6 +275,10 @@ def search(settings, overridden=()):
         )
     except (SettingsError, SearchConfigError, ExperimentInUse, RunnerUnavailable) as exc:
         fail(str(exc))
+    if state.data.finished:  # nothing to train: answered without the data or Keras
+        print(ALREADY_FINISHED)
+        print_finished(config, paths, state.records())
+        return
     dataset = load_dataset(settings)
     keras_after_the_checks()
     from pnas.search import Search, SearchAborted
@@ -313,6 +317,11 @@ def search(settings, overridden=()):
         sys.exit(130)
     except SearchAborted as exc:
         fail(str(exc))
+    print_finished(config, paths, records)
+
+
+def print_finished(config, paths, records):
+    """The lines that end a search: where its architectures are, its summary, where its plots are."""
     from pnas import report
 
     print(f"Search finished: {len(records)} children trained or failed; architectures in {paths.architectures}")

@@ -35,6 +35,10 @@ class SearchConfigError(ValueError):
     """A saved search that cannot be resumed with these settings; the message says what to do."""
 
 
+# What a rerun of a search that ran to its end prints (`Search.run`, and train.py before it loads anything).
+ALREADY_FINISHED = "This search has already finished; use --OVERWRITE=True or a new EXPERIMENT_NAME to run it again."
+
+
 # Search settings added after version 1 of the state file, with the values
 # that earlier searches ran with.
 CONFIG_ADDED = {

@@ -19,7 +19,7 @@ from pnas import report
 from pnas.encoder import StateSpace, new_surrogate, surrogate_class
 from pnas.model import model_fn
 from pnas.paths import ExperimentPaths
-from pnas.records import ChildRecord, SearchConfigError, SearchState, Status, write_logs, write_scores
+from pnas.records import ALREADY_FINISHED, ChildRecord, SearchConfigError, SearchState, Status, write_logs, write_scores
 from pnas.runners import ChildJob, make_runner
 
 __all__ = ["Search", "SearchAborted", "SearchConfigError", "SearchPaths", "estimate_eta", "top_k"]
@@ -342,7 +342,7 @@ class Search:
 
     def _run(self):
         if self.state.data.finished:
-            print("This search has already finished; use --OVERWRITE=True or a new EXPERIMENT_NAME to run it again.")
+            print(ALREADY_FINISHED)
             return self.state.records()
         total = sum(self.state_space.stage_sizes(self.config.encoder.k))
         self._adopt_earlier_encoder()
