@@ -24,26 +24,20 @@ from conftest import cli_env, fake_result as _fake_result, flow_config, search_w
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _full_disk(monkeypatch, fail_at, code=errno.ENOSPC):
-    """Makes the `fail_at`-th `os.fsync` (1-based) fail with `code`; returns the call counter."""
-    calls = {"n": 0}
-    real = os.fsync
+def _full_disk(monkeypatch, code):
+    """Makes every `os.fsync` fail with `code`."""
 
     def fsync(fd):
-        calls["n"] += 1
-        if calls["n"] == fail_at:
-            raise OSError(code, os.strerror(code))
-        return real(fd)
+        raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(os, "fsync", fsync)
-    return calls
 
 
 @pytest.mark.parametrize("code, name", [(errno.ENOSPC, "ENOSPC"), (errno.EIO, "EIO")])
 def test_a_failed_write_leaves_the_previous_file_and_names_the_file_and_cause(tmp_path, monkeypatch, code, name):
     path = tmp_path / "state.json"
     write_atomic(path, "previous")
-    _full_disk(monkeypatch, 1, code)
+    _full_disk(monkeypatch, code)
     with pytest.raises(WriteFailed) as failed:
         write_atomic(path, "new")
     assert str(failed.value) == f"cannot write {path}: {os.strerror(code)} ({name})"
@@ -162,12 +156,13 @@ def test_a_full_disk_at_the_lstm_encoders_own_writes_stops_the_search_and_a_reru
     config = tiny_config(SURROGATE="lstm")
     written = _written_paths(monkeypatch, config, tmp_path / "reference")
     reference = _files(tmp_path / "reference")
-    own = [i + 1 for i, p in enumerate(written) if p.endswith((".weights.h5", ".units.json")) and "encoder" in p]
-    # The first save of the encoder's weights and of its reward units, and the last write of each.
-    firsts = {next(i for i in own if written[i - 1].endswith(end)) for end in (".weights.h5", ".units.json")}
-    lasts = {max(i for i in own if written[i - 1].endswith(end)) for end in (".weights.h5", ".units.json")}
-    assert len(firsts | lasts) == 4, written
-    for fail_at in sorted(firsts | lasts):
+    # The first and the last save of the encoder's weights and of its reward units (1-based write numbers).
+    fail_ats = set()
+    for end in (".weights.h5", ".units.json"):
+        saves = [i + 1 for i, p in enumerate(written) if "encoder" in p and p.endswith(end)]
+        fail_ats |= {saves[0], saves[-1]} if saves else set()
+    assert len(fail_ats) == 4, written
+    for fail_at in sorted(fail_ats):
         _fail_then_resume(monkeypatch, config, tmp_path / f"fail{fail_at}", fail_at, reference)
 
 
