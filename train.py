@@ -329,6 +329,36 @@ def print_finished(config, paths, records):
     print(f"Plots and this summary are in {paths.exp_log_dir}/")
 
 
+# Settings that do not change what a -ta training computes: a rerun that differs only in them resumes.
+RESUME_FREE = ("VERBOSE", "OVERWRITE", "EXPERIMENT_NAME")
+
+
+def resume_point(settings, paths):
+    """The `TrainingCheckpoint` of this -ta training; says whether it resumes, or exits 2 if the file is another's.
+
+    OVERWRITE=True removes the file of an earlier training and starts afresh.
+    """
+    from pnas.checkpoint import CheckpointMismatch, TrainingCheckpoint
+
+    key = {name: value for name, value in settings.items() if name not in RESUME_FREE}
+    checkpoint = TrainingCheckpoint(paths.resume, key)
+    if settings["OVERWRITE"] and checkpoint.exists():
+        checkpoint.remove()
+        print(f"OVERWRITE: removed {paths.resume}; training afresh")
+    try:
+        saved = checkpoint.load()
+    except CheckpointMismatch as exc:
+        fail(f"{exc}; rerun with those settings to resume it, or add --OVERWRITE=True to train afresh")
+    except (OSError, ValueError, KeyError) as exc:
+        fail(f"{paths.resume} cannot be read ({type(exc).__name__}: {exc}); remove it or add --OVERWRITE=True "
+             "to train afresh")
+    if saved is not None:
+        print(f"Resuming from {paths.resume}: {saved['epochs_done']} of {settings['NUM_EPOCHS']} epochs done, "
+              f"continuing at epoch {saved['epochs_done'] + 1} (best validation accuracy so far "
+              f"{saved['best']:.4f}, epoch {saved['best_epoch'] + 1 if saved['best_epoch'] is not None else '-'})")
+    return checkpoint
+
+
 def train_architecture(settings):
     from pnas.config import SearchConfig
     from pnas.encoder import RepresentationError, StateSpace
@@ -353,6 +383,7 @@ def train_architecture(settings):
     print(f"Training architecture {architecture} for {settings['NUM_EPOCHS']} epochs")
     dataset = load_dataset(settings)
     lock = take_lock(settings["EXPERIMENT_NAME"], train_arch=True)  # noqa: F841  (held until the end)
+    checkpoint = resume_point(settings, paths)
     keras_after_the_checks()
     import keras
 
@@ -367,11 +398,11 @@ def train_architecture(settings):
     try:
         result = manager.train_child(
             model_fn, **child.train_kwargs(architecture, name="best"), load_saved=settings["LOAD_SAVED"],
-            model_path=paths.model,
+            model_path=paths.model, checkpoint=checkpoint, seed=settings["SEED"],
         )
     except KeyboardInterrupt:
-        print(f"\nInterrupted: the best weights so far are in {paths.weights('best')} "
-              "(continue with --LOAD_SAVED=True).", file=sys.stderr)
+        print(f"\nInterrupted: every finished epoch is saved in {paths.resume}; rerun the same command to "
+              "resume.", file=sys.stderr)
         sys.exit(130)
     except ChildTrainingError as exc:
         fail(f"training diverged: {exc}")
@@ -396,6 +427,7 @@ def train_architecture(settings):
               f"{packed['float32_bytes']} bytes of float32 weights")
         print(f"Test accuracy: packed engine {packed['engine_accuracy']:.4f}, Keras {packed['keras_accuracy']:.4f} "
               f"(same class on {100 * packed['agreement']:.2f} % of the test images)")
+    checkpoint.remove()  # trained and saved: a rerun trains afresh
 
 
 def main(argv=None):

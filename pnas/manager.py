@@ -13,6 +13,7 @@ from keras import ops
 from binarized.binary_layers import DropoutNoScale
 from mnist.files import atomic_path
 from pnas import footprint
+from pnas.checkpoint import CheckpointMismatch, TrainingCheckpoint
 from pnas.pipeline import evaluate_arguments, fit_arguments
 
 # Images of the fixed training subset that BatchNorm statistics are estimated on.
@@ -101,6 +102,40 @@ class _CalibratedValidation(keras.callbacks.Callback):
             logs["val_loss"], logs["val_accuracy"] = float(loss), float(accuracy)
 
 
+class _SaveCheckpoint(keras.callbacks.Callback):
+    """Saves the `TrainingCheckpoint` after each epoch (after `_KeepBest` has seen it)."""
+
+    def __init__(self, checkpoint, keep_best, history):
+        super().__init__()
+        self.checkpoint, self.keep_best, self.history = checkpoint, keep_best, history
+        self.diverged = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            self.diverged = loss  # not saved: a rerun resumes from the last finite epoch
+            return
+        for name, value in (logs or {}).items():
+            if isinstance(value, (int, float)):
+                self.history.setdefault(name, []).append(float(value))
+        self.checkpoint.save(
+            epoch + 1, self.model, self.keep_best.best, self.keep_best.best_epoch, self.keep_best.weights,
+            self.history,
+        )
+
+
+class _Record:
+    """What `summarise` reads of a Keras `History`: `.history`, a list per metric."""
+
+    def __init__(self, history):
+        self.history = history
+
+
+def epoch_order(seed, epoch, n):
+    """The order of the `n` training images in `epoch` of a resumable training: a function of (seed, epoch) alone."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
 class _EpochLine(keras.callbacks.Callback):
     """One line per epoch that names the child, in place of Keras' `verbose=2` line.
 
@@ -119,7 +154,8 @@ class _EpochLine(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         shown = " - ".join(f"{k}: {v:.4f}" for k, v in (logs or {}).items() if isinstance(v, (int, float)))
-        print(f"  {self.label} epoch {epoch + 1}/{self.epochs} - {time.time() - self.start:.0f}s - {shown}", flush=True)
+        named = f"{self.label} " if self.label else ""
+        print(f"  {named}epoch {epoch + 1}/{self.epochs} - {time.time() - self.start:.0f}s - {shown}", flush=True)
 
 
 def _save_weights_atomic(model, path):
@@ -286,6 +322,8 @@ class NetworkManager:
         model_path=None,
         log_name=None,
         label=None,
+        checkpoint=None,
+        seed=0,
     ):
         """Trains one child and returns a dict of its numbers: build, compile, fit, summarise.
 
@@ -299,6 +337,11 @@ class NetworkManager:
             model_path: Also save the best model as a `.keras` file here.
             label: With `verbose=2`, begin each epoch line with it (e.g. '#12',
                 when children train side by side).
+            checkpoint: A `TrainingCheckpoint`: save the training's state after
+                every epoch and, if the file exists, continue from it. Each
+                epoch then visits the images in `epoch_order(seed, epoch)`, so a
+                resumed training takes the same steps as an uninterrupted one.
+            seed: See `checkpoint`.
 
         Returns:
             dict with reward (best validation accuracy), best_epoch,
@@ -317,7 +360,10 @@ class NetworkManager:
             weights_path if load_saved else None,
         )
         self.compile(model)
-        history, keep_best = self.fit(model, weights_path, log_name or name, label)
+        if checkpoint is None:
+            history, keep_best = self.fit(model, weights_path, log_name or name, label)
+        else:
+            history, keep_best = self.fit_resumable(model, weights_path, log_name or name, checkpoint, seed, label)
         result = self.summarise(model, history, keep_best, mul_ops, model_path)
         result["seconds"] = round(time.time() - start, 2)
         # The model's memory goes at the next child's `build`: one full
@@ -379,6 +425,54 @@ class NetworkManager:
         if not losses or not np.all(np.isfinite(losses)):
             raise ChildTrainingError(f"loss became {losses[-1] if losses else 'undefined'} (diverged)")
         return history, keep_best
+
+    def fit_resumable(self, model, weights_path, log_name, checkpoint, seed, label=None):
+        """`fit`, one epoch at a time, saving a `TrainingCheckpoint` after each and continuing from one.
+
+        Epoch e trains on the images in `epoch_order(seed, e)`; the optimizer's
+        step count, and with it the learning-rate schedule, comes back with its
+        variables. Returns `(history, keep_best)` as `fit` does.
+
+        Raises:
+            ChildTrainingError: the loss became NaN or infinite.
+            CheckpointMismatch: the checkpoint belongs to a training of other settings.
+        """
+        keep_best = _KeepBest(weights_path)
+        history = {}
+        first = 0
+        saved = checkpoint.load()
+        if saved is not None:
+            for kind, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
+                if len(saved[kind]) != len(variables) or any(
+                        a.shape != tuple(v.shape) for a, v in zip(saved[kind], variables)):
+                    raise CheckpointMismatch(checkpoint.path, {"variables": "another network"}, {"variables": None})
+                for variable, value in zip(variables, saved[kind]):
+                    variable.assign(value)
+            keep_best.best, keep_best.best_epoch = saved["best"], saved["best_epoch"]
+            keep_best.weights = saved["best_weights"] or None
+            history, first = saved["history"], saved["epochs_done"]
+        callbacks = [
+            _CalibratedValidation(self.x_train[:CALIBRATION_SIZE], self.x_val, self.y_val, self._eval_batch),
+            keras.callbacks.TerminateOnNaN(),
+            keep_best,
+        ]
+        saver = _SaveCheckpoint(checkpoint, keep_best, history)
+        callbacks.append(saver)
+        if self.log_dir:
+            callbacks.append(
+                keras.callbacks.TensorBoard(os.path.join(self.log_dir, log_name), write_graph=False, profile_batch=0)
+            )
+        if self.verbose == 2:
+            callbacks.append(_EpochLine(label, self.epochs))
+        for epoch in range(first, self.epochs):
+            order = epoch_order(seed, epoch, len(self.x_train))
+            model.fit(
+                **fit_arguments(self.x_train[order], self.y_train[order], self.batchsize, shuffle=False),
+                initial_epoch=epoch, epochs=epoch + 1, callbacks=callbacks, verbose=1 if self.verbose == 1 else 0,
+            )
+            if saver.diverged is not None or len(history.get("loss", [])) != epoch + 1:
+                raise ChildTrainingError(f"loss became {saver.diverged} at epoch {epoch + 1} (diverged)")
+        return _Record(history), keep_best
 
     def summarise(self, model, history, keep_best, mul_ops, model_path=None):
         """Restores the best epoch's weights; returns the child's numbers (see `train_child`)."""

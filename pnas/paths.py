@@ -60,6 +60,11 @@ class ExperimentPaths:
         return os.path.join(self.exp_weights_dir, "model.bnn.npz")
 
     @property
+    def resume(self):
+        """The state of a `-ta` training after its last finished epoch (`pnas.manager.TrainingCheckpoint`)."""
+        return os.path.join(self.exp_weights_dir, "resume.npz")
+
+    @property
     def retrain_settings(self):
         """The settings of the last retrain (`python train.py -ta True`)."""
         return os.path.join(self.exp_log_dir, "train_architecture_settings.json")
