@@ -60,6 +60,10 @@ RAY_ADDRESS = None  # RUNNER='ray': None starts a Ray on this machine; 'auto' or
 RAY_CPUS_PER_CHILD = 1  # RUNNER='ray': CPU cores of each child's task (its TensorFlow threads)
 RAY_GPUS_PER_CHILD = 0  # RUNNER='ray': GPUs of each child's task (e.g. 1, or 0.5 for two children per GPU)
 RAY_MAX_RETRIES = 1  # RUNNER='ray': reruns of a child whose worker or node died, before it is failed
+FINAL_TOP = 4  # Final stage: after the last stage, retrain the search's FINAL_TOP best cells (0: none)
+               # and pick the best of those; one short training is too noisy to pick by (docs/surrogate.md)
+FINAL_EPOCHS = 1  # ... each for FINAL_EPOCHS epochs
+FINAL_TRAIN_SIZE = None  # ... on the first FINAL_TRAIN_SIZE training images (None: all 55,000)
 # ------------------------------------------
 
 # ------- Common Settings --------
@@ -288,7 +292,8 @@ def search(settings, overridden=()):
     except RunnerUnavailable as exc:
         fail(str(exc))
     try:
-        search = Search(config, dataset, paths, runner=runner, state=state)
+        search = Search(config, dataset, paths, runner=runner, state=state,
+                        final_dataset=lambda: load_dataset(dict(settings, TRAIN_SIZE=settings["FINAL_TRAIN_SIZE"])))
     except SearchConfigError as exc:
         runner.close()
         fail(str(exc))
@@ -324,7 +329,11 @@ def print_finished(config, paths, records):
     """The lines that end a search: where its architectures are, its summary, where its plots are."""
     from pnas import report
 
-    print(f"Search finished: {len(records)} children trained or failed; architectures in {paths.architectures}")
+    final = ""
+    if os.path.exists(paths.final_records):
+        with open(paths.final_records) as f:
+            final = f", and {sum(1 for line in f if line.strip())} in the final stage ({paths.final_records})"
+    print(f"Search finished: {len(records)} children trained or failed; architectures in {paths.architectures}{final}")
     print(report.report(config.experiment_name), end="")
     print(f"Plots and this summary are in {paths.exp_log_dir}/")
 

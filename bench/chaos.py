@@ -45,7 +45,7 @@ def settings(train_size):
     return [
         "--operators=['3x3 bconv', '3x3 maxpool']", "--B=2", "--K_=2", "--MAX_EPOCHS=1",
         f"--TRAIN_SIZE={train_size}", "--NUM_CELLS=1", "--NUM_CELL_FILTERS=[4]", "--DENSE_LAYERS=[10]",
-        "--SURROGATE='ridge'", "--VERBOSE=0", "--RUNNER='inline'", f"--EXPERIMENT_NAME={NAME}",
+        "--SURROGATE='ridge'", "--VERBOSE=0", "--RUNNER='inline'", f"--EXPERIMENT_NAME={NAME}", "--FINAL_TOP=0",
     ]
 
 

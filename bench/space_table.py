@@ -15,6 +15,8 @@ Rows already in the file are skipped, so a killed run resumes where it was.
     python bench/space_table.py                       # proxy: 5,000 images x 1 epoch
     python bench/space_table.py --budget reference --max-b 2    # all 55,000 images x 3 epochs
     python bench/space_table.py --seeds 0 --sample 20 --out new.csv  # 20 fixed cells, e.g. after a change
+    python bench/space_table.py --budget final --top-proxy 10 --seeds 0,1  # the final stage's budget, on
+                                                      # the 10 best three-block cells of the proxy table
 
 Order of the proxy run: seed 0 of b = 1 and 2, seed 1 of b = 1 and 2, seed 0
 of b = 3, seed 1 of b = 3 (the three-block cells in a fixed shuffled order,
@@ -39,13 +41,17 @@ from pnas.space_table import BUDGETS, all_cells, append_row, read_table, row_key
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="proxy",
-                        help="proxy: TRAIN_SIZE 5000, 1 epoch; reference: all 55,000 images, 3 epochs")
+                        help="proxy: TRAIN_SIZE 5000, 1 epoch; reference: all 55,000 images, 3 epochs; "
+                             "final: all 55,000 images, 1 epoch (train.py's final stage)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: 0,1 proxy; 0 reference)")
     parser.add_argument("--max-b", type=int, default=3, choices=[1, 2, 3], help="largest block count to train")
     parser.add_argument("--parallel", type=int, default=2, help="children trained side by side (one thread each)")
     parser.add_argument("--limit", type=int, default=None, help="stop after this many new rows")
     parser.add_argument("--sample", type=int, default=None,
                         help="train only N cells, evenly spaced over the plan of each seed (a fixed subset)")
+    parser.add_argument("--top-proxy", type=int, default=None,
+                        help="train only the N best three-block cells by their mean reward in "
+                             "bench/results/space_proxy.csv")
     parser.add_argument("--out", default=None, help="CSV path (default: bench/results/space_{budget}.csv)")
     return parser.parse_args(argv)
 
@@ -98,6 +104,16 @@ def main(args):
         step = len(cells) / args.sample
         chosen = {cells[int(i * step)] for i in range(args.sample)}
         planned = [(c, s) for c, s in planned if c in chosen]
+    if args.top_proxy is not None:
+        proxy = read_table(os.path.join(ROOT, "bench", "results", "space_proxy.csv"), repair=False)
+        means = {}
+        for row in proxy:
+            if int(row["b"]) == 3:
+                means.setdefault(row["representation_string"], []).append(float(row["reward"]))
+        best = sorted(means, key=lambda r: -sum(means[r]) / len(means[r]))[: args.top_proxy]
+        order = {rep: i for i, rep in enumerate(best)}
+        planned = sorted([(c, s) for c, s in planned if state_space.representation_string(c) in order],
+                         key=lambda job: (job[1], order[state_space.representation_string(job[0])]))
     jobs = [(c, s) for c, s in planned
             if (state_space.representation_string(c), s) not in done]
     if args.limit is not None:

@@ -946,3 +946,81 @@ class PackedModel:
                 total += m
                 binary += m if value.kind == "bits" else 0
         return binary, total
+
+
+# ------------------------------------------------------------------ command line
+def _read_idx(path):
+    """An unsigned-byte IDX file (raw or .gz) as a uint8 array, read with NumPy alone."""
+    import gzip
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+    if array.size != math.prod(shape):
+        raise ValueError(f"{path} holds {array.size} values, its header says {shape}")
+    return array.reshape(shape)
+
+
+def _mnist_test(folder):
+    """MNIST's 10,000 test images, scaled to [-1, 1] as the networks were trained, and their labels."""
+    import os
+
+    def find(name):
+        for candidate in (name, name + ".gz"):
+            path = os.path.join(folder, candidate)
+            if os.path.exists(path):
+                return path
+        raise FileNotFoundError(f"no {name} (or {name}.gz) in {folder}; pass --mnist DIR, the folder of MNIST's "
+                                "four IDX files (python -m mnist.download_mnist gets them)")
+
+    images = _read_idx(find("t10k-images-idx3-ubyte"))
+    labels = _read_idx(find("t10k-labels-idx1-ubyte"))
+    return images.astype(np.float32)[..., np.newaxis] / np.float32(127.5) - np.float32(1.0), labels
+
+
+def main(argv=None):
+    """`python -m binarized.packed FILE.bnn.npz ...`: each file's size, MACs and MNIST test accuracy."""
+    import argparse
+    import os
+    import sys
+    import time
+
+    parser = argparse.ArgumentParser(
+        prog="python -m binarized.packed",
+        description="Runs bit-packed networks (binarized.export) on MNIST's 10,000 test images with NumPy alone.",
+    )
+    parser.add_argument("files", nargs="+", help="packed networks (.bnn.npz)")
+    default_dir = os.environ.get("MNIST_DATA_DIR") or os.path.join("data", "mnist")
+    parser.add_argument("--mnist", default=default_dir,
+                        help=f"folder of MNIST's IDX files (default: $MNIST_DATA_DIR or data/mnist: {default_dir})")
+    args = parser.parse_args(argv)
+    try:
+        images, labels = _mnist_test(args.mnist)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    status = 0
+    for path in args.files:
+        try:
+            model = PackedModel.load(path)
+        except (OSError, PackedFormatError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        start = time.time()
+        predicted = model.predict(images).argmax(axis=1)
+        accuracy = float(np.mean(predicted == labels))
+        binary, total = model.macs()
+        print(f"{path}: test accuracy {accuracy:.4f} ({int(np.sum(predicted == labels))}/{len(labels)}), "
+              f"{os.path.getsize(path) / 1024:.2f} KiB, {binary:,} XNOR-popcount MACs + {total - binary:,} "
+              f"float MACs per image, {time.time() - start:.1f}s")
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

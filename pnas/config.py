@@ -225,6 +225,25 @@ class RunnerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FinalConfig:
+    """The final stage (`pnas.search.Search.run_final`): the best cells retrained longer, then the pick.
+
+    Attributes:
+        top: The search's best cells (by reward) retrained after its last stage (0: no final stage).
+        epochs: Epochs of each of those trainings.
+        train_size: Training images of each (the first ones; None: all 55,000).
+    """
+
+    top: int = setting("FINAL_TOP", 0)
+    epochs: int = setting("FINAL_EPOCHS", 1)
+    train_size: Optional[int] = setting("FINAL_TRAIN_SIZE", None)
+
+    def as_dict(self):
+        """The settings as the search state records them (train.py's names)."""
+        return {"FINAL_TOP": self.top, "FINAL_EPOCHS": self.epochs, "FINAL_TRAIN_SIZE": self.train_size}
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """Everything a search needs besides its data and paths.
 
@@ -237,7 +256,7 @@ class SearchConfig:
         input_lookback_depth, input_lookforward_depth: The inputs a block may read (`StateSpace`).
         max_consecutive_failures: Stop after this many failed children in a row.
         max_mul_ops: Op budget per child (None: off).
-        child, encoder, runner: See `ChildConfig`, `EncoderConfig`, `RunnerConfig`.
+        child, encoder, runner, final: See `ChildConfig`, `EncoderConfig`, `RunnerConfig`, `FinalConfig`.
         identity: The settings that define the search, as (name, value) pairs
             in train.py's names: the saved state records them.
     """
@@ -256,6 +275,7 @@ class SearchConfig:
     child: ChildConfig = ChildConfig()
     encoder: EncoderConfig = EncoderConfig()
     runner: RunnerConfig = RunnerConfig()
+    final: FinalConfig = FinalConfig()
     identity: tuple = ()
 
     def identity_dict(self):
@@ -263,6 +283,10 @@ class SearchConfig:
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+    def for_final(self):
+        """This config with each child trained for the final stage's epochs (`FinalConfig`)."""
+        return self.replace(child=self.child.replace(epochs=self.final.epochs))
 
     @classmethod
     def from_settings(cls, s):

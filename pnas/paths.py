@@ -4,6 +4,7 @@ One object per experiment name, so that the search, `python -m pnas.report`,
 train.py and the child trainer agree on the layout:
 
     architectures/NAME.txt, NAME.jsonl   the log and the records
+    architectures/NAME.final.jsonl       the final stage's records
     logs/NAME/                           state, settings, summary, plots, TensorBoard
     weights/NAME/                        child and encoder weights, the retrained model
     scores/NAME/scores_B.csv             every candidate of stage B, ranked
@@ -22,6 +23,8 @@ class ExperimentPaths:
         self.root = root
         self.architectures = os.path.join(root, "architectures", f"{exp_name}.txt")
         self.records = os.path.join(root, "architectures", f"{exp_name}.jsonl")
+        # The final stage's trainings: beside the records, not in the original's log.
+        self.final_records = os.path.join(root, "architectures", f"{exp_name}.final.jsonl")
         self.log_dir = os.path.join(root, "logs")
         self.exp_log_dir = os.path.join(root, "logs", exp_name)
         self.state = os.path.join(self.exp_log_dir, "search_state.json")
@@ -71,7 +74,8 @@ class ExperimentPaths:
 
     def outputs(self):
         """The files and folders a search writes, for checking up front that they can be written."""
-        return [self.architectures, self.records, self.exp_log_dir, self.exp_weights_dir, self.scores_dir]
+        return [self.architectures, self.records, self.final_records, self.exp_log_dir, self.exp_weights_dir,
+                self.scores_dir]
 
     # What a search writes under logs/NAME/ and weights/NAME/ (with their temporary files, `pnas.files`).
     # Not there: the encoder weights weights/NAME/encoder.* that RESTORE_CONTROLLER adopts, and what
@@ -84,12 +88,13 @@ class ExperimentPaths:
 
     def search_outputs(self):
         """Every file and folder the search of this name wrote, but the encoder that RESTORE_CONTROLLER adopts."""
-        found = [p for p in (self.architectures, self.records, self.scores_dir) if os.path.lexists(p)]
+        found = [p for p in (self.architectures, self.records, self.final_records, self.scores_dir)
+                 if os.path.lexists(p)]
         for folder, pattern in ((self.exp_log_dir, self._LOG_OUTPUTS), (os.path.dirname(self.encoder_weights),
                                                                          self._WEIGHT_OUTPUTS)):
             if os.path.isdir(folder):
                 found += [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if pattern.fullmatch(n)]
-        for log in (self.architectures, self.records):  # temporary files of an interrupted write
+        for log in (self.architectures, self.records, self.final_records):  # temporary files of an interrupted write
             folder = os.path.dirname(log)
             if os.path.isdir(folder):
                 found += [os.path.join(folder, n) for n in sorted(os.listdir(folder))

@@ -165,6 +165,9 @@ class StateFile:
         worker_time: Per stage, how its children kept the workers busy, summed over the runs that
             trained them: `{"slots": workers side by side, "wall_seconds": from the first child's
             start to the last one's end, "busy_seconds": the children's own training seconds}`.
+        final: The final stage, once it has begun (absent from the file before, and in a search
+            without one): `{"settings": FINAL_TOP, FINAL_EPOCHS and FINAL_TRAIN_SIZE, "beam": the
+            cells it retrains, best first, "children": their records as they finish}`.
         version: The format's version.
     """
 
@@ -178,6 +181,7 @@ class StateFile:
     encoder_restored: Optional[bool] = None
     encoder_steps: dict = dataclasses.field(default_factory=dict)
     worker_time: dict = dataclasses.field(default_factory=dict)
+    final: Optional[dict] = None
     version: int = STATE_VERSION
 
     @classmethod
@@ -201,11 +205,15 @@ class StateFile:
         """The file's JSON object (the children and stage objects themselves, not copies)."""
         data = {"version": self.version}
         data.update((f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "version")
+        if self.final is None:
+            del data["final"]  # a search without a final stage writes the file it always wrote
         return data
 
 
 # The JSON types each annotation of StateFile stands for.
-_JSON_TYPES = {dict: dict, list: list, bool: bool, int: int, Optional[bool]: (bool, type(None))}
+_JSON_TYPES = {
+    dict: dict, list: list, bool: bool, int: int, Optional[bool]: (bool, type(None)), Optional[dict]: (dict, type(None)),
+}
 
 
 class SearchState:
@@ -354,6 +362,30 @@ class SearchState:
     def finished_children(self):
         return {tuple(r["child"]): r for r in self.data.children}
 
+    # The final stage (`pnas.search.Search.run_final`).
+    def final_settings(self):
+        """FINAL_TOP, FINAL_EPOCHS and FINAL_TRAIN_SIZE of a final stage that has begun; None before."""
+        return None if self.data.final is None else self.data.final["settings"]
+
+    def start_final(self, settings, beam):
+        """Records the final stage's settings and its cells (children as lists of ints, best first)."""
+        self.data.final = {"settings": dict(settings), "beam": [list(c) for c in beam], "children": []}
+
+    def final_beam(self):
+        return [tuple(c) for c in self.data.final["beam"]]
+
+    def add_final(self, record, **fields):
+        """Appends a final-stage training's `ChildRecord`, with `fields` added; returns its JSON object."""
+        data = dict(record.to_json(), **fields)
+        self.data.final["children"].append(data)
+        return data
+
+    def final_records(self):
+        """The final stage's records in beam order (best proxy reward first); [] without a final stage."""
+        if self.data.final is None:
+            return []
+        return sorted(self.data.final["children"], key=lambda r: r["sr_no"])
+
     def records(self, stage=None):
         return [r for r in self.data.children if stage is None or r["stage"] == stage]
 
@@ -404,6 +436,8 @@ def write_logs(state, state_space, paths):
     write_atomic(paths.architectures, format_architectures(state, state_space))
     records = state.records() + state.over_budget()
     write_atomic(paths.records, "".join(json.dumps(r) + "\n" for r in records))
+    if state.data.final is not None:
+        write_atomic(paths.final_records, "".join(json.dumps(r) + "\n" for r in state.final_records()))
 
 
 def write_scores(path, state_space, ranked):

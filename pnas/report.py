@@ -185,7 +185,31 @@ def idle_line(worker_time):
             f"({per_stage})")
 
 
-def summary_text(records, top=5, retrain_args=(), surrogate=None, worker_time=None):
+def final_text(final_records):
+    """The final stage's table and its pick (lines), or [] without a final stage."""
+    if not final_records:
+        return []
+    pick = final_pick(final_records)
+    lines = [f"Final stage: the {len(final_records)} best cells retrained "
+             f"(picked by validation accuracy; the test column chooses nothing):",
+             f"{'#':>4} {'retrains':>8} {'search':>7} {'final':>7} {'test':>7} {'packed KiB':>10}  architecture"]
+    for r in final_records:
+        ok = r["status"] == Status.OK
+        reward = f"{r['reward']:7.4f}" if ok else f"{'failed':>7}"
+        packed = r.get("footprint", {}).get("packed_kib", float("nan"))
+        mark = " <- pick" if pick is not None and r["sr_no"] == pick["sr_no"] else ""
+        lines.append(f"{r['sr_no']:>4} {'#' + str(r['retrains']):>8} {r['proxy_reward']:7.4f} {reward} "
+                     f"{accuracy(r.get('test_accuracy')) if ok else '-':>7} {packed:>10.2f}  {r['architecture']}{mark}")
+    return lines
+
+
+def final_pick(final_records):
+    """The final stage's pick: the best validation reward of its trainings, ties to the better search reward."""
+    trained = [r for r in final_records if r["status"] == Status.OK]
+    return min(trained, key=lambda r: (-r["reward"], -r["proxy_reward"], r["sr_no"])) if trained else None
+
+
+def summary_text(records, top=5, retrain_args=(), surrogate=None, worker_time=None, final_records=()):
     """The top architectures, the predictor quality and the command to retrain the best.
 
     Args:
@@ -197,6 +221,8 @@ def summary_text(records, top=5, retrain_args=(), surrogate=None, worker_time=No
             (None: not named, e.g. for records without their settings).
         worker_time: The search state's `worker_time`, for the workers' idle
             fraction (None: no such line).
+        final_records: The final stage's records (`pnas.search.Search.run_final`):
+            its table, and its pick is the one to retrain.
     """
     trained = _trained(records)
     failed = sum(r["status"] == Status.FAILED for r in records)
@@ -223,9 +249,14 @@ def summary_text(records, top=5, retrain_args=(), surrogate=None, worker_time=No
         packed = r.get("footprint", {}).get("packed_kib", float("nan"))
         lines.append(f"{r['sr_no']:>4} {r['reward']:7.4f} {accuracy(r['test_accuracy']):>7} {binary_macs(r) if binary_macs(r) is not None else '-':>10} "
                      f"{packed:>10.2f}  {r['architecture']}")
-    lines.append("Retrain the best:")
+    best = ranked[0]
+    final = final_text(list(final_records))
+    if final:
+        lines += final
+        best = final_pick(final_records) or best
+    lines.append("Retrain the final pick:" if final else "Retrain the best:")
     extra = "".join(f" {arg}" for arg in retrain_args)
-    lines.append(f'python train.py -ta True{extra} --REPRESENTATION_STRING="{ranked[0]["representation_string"]}"')
+    lines.append(f'python train.py -ta True{extra} --REPRESENTATION_STRING="{best["representation_string"]}"')
     return "\n".join(lines) + "\n"
 
 
@@ -245,8 +276,10 @@ def report(exp_name, root="."):
     if os.path.exists(paths.state):
         with open(paths.state) as f:
             worker_time = json.load(f).get("worker_time")
+    final_records = load_records(paths.final_records) if os.path.exists(paths.final_records) else []
     plot_all(records, paths.exp_log_dir)
-    text = summary_text(records, retrain_args=retrain, surrogate=settings.get("SURROGATE"), worker_time=worker_time)
+    text = summary_text(records, retrain_args=retrain, surrogate=settings.get("SURROGATE"), worker_time=worker_time,
+                        final_records=final_records)
     with open(paths.summary, "w") as f:
         f.write(text)
     return text

@@ -62,12 +62,17 @@ class Search:
         final_encoder: Train the encoder on the last stage too, so that the
             saved encoder has seen every child. A simulation that needs only
             the children the search trains skips it (`pnas.space_table`).
+        final_dataset: `final_dataset() -> dataset` of the final stage
+            (`config.final`), e.g. more training images than the search's
+            (default: the search's dataset).
     """
 
     def __init__(self, config, dataset, paths, runner=None, train_fn=None, plots=True, final_encoder=True,
-                 state=None):
+                 state=None, final_dataset=None):
         self.config = config
         self.paths = paths
+        self.train_fn = train_fn
+        self.final_dataset = final_dataset or (lambda: dataset)
         self.state_space = StateSpace(
             config.max_blocks, list(config.operators), config.input_lookback_depth, config.input_lookforward_depth,
         )
@@ -344,7 +349,7 @@ class Search:
         if self.state.data.finished:
             print(ALREADY_FINISHED)
             return self.state.records()
-        total = sum(self.state_space.stage_sizes(self.config.encoder.k))
+        total = sum(self.state_space.stage_sizes(self.config.encoder.k)) + self.config.final.top
         self._adopt_earlier_encoder()
         retried = self.state.drop_trailing_failures()
         if retried:
@@ -366,12 +371,94 @@ class Search:
             self.end_stage(b)
         # Final encoder training, so the saved encoder has seen every stage.
         # (A search that ended early at b trained it on stages < b in decide(b).)
+        # A final stage that has begun comes after it: it is not trained again.
         if not self.state.data.finished:
-            if last_stage == self.config.max_blocks and self.final_encoder:
+            if last_stage == self.config.max_blocks and self.final_encoder and self.state.final_settings() is None:
                 self.train_encoder(self.config.max_blocks)
+            self.run_final()
             self.state.data.finished = True
             write_logs(self.state, self.state_space, self.paths)
         return self.state.records()
+
+    # ------------------------------------------------------------ final stage
+    def final_beam(self):
+        """The cells the final stage retrains: the `config.final.top` best by reward, ties to the earlier child."""
+        trained = [r for r in self.state.records() if r["status"] == Status.OK]
+        ranked = sorted(trained, key=lambda r: (-r["reward"], r["sr_no"]))
+        return [tuple(r["child"]) for r in ranked[:self.config.final.top]]
+
+    def run_final(self):
+        """The final stage: retrains the search's best cells for longer, and names the best of them its pick.
+
+        One short (proxy) training per cell is a noisy reward: the best cells
+        of a stage lie within their own seed-to-seed differences. As NAS
+        papers do, the `FINAL_TOP` best are trained again, each for
+        `FINAL_EPOCHS` on `FINAL_TRAIN_SIZE` images with a seed of its own,
+        and the best validation accuracy of those picks the cell. They are
+        children like any other: seeded, recorded as they finish, resumed.
+        The test images choose nothing.
+        """
+        final = self.config.final
+        if final.top <= 0:
+            return
+        saved = self.state.final_settings()
+        if saved is None:
+            beam = self.final_beam()
+            if not beam:
+                print("---- Final stage: no trained child to retrain ----")
+                return
+            self.state.start_final(final.as_dict(), beam)
+            write_logs(self.state, self.state_space, self.paths)
+        elif saved != final.as_dict():
+            fix = " ".join(f"--{name}={value!r}" for name, value in saved.items())
+            raise SearchConfigError(
+                f"the final stage of this search began with other settings ({saved}); resume it with {fix}"
+            )
+        beam = self.state.final_beam()
+        done = {tuple(r["child"]) for r in self.state.final_records()}
+        first = len(self.state.records()) + 1
+        proxy = {tuple(r["child"]): r for r in self.state.records()}
+        jobs = [
+            ChildJob(sr_no, self.config.max_blocks + 1, child, tuple(self.state_space.parse(child)),
+                     _seed(self.config.seed, 3, sr_no))
+            for sr_no, child in enumerate(beam, start=first) if child not in done
+        ]
+        size = "all" if final.train_size is None else f"{final.train_size:,}"
+        print(f"---- Final stage: the {len(beam)} best cells retrained, {final.epochs} epoch"
+              f"{'s' * (final.epochs != 1)} on {size} training images each ----")
+        if jobs:
+            self.runner.close()  # its workers hold the search's dataset
+            self.runner = make_runner(self.config.for_final(), self.final_dataset(), self.paths, self.train_fn)
+            started = [len(done)]
+
+            def on_start(job):
+                started[0] += 1
+                print(f"[final | child {started[0]}/{len(beam)} | #{job.sr_no} | elapsed "
+                      f"{report.hms(time.time() - self.start_time)}] {list(job.actions)}")
+
+            for outcome in self.runner.run(jobs, on_start=on_start):
+                self.record_final(outcome, proxy[outcome.job.child])
+        pick = report.final_pick(self.state.final_records())
+        if pick is not None:
+            print(f"Final pick: #{pick['sr_no']} {pick['architecture']}, validation accuracy {pick['reward']:.4f} "
+                  f"after {final.epochs} epoch{'s' * (final.epochs != 1)} (search reward {pick['proxy_reward']:.4f})")
+
+    def record_final(self, outcome, searched):
+        """Records a final-stage training and prints its reward line."""
+        job = outcome.job
+        if outcome.ok:
+            record = self._record("final", job.child, Status.OK, sr_no=job.sr_no, result=outcome.result)
+        else:
+            record = self._record("final", job.child, Status.FAILED, sr_no=job.sr_no, error=outcome.error,
+                                  trace=outcome.trace)
+        data = self.state.add_final(record, retrains=searched["sr_no"], proxy_reward=searched["reward"])
+        write_logs(self.state, self.state_space, self.paths)
+        number = f"#{job.sr_no} "
+        if not outcome.ok:
+            print(f"  {number}FAILED: {data['error']}")
+            return
+        print(f"  {number}reward {data['reward']:.4f} (search reward {searched['reward']:.4f}), "
+              f"test {report.accuracy(data['test_accuracy'])}, {data['seconds']:.1f}s")
 
 
 def top_k(ranked, k, accept=None):

@@ -17,6 +17,7 @@ COLUMNS = ["architecture", "representation_string", "b", "seed", "reward", "test
 BUDGETS = {
     "proxy": {"TRAIN_SIZE": 5000, "MAX_EPOCHS": 1},
     "reference": {"TRAIN_SIZE": None, "MAX_EPOCHS": 3},
+    "final": {"TRAIN_SIZE": None, "MAX_EPOCHS": 1},  # train.py's final stage (FINAL_TRAIN_SIZE, FINAL_EPOCHS)
 }
 
 

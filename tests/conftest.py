@@ -103,6 +103,7 @@ TINY = {
     "RNN_TRAINING_EPOCHS": 2,
     "CONTROLLER_CELLS": 8,
     "VERBOSE": 0,
+    "FINAL_TOP": 0,  # the final stage has tests of its own (test_final_stage.py)
 }
 
 

@@ -22,7 +22,7 @@ TRAIN = REPO_ROOT / "train.py"
 TINY = [
     "--operators=['3x3 bconv', '3x3 maxpool']", "--B=2", "--K_=2", "--MAX_EPOCHS=1", "--TRAIN_SIZE=200",
     "--NUM_CELLS=1", "--NUM_CELL_FILTERS=[4]", "--DENSE_LAYERS=[10]", "--RNN_TRAINING_EPOCHS=2", "--VERBOSE=0",
-    "--EXPERIMENT_NAME=tiny",
+    "--EXPERIMENT_NAME=tiny", "--FINAL_TOP=0",
 ]
 # Holds a FolderLock until killed; prints its pid once it holds it.
 HOLDER = (

@@ -20,7 +20,7 @@ TINY = [
     "--operators=['3x3 bconv', '3x3 maxpool']", "--K_=2", "--MAX_EPOCHS=1", "--TRAIN_SIZE=200", "--NUM_CELLS=1",
     "--NUM_CELL_FILTERS=[4]", "--DENSE_LAYERS=[10]", "--VERBOSE=0",
     # Text settings as bare words.
-    "--RUNNER=inline", "--SURROGATE=ridge", f"--EXPERIMENT_NAME={NAME}",
+    "--RUNNER=inline", "--SURROGATE=ridge", f"--EXPERIMENT_NAME={NAME}", "--FINAL_TOP=0",
 ]
 
 

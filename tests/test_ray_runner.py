@@ -119,7 +119,7 @@ def test_nothing_listening_at_the_address_is_runner_unavailable(local_ray):
 TINY = [
     "--operators=['3x3 bconv', '3x3 maxpool']", "--B=1", "--K_=2", "--MAX_EPOCHS=1", "--TRAIN_SIZE=200",
     "--NUM_CELLS=1", "--NUM_CELL_FILTERS=[4]", "--DENSE_LAYERS=[10]", "--RNN_TRAINING_EPOCHS=2", "--VERBOSE=0",
-    "--EXPERIMENT_NAME=tiny", "--RUNNER='ray'",
+    "--EXPERIMENT_NAME=tiny", "--RUNNER='ray'", "--FINAL_TOP=0",
 ]
 
 

@@ -44,6 +44,7 @@ TINY = [
     "--RNN_TRAINING_EPOCHS=2",
     "--VERBOSE=0",
     f"--EXPERIMENT_NAME={NAME}",
+    "--FINAL_TOP=0",
 ]
 SPACE = StateSpace(2, OPS)
 

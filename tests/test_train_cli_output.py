@@ -27,6 +27,7 @@ NAME = "insight"
 CLI_TINY = [
     f"--operators={OPS!r}", "--B=2", "--K_=2", "--MAX_EPOCHS=1", "--TRAIN_SIZE=200", "--NUM_CELLS=1",
     "--NUM_CELL_FILTERS=[4]", "--DENSE_LAYERS=[10]", "--RNN_TRAINING_EPOCHS=2", f"--EXPERIMENT_NAME={NAME}",
+    "--FINAL_TOP=0",
 ]
 PROGRESS = re.compile(
     r"^\[b (\d)/2 \| child (\d+)/(\d+) \| #(\d+) of ~5 \| elapsed \d+:\d\d:\d\d \| "
