@@ -210,20 +210,33 @@ def retrain_args(settings, overridden):
     ]
 
 
-def print_settings(settings):
-    print("Settings:")
-    for name in SETTINGS:
-        print(f"  {name} = {settings[name]!r}")
+def settings_lines(settings):
+    """The settings that differ from train.py's (the run's settings.json holds them all), under a line that says so."""
+    changed = [name for name in SETTINGS if settings[name] != globals()[name]]
+    if not changed:
+        return ["Settings: train.py's defaults (python train.py --help lists them)"]
+    return ["Settings that differ from train.py's (python train.py --help lists the defaults):"] + [
+        f"  {name} = {settings[name]!r}" for name in changed
+    ]
+
+
+# Lines printed once the input has passed every check (`keras_after_the_checks`): a refused run
+# prints its one error line and nothing before it.
+_AFTER_THE_CHECKS = []
 
 
 def keras_after_the_checks():
-    """Imports Keras (about 7 s, TensorFlow's start-up lines kept off stderr) once the input has passed every check.
+    """Prints the settings, then imports Keras (about 7 s, TensorFlow's start-up lines kept off stderr).
 
-    Up to here train.py has parsed the settings, checked the outputs and the
-    resume, and loaded MNIST without it: bad input is answered in a second.
+    Called once the input has passed every check: up to here train.py has
+    parsed the settings, checked the outputs and the resume, and loaded MNIST
+    without Keras, so that bad input is answered in a second.
     """
     from binarized.quiet import import_keras_quietly
 
+    for line in _AFTER_THE_CHECKS:
+        print(line)
+    _AFTER_THE_CHECKS.clear()
     import_keras_quietly()
 
 
@@ -405,9 +418,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     refuse_if_in_use(argv)  # in a second, not after the ~10 s of importing Keras
     train_arch, settings, overridden = parse_args(argv)
-    # Keras is imported once the input is checked and the data loaded (`keras_after_the_checks`),
-    # so that bad input is answered in a second.
-    print_settings(settings)
+    # Keras is imported, and the settings printed, once the input is checked and the data loaded
+    # (`keras_after_the_checks`), so that bad input is answered in a second, in one line.
+    _AFTER_THE_CHECKS[:] = settings_lines(settings)
     from pnas.files import WriteFailed
 
     try:

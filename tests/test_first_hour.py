@@ -86,6 +86,7 @@ BAD = [
     ["--ENCODER_LR=0"], ["--MAX_MUL_OPS=0"], ["--INPUT_LOOKBACK_DEPTH=2"], ["--INPUT_LOOKFORWARD_DEPTH=-1"],
     ["--DROPOUT=(True, 0.2, 1.5)"], ["--TRAIN_SIZE=0"], ["--BINARY_H=-1"], ["--KERNEL_LR_MULTIPLIER=huge"],
     ["--LR_END=0.1"], ["--LR_START=0"], ["--LOSS=hinge"], ["--EXPERIMENT_NAME=a/b"], ["B=2"],
+    ["--B=1", "--B=2"], ["--VERBOSE=3"], ["--TRAIN_SIZE=1e3"], ["--DROP_HIDDEN=1"], ["--REGULARIZATION=-1"],
 ]
 SUGGESTION = re.compile(r"--[A-Za-z_]+=(?:\"[^\"]*\"|\S+)")
 

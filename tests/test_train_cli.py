@@ -48,6 +48,12 @@ TINY = [
 SPACE = StateSpace(2, OPS)
 
 
+def _tiny_with(*args):
+    """TINY with `args` in place of the TINY overrides of the same names (a name given twice is refused)."""
+    names = {a.split("=", 1)[0] for a in args if a.startswith("--")}
+    return [a for a in TINY if a.split("=", 1)[0] not in names] + list(args)
+
+
 def _records(folder):
     with open(pathlib.Path(folder) / "architectures" / f"{NAME}.jsonl") as f:
         return [json.loads(line) for line in f]
@@ -209,6 +215,10 @@ BAD_INPUT = {
     "unwritable output": ([], _unwritable, "architectures"),
     # Nothing listens on the discard port: one line before anything is written (tests/test_ray_runner.py).
     "no Ray cluster": (["--RUNNER='ray'", "--RAY_ADDRESS='127.0.0.1:9'"], None, ("RAY_ADDRESS", "ray start --head")),
+    "a name twice": (["--B=1", "--B=2"], None, "B is given twice"),
+    "out of range": (["--VERBOSE=3"], None, "VERBOSE must be 0"),
+    "near miss": (["--MAX_EPOCH=1"], None, "did you mean --MAX_EPOCHS=1"),
+    "float for an int": (["--TRAIN_SIZE=1e3"], None, "--TRAIN_SIZE=1000"),
 }
 # The other settings errors are tested in this process (tests/test_settings.py).
 
@@ -222,8 +232,7 @@ def bad_input_runs(mnist_dir, tmp_path_factory):
         folder = tmp_path_factory.mktemp("bad")
         extra = setup(folder) if setup else {}
         before = sorted(os.listdir(folder))
-        # Last argument wins: the tiny settings first, the bad one after.
-        result = _train(folder, *TINY, *args, env=extra.get("env"))
+        result = _train(folder, *_tiny_with(*args), env=extra.get("env"))
         return case, (folder, before, result)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
@@ -242,6 +251,9 @@ def test_bad_input_exits_2_with_one_error_line_and_writes_nothing(bad_input_runs
         assert text in lines[0]
     assert "Traceback" not in result.stdout + result.stderr
     assert sorted(os.listdir(folder)) == before
+    assert "Settings" not in result.stdout  # printed once the input has passed every check
+    if case == "near miss":
+        assert len(lines[0]) < 400
 
 
 def test_a_corrupt_mnist_file_is_reported_on_stdout_before_the_error(bad_input_runs):
@@ -313,14 +325,14 @@ def test_other_settings_under_the_same_name_need_overwrite(reference, tmp_path):
     assert "already finished" in result.stdout
     assert _log(folder) == log
 
-    result = _train(folder, *TINY, "--MAX_EPOCHS=2")
+    result = _train(folder, *_tiny_with("--MAX_EPOCHS=2"))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "--OVERWRITE=True" in lines[0] and "MAX_EPOCHS" in lines[0]
     assert (folder / "architectures" / f"{NAME}.jsonl").read_text() == records
 
-    _ok(_train(folder, *TINY, "--MAX_EPOCHS=2", "--B=1", "--OVERWRITE=True"))
+    _ok(_train(folder, *_tiny_with("--MAX_EPOCHS=2", "--B=1", "--OVERWRITE=True")))
     new = _records(folder)
     assert [r["sr_no"] for r in new] == [1, 2, 3]
     assert all(len(r["val_accuracy"]) == 2 for r in new)
