@@ -6,7 +6,8 @@ Usage as a script, from the repository root::
 
 The data directory is, in order of precedence: the ``data_dir`` argument (or
 ``--data-dir``), the ``MNIST_DATA_DIR`` environment variable, ``data/mnist``
-under the repository root.
+under the current working directory (where train.py writes every other output;
+never inside an installed package).
 
 Each file is taken from the first source that yields content with the expected
 checksum:
@@ -113,12 +114,14 @@ def default_data_dir():
 
     Returns:
         The ``MNIST_DATA_DIR`` environment variable if set and non-empty,
-        else ``data/mnist`` under the repository root.
+        else ``data/mnist`` under the current working directory (absolute),
+        beside train.py's other outputs; an installed package's folder is
+        never written.
     """
     from_env = os.environ.get(DATA_DIR_ENV)
     if from_env:
         return pathlib.Path(from_env).expanduser()
-    return pathlib.Path(__file__).resolve().parents[1] / "data" / "mnist"
+    return pathlib.Path.cwd() / "data" / "mnist"
 
 
 def sha256_of_file(path):
@@ -443,7 +446,7 @@ def main(argv=None):
     parser.add_argument(
         "--data-dir", default=None,
         help=f"where to put the files (default: ${DATA_DIR_ENV}, else "
-             f"data/mnist under the repository root)")
+             f"data/mnist under the current folder)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
