@@ -200,6 +200,25 @@ def parse_args(argv):
     return args.train_architecture == "True", settings, overridden
 
 
+def logged_cell_settings(settings, overridden):
+    """(The settings of a -ta run, the line that says what they took from the search EXPERIMENT_NAME, if any).
+
+    B, operators and the lookback come from that search's saved settings unless given: a
+    representation string means a cell only with them (`pnas.retrain`). A string that cannot
+    mean the cell asked for exits 2 with the override that fixes it.
+    """
+    from pnas.paths import ExperimentPaths
+    from pnas.retrain import adopted_line, logged_cell_settings as logged, saved_search_settings
+    from pnas.settings import SettingsError
+
+    path = ExperimentPaths(settings["EXPERIMENT_NAME"]).settings
+    try:
+        settings, adopted = logged(settings, overridden, saved_search_settings(path), settings["EXPERIMENT_NAME"])
+    except SettingsError as exc:
+        fail(str(exc))
+    return settings, [adopted_line(settings, adopted, path)] if adopted else []
+
+
 def retrain_args(settings, overridden):
     """`--NAME=value` arguments repeating the overrides that shape a retrained child, in train.py's order."""
     from pnas.config import RETRAIN_SETTINGS
@@ -418,9 +437,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     refuse_if_in_use(argv)  # in a second, not after the ~10 s of importing Keras
     train_arch, settings, overridden = parse_args(argv)
+    settings, adopted = logged_cell_settings(settings, overridden) if train_arch else (settings, [])
     # Keras is imported, and the settings printed, once the input is checked and the data loaded
     # (`keras_after_the_checks`), so that bad input is answered in a second, in one line.
-    _AFTER_THE_CHECKS[:] = settings_lines(settings)
+    _AFTER_THE_CHECKS[:] = settings_lines(settings) + adopted
     from pnas.files import WriteFailed
 
     try:

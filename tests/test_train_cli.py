@@ -337,3 +337,27 @@ def test_other_settings_under_the_same_name_need_overwrite(reference, tmp_path):
     assert [r["sr_no"] for r in new] == [1, 2, 3]
     assert all(len(r["val_accuracy"]) == 2 for r in new)
     assert _log(folder).count("Architectures ---- ") == 1  # B=1: one stage
+
+
+# ------------------------------------------------------------- retrain what the log says
+def test_a_string_of_the_log_retrains_the_logged_cell_under_the_search_s_name(mnist_dir, tmp_path):
+    """A B=1 search of 4 operators, then -ta True of a string of its .jsonl with no operators given."""
+    ops = ["3x3 bconv", "3x3 maxpool", "linear", "3x3 avgpool"]
+    small = ["--TRAIN_SIZE=500", "--NUM_CELLS=1", "--NUM_CELL_FILTERS=[4]", "--DENSE_LAYERS=[10]", "--VERBOSE=0",
+             "--EXPERIMENT_NAME=four"]
+    _ok(_train(tmp_path, f"--operators={ops!r}", "--B=1", "--MAX_EPOCHS=1", "--SURROGATE=ridge", "--RUNNER=inline",
+               "--TEST_CHILDREN=False", *small))
+    records = [json.loads(line) for line in (tmp_path / "architectures" / "four.jsonl").read_text().splitlines()]
+    logged = next(r for r in records if r["architecture"] == [0, "3x3 avgpool", 0, "3x3 avgpool"])
+    result = _ok(_train(tmp_path, "-ta", "True", "--B=1", f"--REPRESENTATION_STRING={logged['representation_string']}",
+                        "--NUM_EPOCHS=1", *small))
+    assert re.findall(r"^Training architecture (.*) for 1 epochs$", result.stdout, flags=re.M) == [
+        str(logged["architecture"])
+    ]
+    assert f"Retraining the cell as logged: operators={ops!r}" in result.stdout
+    # Other operators given: that string would train another cell; refused, naming the fix, nothing trained.
+    refused = _train(tmp_path, "-ta", "True", "--B=1", f"--REPRESENTATION_STRING={logged['representation_string']}",
+                     "--operators=['3x3 bconv', '3x3 maxpool']", "--NUM_EPOCHS=1", *small)
+    assert refused.returncode == 2 and "Training architecture" not in refused.stdout
+    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()]
+    assert f'--operators="{ops!r}"' in refused.stderr
