@@ -38,7 +38,10 @@ INPUT_LOOKBACK_DEPTH = 0  # 0: a block reads the cell input and earlier blocks; 
                           # cell's input (the PNAS paper's cell), reduced to the cell input's size
 INPUT_LOOKFORWARD_DEPTH = 0  # Earlier blocks of the same cell a block may read (0: none, None: all)
 MAX_CONSECUTIVE_FAILURES = 3  # Stop the search after this many failed children in a row
-MAX_MUL_OPS = None  # Op budget: children with a larger mul_ops (MACs of the binary-weight layers) are skipped (None: off)
+MAX_MUL_OPS = None  # The original's op budget: children with a larger mul_ops (every MAC of a binary-weight layer,
+                    # binary or not) are skipped (None: off)
+MAX_OPS = None  # Op budget in OPs, 32-bit MACs + binary MACs / 64 (Bi-Real Net's count): children above it are
+                # skipped (None: off). A binary conv of a real-valued input is 32-bit work (docs/cell-space.md)
 ENCODER_ENSEMBLE = 1  # Encoders averaged for ranking; with n > 1 each trains on a different (n-1)/n
 ENCODER_BATCHSIZE = 1  # Children per encoder gradient step (the original's: 1; None: all in one batch,
                        # 15 steps per stage, which ranked no better than chance: docs/surrogate.md)

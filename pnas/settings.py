@@ -238,8 +238,9 @@ def _check_surrogate(s):
 
 def _check_space(s):
     """The op budget and the blocks' inputs."""
-    if s["MAX_MUL_OPS"] is not None and not s["MAX_MUL_OPS"] > 0:
-        raise SettingsError(f"MAX_MUL_OPS must be None or > 0, received {s['MAX_MUL_OPS']}; write e.g. --MAX_MUL_OPS=None")
+    for name in ("MAX_MUL_OPS", "MAX_OPS"):
+        if s[name] is not None and not s[name] > 0:
+            raise SettingsError(f"{name} must be None or > 0, received {s[name]}; write e.g. --{name}=None")
     if s["INPUT_LOOKBACK_DEPTH"] not in (0, -1):
         raise SettingsError(
             "INPUT_LOOKBACK_DEPTH must be 0 (blocks read the cell input) or -1 (also the previous cell's "

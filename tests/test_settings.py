@@ -113,8 +113,9 @@ def test_the_derived_setting_lists_are_those_kept_by_hand_before():
         "MAX_MUL_OPS", "ENCODER_ENSEMBLE", "ENCODER_BATCHSIZE", "ENCODER_LR", "ENCODER_TARGETS",
         "SURROGATE",  # added since; earlier saved searches ran with 'lstm' (pnas.records.CONFIG_ADDED)
         "ENCODER_AUGMENT", "ENCODER_READOUT",  # added since; earlier: False, 'last'
+        "MAX_OPS",  # added since; earlier: None
     }
-    assert len(IDENTITY) == len(set(IDENTITY)) == 30
+    assert len(IDENTITY) == len(set(IDENTITY)) == 31
     assert set(RETRAIN_SETTINGS) == {
         "EXPERIMENT_NAME", "B", "operators", "INPUT_LOOKBACK_DEPTH", "INPUT_LOOKFORWARD_DEPTH", "NUM_CELLS",
         "NUM_CELL_FILTERS", "DENSE_LAYERS", "DROP_INPUT", "DROP_HIDDEN", "DROPOUT", "BATCHSIZE", "USE_EXPANSION",
@@ -123,6 +124,7 @@ def test_the_derived_setting_lists_are_those_kept_by_hand_before():
     none = type(None)
     assert TYPES == {
         "TRAIN_SIZE": (int, none), "INPUT_LOOKFORWARD_DEPTH": (int, none), "MAX_MUL_OPS": (int, float, none),
+        "MAX_OPS": (int, float, none),
         "BINARY_H": (str, int, float), "KERNEL_LR_MULTIPLIER": (str, int, float, none),
         "ENCODER_BATCHSIZE": (int, none), "RAY_ADDRESS": (str, none), "RAY_CPUS_PER_CHILD": (int, float),
         "RAY_GPUS_PER_CHILD": (int, float),
