@@ -34,8 +34,8 @@ REGULARIZATION = 0  # L2 regularization strength on the RNN controller (encoder)
 CONTROLLER_CELLS = 100  # Number of cells (units) in the RNN controller
 RNN_TRAINING_EPOCHS = 15  # Number of training epochs during each run of the encoder training
 RESTORE_CONTROLLER = True  # Start a new search from the encoder weights of an earlier run, when present
-INPUT_LOOKBACK_DEPTH = 0  # 0: a block reads the cell input and earlier blocks; -1: also the previous
-                          # cell's input (the PNAS paper's cell), reduced to the cell input's size
+INPUT_LOOKBACK_DEPTH = 0  # 0: a block reads the cell input (and the earlier blocks INPUT_LOOKFORWARD_DEPTH allows);
+                          # -1: also the previous cell's input (the PNAS paper's cell), reduced to the cell input's size
 INPUT_LOOKFORWARD_DEPTH = 0  # Earlier blocks of the same cell a block may read (0: none, None: all)
 MAX_CONSECUTIVE_FAILURES = 3  # Stop the search after this many failed children in a row
 MAX_MUL_OPS = None  # The original's op budget: children with a larger mul_ops (every MAC of a binary-weight layer,
@@ -81,7 +81,7 @@ TRAIN_SIZE = None  # Train on the first TRAIN_SIZE of the 55,000 training images
 TEST_CHILDREN = True  # Evaluate every child on the 10,000 test images too (the summary's test column);
                       # False saves ~1-3 s per child, which matters in a proxy search (docs/cpu-search.md)
 operators = ['3x3 sep-bconv', '5x5 sep-bconv', '1x7-7x1 bconv',
-             '3x3 bconv']  # Operations of the search space (all are defined in pnas/model.py)
+             '3x3 bconv']  # Operations of the search space (all 10 are listed in pnas/config.py's OPERATORS)
 # --------------------------------
 
 # ------- Child Training Settings --------

@@ -205,6 +205,11 @@ def idle_line(worker_time):
             f"({per_stage})")
 
 
+def surrogate_title(surrogate):
+    """What the output calls the surrogate of SURROGATE `surrogate`: 'Encoder' (the LSTM, the original's name) or 'Ridge'."""
+    return "Ridge" if surrogate == "ridge" else "Encoder"
+
+
 def summary_text(records, top=5, retrain_args=(), surrogate=None, worker_time=None):
     """The top architectures, the predictor quality and the command to retrain the best.
 
@@ -234,7 +239,7 @@ def summary_text(records, top=5, retrain_args=(), surrogate=None, worker_time=No
         if value is not None:
             steps = [r["encoder_steps"] for r in records if r["stage"] == b and r.get("encoder_steps") is not None]
             after = f" (ranked after {steps[0]} encoder gradient steps)" if steps else ""
-            lines.append(f"Encoder Spearman rank correlation at b = {b}: {value:.3f}{after}")
+            lines.append(f"{surrogate_title(surrogate)} Spearman rank correlation at b = {b}: {value:.3f}{after}")
     if not trained:
         return "\n".join(lines) + "\n"
     lines.append(f"Top {min(top, len(trained))} architectures:")

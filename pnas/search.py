@@ -148,7 +148,8 @@ class Search:
             how = "a closed-form ridge fit"
         else:
             how = f"{encoder.steps - steps_before} gradient steps ({encoder.steps} in all)"
-        print(f"Encoder trained on {len(seen)} children after b = {b}: {how}, loss {loss:.5f}")
+        print(f"{report.surrogate_title(self.config.encoder.surrogate)} trained on {len(seen)} children after b = {b}: "
+              f"{how}, loss {loss:.5f}")
         return encoder
 
     def cost(self, child):
@@ -319,7 +320,8 @@ class Search:
                 after = f", ranked after {steps} gradient steps"
             else:
                 after = ", ranked by a closed-form ridge fit" if self.config.encoder.surrogate == "ridge" else ""
-            print(f"Encoder Spearman rank correlation at b = {b}: {shown} (held out: {n} children "
+            print(f"{report.surrogate_title(self.config.encoder.surrogate)} Spearman rank correlation at b = {b}: "
+                  f"{shown} (held out: {n} children "
                   f"predicted before they trained{after})")
         write_logs(self.state, self.state_space, self.paths)
         if not self.plots:

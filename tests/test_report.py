@@ -148,6 +148,12 @@ def test_report_of_a_missing_search_exits_2_with_one_error_line(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_the_summary_calls_the_ridge_ridge_and_the_lstm_encoder():
+    records = _hand_records()
+    assert "\nRidge Spearman rank correlation at b = 2: 1.000\n" in report.summary_text(records, surrogate="ridge")
+    assert "\nEncoder Spearman rank correlation at b = 2: 1.000\n" in report.summary_text(records, surrogate="lstm")
+
+
 def test_pareto_front_on_a_hand_made_set():
     points = [(100, 0.5), (200, 0.4), (200, 0.6), (300, 0.6), (400, 0.9), (50, 0.1), (500, 0.8), (50, 0.05)]
     # The cost is OPs: binary MACs alone would put the first (all float work) cheapest.
