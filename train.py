@@ -34,11 +34,14 @@ REGULARIZATION = 0  # L2 regularization strength on the RNN controller (encoder)
 CONTROLLER_CELLS = 100  # Number of cells (units) in the RNN controller
 RNN_TRAINING_EPOCHS = 15  # Number of training epochs during each run of the encoder training
 RESTORE_CONTROLLER = True  # Start a new search from the encoder weights of an earlier run, when present
-INPUT_LOOKBACK_DEPTH = 0  # 0: a block reads the cell input and earlier blocks; -1: also the previous
-                          # cell's input (the PNAS paper's cell), reduced to the cell input's size
+INPUT_LOOKBACK_DEPTH = 0  # 0: a block reads the cell input (and the earlier blocks INPUT_LOOKFORWARD_DEPTH allows);
+                          # -1: also the previous cell's input (the PNAS paper's cell), reduced to the cell input's size
 INPUT_LOOKFORWARD_DEPTH = 0  # Earlier blocks of the same cell a block may read (0: none, None: all)
 MAX_CONSECUTIVE_FAILURES = 3  # Stop the search after this many failed children in a row
-MAX_MUL_OPS = None  # Op budget: children with a larger mul_ops (MACs of the binary-weight layers) are skipped (None: off)
+MAX_MUL_OPS = None  # The original's op budget: children with a larger mul_ops (every MAC of a binary-weight layer,
+                    # binary or not) are skipped (None: off)
+MAX_OPS = None  # Op budget in OPs, 32-bit MACs + binary MACs / 64 (Bi-Real Net's count): children above it are
+                # skipped (None: off). A binary conv of a real-valued input is 32-bit work (docs/cell-space.md)
 ENCODER_ENSEMBLE = 1  # Encoders averaged for ranking; with n > 1 each trains on a different (n-1)/n
 ENCODER_BATCHSIZE = 1  # Children per encoder gradient step (the original's: 1; None: all in one batch,
                        # 15 steps per stage, which ranked no better than chance: docs/surrogate.md)
@@ -82,7 +85,7 @@ TRAIN_SIZE = None  # Train on the first TRAIN_SIZE of the 55,000 training images
 TEST_CHILDREN = True  # Evaluate every child on the 10,000 test images too (the summary's test column);
                       # False saves ~1-3 s per child, which matters in a proxy search (docs/cpu-search.md)
 operators = ['3x3 sep-bconv', '5x5 sep-bconv', '1x7-7x1 bconv',
-             '3x3 bconv']  # Operations of the search space (all are defined in pnas/model.py)
+             '3x3 bconv']  # Operations of the search space (all 10 are listed in pnas/config.py's OPERATORS)
 # --------------------------------
 
 # ------- Child Training Settings --------
@@ -204,6 +207,25 @@ def parse_args(argv):
     return args.train_architecture == "True", settings, overridden
 
 
+def logged_cell_settings(settings, overridden):
+    """(The settings of a -ta run, the line that says what they took from the search EXPERIMENT_NAME, if any).
+
+    B, operators and the lookback come from that search's saved settings unless given: a
+    representation string means a cell only with them (`pnas.retrain`). A string that cannot
+    mean the cell asked for exits 2 with the override that fixes it.
+    """
+    from pnas.paths import ExperimentPaths
+    from pnas.retrain import adopted_line, logged_cell_settings as logged, saved_search_settings
+    from pnas.settings import SettingsError
+
+    path = ExperimentPaths(settings["EXPERIMENT_NAME"]).settings
+    try:
+        settings, adopted = logged(settings, overridden, saved_search_settings(path), settings["EXPERIMENT_NAME"])
+    except SettingsError as exc:
+        fail(str(exc))
+    return settings, [adopted_line(settings, adopted, path)] if adopted else []
+
+
 def retrain_args(settings, overridden):
     """`--NAME=value` arguments repeating the overrides that shape a retrained child, in train.py's order."""
     from pnas.config import RETRAIN_SETTINGS
@@ -214,20 +236,33 @@ def retrain_args(settings, overridden):
     ]
 
 
-def print_settings(settings):
-    print("Settings:")
-    for name in SETTINGS:
-        print(f"  {name} = {settings[name]!r}")
+def settings_lines(settings):
+    """The settings that differ from train.py's (the run's settings.json holds them all), under a line that says so."""
+    changed = [name for name in SETTINGS if settings[name] != globals()[name]]
+    if not changed:
+        return ["Settings: train.py's defaults (python train.py --help lists them)"]
+    return ["Settings that differ from train.py's (python train.py --help lists the defaults):"] + [
+        f"  {name} = {settings[name]!r}" for name in changed
+    ]
+
+
+# Lines printed once the input has passed every check (`keras_after_the_checks`): a refused run
+# prints its one error line and nothing before it.
+_AFTER_THE_CHECKS = []
 
 
 def keras_after_the_checks():
-    """Imports Keras (about 7 s, TensorFlow's start-up lines kept off stderr) once the input has passed every check.
+    """Prints the settings, then imports Keras (about 7 s, TensorFlow's start-up lines kept off stderr).
 
-    Up to here train.py has parsed the settings, checked the outputs and the
-    resume, and loaded MNIST without it: bad input is answered in a second.
+    Called once the input has passed every check: up to here train.py has
+    parsed the settings, checked the outputs and the resume, and loaded MNIST
+    without Keras, so that bad input is answered in a second.
     """
     from binarized.quiet import import_keras_quietly
 
+    for line in _AFTER_THE_CHECKS:
+        print(line)
+    _AFTER_THE_CHECKS.clear()
     import_keras_quietly()
 
 
@@ -446,9 +481,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     refuse_if_in_use(argv)  # in a second, not after the ~10 s of importing Keras
     train_arch, settings, overridden = parse_args(argv)
-    # Keras is imported once the input is checked and the data loaded (`keras_after_the_checks`),
-    # so that bad input is answered in a second.
-    print_settings(settings)
+    settings, adopted = logged_cell_settings(settings, overridden) if train_arch else (settings, [])
+    # Keras is imported, and the settings printed, once the input is checked and the data loaded
+    # (`keras_after_the_checks`), so that bad input is answered in a second, in one line.
+    _AFTER_THE_CHECKS[:] = settings_lines(settings) + adopted
     from pnas.files import WriteFailed
 
     try:

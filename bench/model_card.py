@@ -122,7 +122,7 @@ def card(root, name, log_path):
         engine_accuracy=float(np.mean(engine_class == labels)), agreement=float(np.mean(keras_class == engine_class)),
         file_kib=os.path.getsize(packed_path) / 1024, packed_kib=t["packed_kib"], binary_params=t["binary_params"],
         float_params=t["float_params"], binary_macs=t["binary_macs"], float_macs=t["float_macs"],
-        ops=ops(t["binary_macs"], t["float_macs"]), packed_path=packed_path,
+        ops=t.get("ops", ops(t["binary_macs"], t["float_macs"])), packed_path=packed_path,
     )
 
 

@@ -13,6 +13,7 @@ names the layer (exit code 2), and nothing is written.
 """
 
 import argparse
+import errno
 import io
 import json
 import os
@@ -417,8 +418,21 @@ def float32_bytes(model):
     return 4 * sum(int(np.prod(w.shape)) for w in model.weights if "float" in str(w.dtype))
 
 
+def check_folder(path):
+    """Raises FileNotFoundError when the folder `path` is to be written in does not exist (it is not created)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"cannot write {path}: its folder {folder} does not exist; "
+                                "create it first or name a file in an existing folder", folder)
+
+
 def export(model, path):
-    """Exports `model` to `path`; returns the file's size in bytes."""
+    """Exports `model` to `path`, in an existing folder; returns the file's size in bytes.
+
+    Raises:
+        FileNotFoundError: the folder of `path` does not exist.
+    """
+    check_folder(path)
     header, payload = export_model(model)
     return write(header, payload, path)
 
@@ -470,6 +484,11 @@ def main(argv=None):
     parser.add_argument("out", metavar="OUT.npz", help="the packed file to write")
     args = parser.parse_args(argv)
     src, dst = args.model, args.out
+    try:
+        check_folder(dst)  # answered before Keras is imported
+    except FileNotFoundError as exc:
+        print(f"error: {exc.strerror}", file=sys.stderr)
+        return 2
     from binarized.quiet import import_keras_quietly
 
     import_keras_quietly()

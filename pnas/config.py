@@ -255,7 +255,8 @@ class SearchConfig:
         operators: The search space's operators.
         input_lookback_depth, input_lookforward_depth: The inputs a block may read (`StateSpace`).
         max_consecutive_failures: Stop after this many failed children in a row.
-        max_mul_ops: Op budget per child (None: off).
+        max_mul_ops: Op budget per child in the original's mul_ops (None: off).
+        max_ops: Op budget per child in OPs, 32-bit MACs + binary MACs / 64 (None: off).
         child, encoder, runner, final: See `ChildConfig`, `EncoderConfig`, `RunnerConfig`, `FinalConfig`.
         identity: The settings that define the search, as (name, value) pairs
             in train.py's names: the saved state records them.
@@ -272,6 +273,7 @@ class SearchConfig:
     )
     max_consecutive_failures: int = setting("MAX_CONSECUTIVE_FAILURES", 3)
     max_mul_ops: Optional[float] = setting("MAX_MUL_OPS", None, identity=True)
+    max_ops: Optional[float] = setting("MAX_OPS", None, identity=True)
     child: ChildConfig = ChildConfig()
     encoder: EncoderConfig = EncoderConfig()
     runner: RunnerConfig = RunnerConfig()

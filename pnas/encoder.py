@@ -234,7 +234,9 @@ class StateSpace:
         """Prints the states and their values."""
         print("*" * 40, "STATE SPACE", "*" * 40)
         meanings = "-1 = previous cell's input, " if self.input_lookback_depth else ""
-        print(f"Block inputs: {self.input_values} ({meanings}0 = cell input, k >= 1 = block k)")
+        # What each block position may read (INPUT_LOOKFORWARD_DEPTH limits it), not every input value.
+        readable = ", ".join(f"block {p + 1} {self.block_inputs(p)}" for p in range(self.B))
+        print(f"Block inputs: {readable} ({meanings}0 = cell input, k >= 1 = block k)")
         print(f"Input lookback depth: {self.input_lookback_depth}")
         print(f"Input lookforward depth: {self.input_lookforward_depth}")
         for i, op in enumerate(self.operators):

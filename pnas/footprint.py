@@ -12,7 +12,11 @@ Counts, per layer and in total:
   Equivalent");
 - MACs: a multiply-accumulate is binary (XNOR-popcount) when both the kernel and
   the layer's input are ±1, and float otherwise (a binary kernel on the
-  real-valued image, or a float layer).
+  real-valued image, or a float layer);
+- OPs: the cost the binary-network papers compare, Bi-Real Net's convention
+  (Liu et al. 2018, arXiv:1808.00278, after XNOR-Net): OPs = FLOPs + BOPs / 64,
+  with FLOPs the float MACs and BOPs the binary MACs, each MAC counted once
+  (a 64-bit word computes 64 binary MACs in one XNOR and one popcount).
 """
 
 import keras
@@ -24,6 +28,15 @@ BINARY_LAYERS = (BinaryConv2D, BinaryDense, BinarySeparableConv2D)
 # Layers whose output is ±1 when every input is (padding adds the zeros a binary conv pads with anyway).
 _KEEPS_BINARY = ("Concatenate", "MaxPooling2D", "Flatten", "Reshape", "InputLayer", "ZeroPadding2D", "Cropping2D")
 _MAC_LAYERS = ("BinaryConv2D", "BinarySeparableConv2D", "BinaryDense", "Conv2D", "SeparableConv2D", "Dense")
+
+
+# Binary MACs per OP: a 64-bit XNOR and popcount do 64 of them (Bi-Real Net's, XNOR-Net's count).
+BINARY_MACS_PER_OP = 64
+
+
+def count_ops(binary_macs, float_macs):
+    """OPs = float MACs + binary MACs / 64 (Bi-Real Net's FLOPs + BOPs / 64, one per MAC), rounded to an int."""
+    return int(round(float_macs + binary_macs / BINARY_MACS_PER_OP))
 
 
 def layer_macs(layer):
@@ -120,6 +133,7 @@ def totals(rows):
         "float32_kib": round((binary + floating) * 4 / 1024, 2),
         "binary_macs": sum(r["binary_macs"] for r in rows),
         "float_macs": sum(r["float_macs"] for r in rows),
+        "ops": count_ops(sum(r["binary_macs"] for r in rows), sum(r["float_macs"] for r in rows)),
     }
 
 
@@ -143,11 +157,10 @@ def format_table(rows):
     lines.append(
         f"{'total':68} {t['binary_params']:>10} {t['float_params']:>10} {t['binary_macs']:>12} {t['float_macs']:>12}"
     )
-    # From the counts, not the KiB rounded to 2 decimals (off by up to 0.1x on a small model).
-    packed_bytes = t["binary_params"] / 8 + t["float_params"] * 4
-    ratio = (t["binary_params"] + t["float_params"]) * 4 / packed_bytes if packed_bytes else float("nan")
+    # No ratio here: the -ta run prints one, that of the packed file it writes (binarized.export).
     lines.append(
-        f"model size: {t['packed_kib']:.2f} KiB with 1-bit weights packed, {t['float32_kib']:.2f} KiB in float32 "
-        f"({ratio:.1f}x smaller)"
+        f"model size: {t['packed_kib']:.2f} KiB with 1-bit weights packed, {t['float32_kib']:.2f} KiB in float32"
     )
+    lines.append(f"OPs {t['ops']} = 32-bit MACs {t['float_macs']} + 1-bit MACs {t['binary_macs']} / "
+                 f"{BINARY_MACS_PER_OP} (Bi-Real Net's count)")
     return "\n".join(lines)

@@ -28,7 +28,7 @@ class Status:
 
     OK = "ok"  # trained; `reward` is its best validation accuracy
     FAILED = "failed"  # raised, diverged, or its worker died; reward 0.0, `error` says why
-    OVER_BUDGET = "over_budget"  # skipped for MAX_MUL_OPS; never trained, reward None
+    OVER_BUDGET = "over_budget"  # skipped for MAX_MUL_OPS or MAX_OPS; never trained, reward None
 
 
 class SearchConfigError(ValueError):
@@ -49,6 +49,7 @@ CONFIG_ADDED = {
     "SURROGATE": "lstm",
     "ENCODER_AUGMENT": False,
     "ENCODER_READOUT": "last",
+    "MAX_OPS": None,
 }
 
 
@@ -116,7 +117,7 @@ class ChildRecord:
         elif self.status == Status.FAILED:
             record.update(reward=0.0, error=self.error, traceback=self.trace)
         else:
-            record.update(reward=None, mul_ops=self.mul_ops)
+            record.update(reward=None, mul_ops=self.mul_ops, **(self.result or {}))  # its costs: a different kind
         if self.predicted_reward is not None:
             record["predicted_reward"] = self.predicted_reward
             if self.encoder_steps is not None:

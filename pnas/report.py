@@ -5,13 +5,17 @@
 Reads `architectures/{EXPERIMENT_NAME}.jsonl` and writes, under
 `logs/{EXPERIMENT_NAME}/`: rewards.png (reward of every child by stage, with
 the best so far), predicted_vs_actual.png (the encoder's prediction against
-the reward, per stage), pareto.png (reward against binary MACs with the Pareto
-front) and summary.txt.
+the reward, per stage), pareto.png (reward against OPs with the Pareto front)
+and summary.txt.
 
-Binary MACs are Larq's: multiply-accumulates with a binary input and a binary
-weight (the record's `footprint.binary_macs`). The record's `mul_ops` is the
-original's count: every MAC of a layer with binary weights, including the
-first layer, which reads the real-valued image (docs/differences.md).
+A child's cost is its OPs, as the binary-network papers count it (Bi-Real Net's
+FLOPs + BOPs / 64): its 32-bit MACs plus its binary MACs / 64 (the record's
+`footprint.ops`, `pnas.footprint.count_ops`). Binary MACs are Larq's:
+multiply-accumulates with a binary input and a binary weight
+(`footprint.binary_macs`); every other MAC is a 32-bit one (`footprint.float_macs`),
+e.g. a binary convolution of a real-valued input (docs/cell-space.md). The
+record's `mul_ops` is the original's count: every MAC of a layer with binary
+weights, whatever its input (docs/differences.md).
 """
 
 import argparse
@@ -63,11 +67,27 @@ def binary_macs(record):
     return record.get("footprint", {}).get("binary_macs")
 
 
+def float_macs(record):
+    """A trained child's 32-bit MACs (every MAC that is not binary); None where not measured."""
+    return record.get("footprint", {}).get("float_macs")
+
+
+def ops(record):
+    """A child's OPs (32-bit MACs + binary MACs / 64, Bi-Real Net's count); None where not measured."""
+    return record.get("footprint", {}).get("ops")
+
+
+def cost_text(record):
+    """'binary MACs B, 32-bit MACs F, OPs O' of a record ('-' for a figure not measured)."""
+    shown = ["-" if value is None else value for value in (binary_macs(record), float_macs(record), ops(record))]
+    return f"binary MACs {shown[0]}, 32-bit MACs {shown[1]}, OPs {shown[2]}"
+
+
 def pareto_front(records):
-    """Records not dominated in (higher reward, fewer binary MACs), by binary MACs."""
+    """Records not dominated in (higher reward, fewer OPs), by OPs."""
     front, best = [], -math.inf
-    measured = [r for r in records if binary_macs(r) is not None]
-    for r in sorted(measured, key=lambda r: (binary_macs(r), -r["reward"])):
+    measured = [r for r in records if ops(r) is not None]
+    for r in sorted(measured, key=lambda r: (ops(r), -r["reward"])):
         if r["reward"] > best:
             front.append(r)
             best = r["reward"]
@@ -142,15 +162,15 @@ def plot_all(records, out_dir):
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for b in stages:
-        rs = [r for r in trained if r["stage"] == b and binary_macs(r) is not None]
-        ax.scatter([binary_macs(r) for r in rs], [r["reward"] for r in rs], s=14, color=colors[b], label=f"b = {b}")
+        rs = [r for r in trained if r["stage"] == b and ops(r) is not None]
+        ax.scatter([ops(r) for r in rs], [r["reward"] for r in rs], s=14, color=colors[b], label=f"b = {b}")
     front = pareto_front(trained)
     if front:
-        ax.step([binary_macs(r) for r in front], [r["reward"] for r in front], where="post", color="red", lw=1)
-        ax.scatter([binary_macs(r) for r in front], [r["reward"] for r in front], s=40, facecolors="none",
+        ax.step([ops(r) for r in front], [r["reward"] for r in front], where="post", color="red", lw=1)
+        ax.scatter([ops(r) for r in front], [r["reward"] for r in front], s=40, facecolors="none",
                    edgecolors="red", label="Pareto front")
     ax.set_xscale("log")
-    ax.set_xlabel("binary MACs per image (binary inputs and weights)")
+    ax.set_xlabel("OPs per image (32-bit MACs + binary MACs / 64)")
     ax.set_ylabel("reward")
     ax.set_title("Accuracy against cost")
     ax.legend(loc="lower right", fontsize=8)
@@ -192,14 +212,16 @@ def final_text(final_records):
     pick = final_pick(final_records)
     lines = [f"Final stage: the {len(final_records)} best cells retrained "
              f"(picked by validation accuracy; the test column chooses nothing):",
-             f"{'#':>4} {'retrains':>8} {'search':>7} {'final':>7} {'test':>7} {'packed KiB':>10}  architecture"]
+             f"{'#':>4} {'retrains':>8} {'search':>7} {'final':>7} {'test':>7} {'OPs':>10} {'packed KiB':>10}  architecture"]
     for r in final_records:
         ok = r["status"] == Status.OK
         reward = f"{r['reward']:7.4f}" if ok else f"{'failed':>7}"
         packed = r.get("footprint", {}).get("packed_kib", float("nan"))
         mark = " <- pick" if pick is not None and r["sr_no"] == pick["sr_no"] else ""
+        cost = ops(r) if ok else None
         lines.append(f"{r['sr_no']:>4} {'#' + str(r['retrains']):>8} {r['proxy_reward']:7.4f} {reward} "
-                     f"{accuracy(r.get('test_accuracy')) if ok else '-':>7} {packed:>10.2f}  {r['architecture']}{mark}")
+                     f"{accuracy(r.get('test_accuracy')) if ok else '-':>7} {'-' if cost is None else cost:>10} "
+                     f"{packed:>10.2f}  {r['architecture']}{mark}")
     return lines
 
 
@@ -207,6 +229,11 @@ def final_pick(final_records):
     """The final stage's pick: the best validation reward of its trainings, ties to the better search reward."""
     trained = [r for r in final_records if r["status"] == Status.OK]
     return min(trained, key=lambda r: (-r["reward"], -r["proxy_reward"], r["sr_no"])) if trained else None
+
+
+def surrogate_title(surrogate):
+    """What the output calls the surrogate of SURROGATE `surrogate`: 'Encoder' (the LSTM, the original's name) or 'Ridge'."""
+    return "Ridge" if surrogate == "ridge" else "Encoder"
 
 
 def summary_text(records, top=5, retrain_args=(), surrogate=None, worker_time=None, final_records=()):
@@ -228,7 +255,8 @@ def summary_text(records, top=5, retrain_args=(), surrogate=None, worker_time=No
     failed = sum(r["status"] == Status.FAILED for r in records)
     skipped = sum(r["status"] == Status.OVER_BUDGET for r in records)
     lines = [f"{len(trained) + failed} children: {len(trained)} trained, {failed} failed"
-             + (f"; {skipped} candidate{'s' * (skipped != 1)} over the op budget (MAX_MUL_OPS) skipped" if skipped else "")]
+             + (f"; {skipped} candidate{'s' * (skipped != 1)} over the op budget (MAX_MUL_OPS, MAX_OPS) skipped"
+                if skipped else "")]
     if surrogate is not None and any(r["stage"] > 1 for r in records):
         lines.append(f"Candidates ranked by {SURROGATE_NAMES.get(surrogate, repr(surrogate))}")
     idle = idle_line(worker_time)
@@ -239,15 +267,17 @@ def summary_text(records, top=5, retrain_args=(), surrogate=None, worker_time=No
         if value is not None:
             steps = [r["encoder_steps"] for r in records if r["stage"] == b and r.get("encoder_steps") is not None]
             after = f" (ranked after {steps[0]} encoder gradient steps)" if steps else ""
-            lines.append(f"Encoder Spearman rank correlation at b = {b}: {value:.3f}{after}")
+            lines.append(f"{surrogate_title(surrogate)} Spearman rank correlation at b = {b}: {value:.3f}{after}")
     if not trained:
         return "\n".join(lines) + "\n"
     lines.append(f"Top {min(top, len(trained))} architectures:")
-    lines.append(f"{'#':>4} {'reward':>7} {'test':>7} {'bin. MACs':>10} {'packed KiB':>10}  architecture")
+    lines.append(f"{'#':>4} {'reward':>7} {'test':>7} {'bin. MACs':>10} {'32b MACs':>10} {'OPs':>10} {'packed KiB':>10}"
+                 "  architecture")
     ranked = sorted(trained, key=lambda r: -r["reward"])[:top]
     for r in ranked:
         packed = r.get("footprint", {}).get("packed_kib", float("nan"))
-        lines.append(f"{r['sr_no']:>4} {r['reward']:7.4f} {accuracy(r['test_accuracy']):>7} {binary_macs(r) if binary_macs(r) is not None else '-':>10} "
+        costs = " ".join(f"{'-' if value is None else value:>10}" for value in (binary_macs(r), float_macs(r), ops(r)))
+        lines.append(f"{r['sr_no']:>4} {r['reward']:7.4f} {accuracy(r['test_accuracy']):>7} {costs} "
                      f"{packed:>10.2f}  {r['architecture']}")
     best = ranked[0]
     final = final_text(list(final_records))
@@ -286,7 +316,7 @@ def report(exp_name, root="."):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Plots and summary of a search, from its records.")
+    parser = argparse.ArgumentParser(prog="python -m pnas.report", description="Plots and summary of a search, from its records.")
     parser.add_argument("experiment_name")
     parser.add_argument("--root", default=".", help="folder holding architectures/ and logs/")
     args = parser.parse_args(argv)

@@ -15,7 +15,7 @@ import time
 import keras
 
 from mnist.files import copy_atomic
-from pnas import report
+from pnas import footprint, report
 from pnas.encoder import StateSpace, new_surrogate, surrogate_class
 from pnas.model import model_fn
 from pnas.paths import ExperimentPaths
@@ -88,7 +88,7 @@ class Search:
         self.final_encoder = final_encoder
         self.consecutive_failures = 0
         self.start_time = time.time()
-        self._mul_ops = {}
+        self._costs = {}
         self._stage_clock = {}  # b -> when this run started stage b, its children finished since, seconds
         self._stage_sizes = None
 
@@ -153,33 +153,49 @@ class Search:
             how = "a closed-form ridge fit"
         else:
             how = f"{encoder.steps - steps_before} gradient steps ({encoder.steps} in all)"
-        print(f"Encoder trained on {len(seen)} children after b = {b}: {how}, loss {loss:.5f}")
+        print(f"{report.surrogate_title(self.config.encoder.surrogate)} trained on {len(seen)} children after b = {b}: "
+              f"{how}, loss {loss:.5f}")
         return encoder
 
-    def mul_ops(self, child):
-        """The child's binary multiply-accumulates (builds it; cached)."""
+    def cost(self, child):
+        """The child's mul_ops and footprint (binary and 32-bit MACs, OPs): built, not trained; cached."""
         key = tuple(child)
-        if key not in self._mul_ops:
+        if key not in self._costs:
             # Only counted, never traced: no full garbage collection per child.
             keras.backend.clear_session(free_memory=False)
-            _, self._mul_ops[key] = model_fn(self.state_space.parse(child), **self.config.child.model_kwargs())
-        return self._mul_ops[key]
+            model, mul_ops = model_fn(self.state_space.parse(child), **self.config.child.model_kwargs())
+            self._costs[key] = {"mul_ops": mul_ops, "footprint": footprint.summary(model)}
+        return self._costs[key]
+
+    def mul_ops(self, child):
+        """The child's mul_ops (the original's count, budgeted by MAX_MUL_OPS)."""
+        return self.cost(child)["mul_ops"]
+
+    def _budgets(self):
+        """[(setting name, budget, the child's cost under it)] of the op budgets that are set."""
+        budgets = [("MAX_MUL_OPS", self.config.max_mul_ops, lambda cost: cost["mul_ops"]),
+                   ("MAX_OPS", self.config.max_ops, lambda cost: cost["footprint"]["ops"])]
+        return [(name, budget, of) for name, budget, of in budgets if budget is not None]
+
+    def _budget_text(self):
+        return " and ".join(f"{name}={budget}" for name, budget, _ in self._budgets())
 
     def within_budget(self, b, child):
-        """False (and recorded as over budget) when the child exceeds MAX_MUL_OPS."""
-        budget = self.config.max_mul_ops
-        if budget is None:
+        """False (and recorded as over budget, with its costs) when the child exceeds MAX_MUL_OPS or MAX_OPS."""
+        budgets = self._budgets()
+        if not budgets:
             return True
-        mul_ops = self.mul_ops(child)
-        if mul_ops <= budget:
+        cost = self.cost(child)
+        if all(of(cost) <= budget for _, budget, of in budgets):
             return True
-        self.state.add_over_budget(self._record(b, child, Status.OVER_BUDGET, mul_ops=mul_ops))
+        self.state.add_over_budget(self._record(b, child, Status.OVER_BUDGET, mul_ops=cost["mul_ops"],
+                                                result={"footprint": cost["footprint"]}))
         return False
 
     def decide(self, b):
         """The beam of stage b: all 1-block cells, else the encoder's top K_.
 
-        Children above MAX_MUL_OPS are recorded as over budget and skipped;
+        Children above MAX_MUL_OPS or MAX_OPS are recorded as over budget and skipped;
         the next ones in rank order take their place.
         """
         beam = self.state.beam(b)
@@ -194,9 +210,9 @@ class Search:
             ranked = encoder.rank(self.state_space.expand(parents))
             write_scores(self.paths.scores(b), self.state_space, ranked)
             beam, predicted = top_k(ranked, self.config.encoder.k, accept=lambda child: self.within_budget(b, child))
-        if self.config.max_mul_ops is not None:
+        if self._budgets():
             skipped = len(self.state.over_budget(stage=b))
-            print(f"b = {b}: {skipped} candidates over MAX_MUL_OPS={self.config.max_mul_ops} skipped")
+            print(f"b = {b}: {skipped} candidates over {self._budget_text()} skipped")
         self.state.set_beam(b, beam, predicted)
         write_logs(self.state, self.state_space, self.paths)
         return beam
@@ -254,21 +270,24 @@ class Search:
         print(
             f"  {number}reward {record['reward']:.4f}, "
             f"test {report.accuracy(record['test_accuracy'])}, "
-            f"binary MACs {report.binary_macs(record) if report.binary_macs(record) is not None else '-'}, "
+            f"{report.cost_text(record)}, "
             f"{record['footprint']['packed_kib']:.1f} KiB packed, "
             f"{record['seconds']:.1f}s"
         )
 
     def _no_candidate_within_budget(self, b):
-        """Ends the search at stage b, whose candidates all exceed MAX_MUL_OPS; at b = 1 it cannot start."""
-        budget = self.config.max_mul_ops
+        """Ends the search at stage b, whose candidates all exceed the op budget; at b = 1 it cannot start."""
         if b == 1:
-            cheapest = min(r["mul_ops"] for r in self.state.over_budget(stage=1))
-            raise SearchAborted(
-                f"no 1-block child is within MAX_MUL_OPS={budget} (the cheapest has {cheapest} multiply-accumulates); "
-                "rerun with a larger MAX_MUL_OPS and --OVERWRITE=True"
+            over = self.state.over_budget(stage=1)
+            cheapest = ", ".join(
+                f"{name}: the cheapest has {min(of(r) for r in over)}"
+                for name, _, of in self._budgets()
             )
-        print(f"---- B= {b}: no candidate within MAX_MUL_OPS={budget}; the search ends at b = {b - 1} ----")
+            raise SearchAborted(
+                f"no 1-block child is within {self._budget_text()} ({cheapest}); "
+                f"rerun with a larger {' or '.join(name for name, _, _ in self._budgets())} and --OVERWRITE=True"
+            )
+        print(f"---- B= {b}: no candidate within {self._budget_text()}; the search ends at b = {b - 1} ----")
 
     # ------------------------------------------------------------------- loop
     def _progress(self, b, i, n_beam, sr_no, total):
@@ -306,7 +325,8 @@ class Search:
                 after = f", ranked after {steps} gradient steps"
             else:
                 after = ", ranked by a closed-form ridge fit" if self.config.encoder.surrogate == "ridge" else ""
-            print(f"Encoder Spearman rank correlation at b = {b}: {shown} (held out: {n} children "
+            print(f"{report.surrogate_title(self.config.encoder.surrogate)} Spearman rank correlation at b = {b}: "
+                  f"{shown} (held out: {n} children "
                   f"predicted before they trained{after})")
         write_logs(self.state, self.state_space, self.paths)
         if not self.plots:
@@ -458,7 +478,7 @@ class Search:
             print(f"  {number}FAILED: {data['error']}")
             return
         print(f"  {number}reward {data['reward']:.4f} (search reward {searched['reward']:.4f}), "
-              f"test {report.accuracy(data['test_accuracy'])}, {data['seconds']:.1f}s")
+              f"test {report.accuracy(data['test_accuracy'])}, {report.cost_text(data)}, {data['seconds']:.1f}s")
 
 
 def top_k(ranked, k, accept=None):

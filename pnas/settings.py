@@ -1,6 +1,7 @@
 """Command-line overrides of the train.py settings: one rule to read them, their validation, the --help text."""
 
 import ast
+import difflib
 import io
 import os
 import re
@@ -74,9 +75,13 @@ def parse_value(name, text, default, types=None):
         raise SettingsError(f"--{name}={text} is not a Python literal; write e.g. {example}")
     if not _type_ok(value, default, name, types):
         expected = " or ".join(t.__name__ for t in types.get(name, (type(default),)))
+        if isinstance(value, float) and value.is_integer() and _type_ok(int(value), default, name, types):
+            example = f"{format_override(name, int(value))} (an int)"  # --TRAIN_SIZE=1e3 means 1000
+        else:
+            example = f"{example} (the default)"
         raise SettingsError(
             f"--{name} must be of type {expected}, received {value!r} ({type(value).__name__}); "
-            f"write e.g. {example} (the default)"
+            f"write e.g. {example}"
         )
     if isinstance(default, float) and isinstance(value, int):
         value = float(value)
@@ -102,17 +107,32 @@ def apply_overrides(defaults, args, types=None):
     settings = dict(defaults)
     types = types or {}
     overridden = []
+    given = {}
     for arg in args:
         if not arg.startswith("--") or "=" not in arg:
             raise SettingsError(f"cannot read argument {arg!r}: overrides take the form --NAME=value; write e.g. --B=2")
         name, text = arg[2:].split("=", 1)
         if name not in defaults:
-            raise SettingsError(
-                f"unknown setting {name!r}; the settings are: {', '.join(sorted(defaults))} (python train.py --help)"
-            )
+            raise SettingsError(_unknown_name(name, text, defaults))
+        if name in given:
+            # Last-wins would run a setting the user may not have meant: say which one, once.
+            raise SettingsError(f"{name} is given twice ({given[name]} and {arg}); give it once, e.g. {arg}")
+        given[name] = arg
         settings[name] = parse_value(name, text, defaults[name], types)
         overridden.append(name)
     return settings, overridden
+
+
+def _unknown_name(name, text, defaults):
+    """The refusal of `--name=text` for a name that is no setting: the near misses, or else every name."""
+    by_upper = {known.upper(): known for known in defaults}
+    near = [by_upper[name.upper()]] if name.upper() in by_upper else [
+        by_upper[m] for m in difflib.get_close_matches(name.upper(), list(by_upper), n=3, cutoff=0.75)
+    ]
+    if near:
+        fixes = " or ".join(f"--{known}={text}" for known in near)
+        return f"unknown setting {name!r}; did you mean {fixes} (python train.py --help lists every setting)"
+    return f"unknown setting {name!r}; the settings are: {', '.join(sorted(defaults))} (python train.py --help)"
 
 
 def _require_one_of(settings, name, choices):
@@ -202,6 +222,8 @@ def _check_surrogate(s):
         raise SettingsError(
             f"ENCODER_BATCHSIZE must be None or >= 1, received {s['ENCODER_BATCHSIZE']}; write e.g. --ENCODER_BATCHSIZE=1"
         )
+    if s["REGULARIZATION"] < 0:
+        raise SettingsError(f"REGULARIZATION must be >= 0, received {s['REGULARIZATION']}; write e.g. --REGULARIZATION=0")
     if not s["ENCODER_LR"] > 0:
         raise SettingsError(f"ENCODER_LR must be > 0, received {s['ENCODER_LR']}; write e.g. --ENCODER_LR=0.001")
     _require_one_of(s, "SURROGATE", SURROGATES)
@@ -216,8 +238,9 @@ def _check_surrogate(s):
 
 def _check_space(s):
     """The op budget and the blocks' inputs."""
-    if s["MAX_MUL_OPS"] is not None and not s["MAX_MUL_OPS"] > 0:
-        raise SettingsError(f"MAX_MUL_OPS must be None or > 0, received {s['MAX_MUL_OPS']}; write e.g. --MAX_MUL_OPS=None")
+    for name in ("MAX_MUL_OPS", "MAX_OPS"):
+        if s[name] is not None and not s[name] > 0:
+            raise SettingsError(f"{name} must be None or > 0, received {s[name]}; write e.g. --{name}=None")
     if s["INPUT_LOOKBACK_DEPTH"] not in (0, -1):
         raise SettingsError(
             "INPUT_LOOKBACK_DEPTH must be 0 (blocks read the cell input) or -1 (also the previous cell's "
@@ -256,6 +279,16 @@ def _check_child(s):
 
 def _check_training(s):
     """A child's training and the experiment's name."""
+    if s["VERBOSE"] not in (0, 1, 2):
+        raise SettingsError(
+            f"VERBOSE must be 0 (silent), 1 (progress bar) or 2 (one line per epoch), received {s['VERBOSE']}; "
+            "write e.g. --VERBOSE=2"
+        )
+    if not 0 <= s["SEED"] < 2**32:
+        raise SettingsError(f"SEED must be an int in [0, 2**32), received {s['SEED']}; write e.g. --SEED=0")
+    for name in ("DROP_INPUT", "DROP_HIDDEN"):
+        if not 0 <= s[name] < 1:
+            raise SettingsError(f"{name} is a dropout rate in [0, 1), received {s[name]}; write e.g. --{name}=0.2")
     dropout = s["DROPOUT"]
     if len(dropout) != 3 or not isinstance(dropout[0], bool) or not all(0 <= r < 1 for r in dropout[1:]):
         raise SettingsError(

@@ -129,8 +129,11 @@ def test_print_total_models_counts_the_stages_of_the_search(lookback, lookforwar
 def test_print_state_space_names_the_previous_cell_input(capsys):
     StateSpace(3, DEFAULT_OPS, -1, None).print_state_space()
     out = capsys.readouterr().out
-    assert "Block inputs: [-1, 0, 1, 2] (-1 = previous cell's input, 0 = cell input" in out
+    assert "Block inputs: block 1 [-1, 0], block 2 [-1, 0, 1], block 3 [-1, 0, 1, 2] (-1 = previous cell's input" in out
     assert "Input lookback depth: -1" in out and "Input lookforward depth: None" in out
+    # train.py's lookforward 0: no block reads another, though 1 is an input value of the space.
+    StateSpace(2, DEFAULT_OPS).print_state_space()
+    assert "Block inputs: block 1 [0], block 2 [0] (0 = cell input" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("lookforward", [0, 1, None])

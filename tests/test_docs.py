@@ -96,3 +96,27 @@ def test_every_module_is_named_in_the_readme_layout():
     }
     assert modules - named == set(), "modules missing from the README's layout"
     assert named - modules - {"train.py"} == set(), "the layout names modules that do not exist"
+
+
+LIBRARY = os.path.join(REPO_ROOT, "docs", "library.md")
+SNIPPETS = re.findall(r"^```python\n(.*?)^```", _read(LIBRARY), flags=re.M | re.S)
+
+
+def test_library_md_holds_its_python_examples():
+    assert len(SNIPPETS) == 3 and all("import_keras_quietly()" in code for code in SNIPPETS)
+
+
+@pytest.mark.slow  # each imports TensorFlow
+@pytest.mark.parametrize("index", range(len(SNIPPETS)))
+def test_every_library_example_runs_without_a_tensorflow_line(index, tmp_path):
+    import subprocess
+    import sys
+
+    # The user's environment as it comes: no TF_CPP_MIN_LOG_LEVEL of their own.
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = REPO_ROOT
+    result = subprocess.run([sys.executable, "-c", SNIPPETS[index]], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""
+    assert not re.search(r"absl|oneDNN|cuInit|cuda|tensorflow", result.stdout, flags=re.I), result.stdout

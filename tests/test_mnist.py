@@ -442,3 +442,33 @@ def test_real_mnist_class_counts_and_splits(mnist_real_dir):
     np.testing.assert_array_equal(y_val.argmax(axis=1), train_labels[:5000])
     np.testing.assert_array_equal(y_train.argmax(axis=1), train_labels[5000:])
     np.testing.assert_allclose(x_train[0, ..., 0], train_images[5000] / 127.5 - 1, atol=1e-6)
+
+
+def test_the_default_data_folder_is_where_the_user_works_not_inside_the_package(tmp_path):
+    """An installed copy of the package, run from another folder with MNIST_DATA_DIR unset."""
+    import shutil
+
+    site = tmp_path / "site-packages"
+    shutil.copytree(pathlib.Path(download_mnist.__file__).parent, site / "mnist",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("MNIST_DATA_DIR", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(site)
+    code = "import mnist.download_mnist as d; print(d.__file__); print(d.default_data_dir())"
+    result = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    module, data_dir = result.stdout.splitlines()
+    assert pathlib.Path(module).parent == site / "mnist"  # the copy, not the repository's
+    assert pathlib.Path(data_dir) == work / "data" / "mnist"
+    assert site not in pathlib.Path(data_dir).parents
+
+
+def test_the_download_script_says_each_thing_once(mnist_dir):
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_DATA_DIR"}
+    result = subprocess.run([sys.executable, "-m", "mnist.download_mnist", "--data-dir", str(mnist_dir)],
+                            cwd=pathlib.Path(download_mnist.__file__).parents[1], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout == f"MNIST ready: 4 verified files in {mnist_dir}\n"

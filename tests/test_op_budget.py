@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import csv  # noqa: E402
+import re  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -181,3 +182,33 @@ def test_search_records_the_encoder_spearman_of_stage_2(budget_search):
     assert [r for r in _jsonl(paths.records) if r["status"] == "ok"] == records
     for name in PLOTS:
         assert is_png(os.path.join(paths.exp_log_dir, name))
+
+
+def test_max_ops_skips_the_children_above_it_and_records_their_costs(tmp_path, capsys):
+    """MAX_OPS budgets OPs (32-bit MACs + binary MACs / 64); a skipped candidate's record carries its costs."""
+
+    def run_child(self, child, sr_no):
+        cost = self.cost(child)
+        return {"reward": 0.5, "best_epoch": 1, "val_accuracy": [0.5], "test_accuracy": 0.5,
+                "mul_ops": cost["mul_ops"], "params": 1, "footprint": cost["footprint"], "seconds": 0.0}
+
+    dataset = _dataset(n_train=32, n_val=16, n_test=16)
+    probe = search_with(run_child, flow_config(B=1), dataset, SearchPaths("probe", root=str(tmp_path)))
+    costs = {c: probe.cost(c) for c in SPACE.initial_children()}
+    for cost in costs.values():
+        footprint = cost["footprint"]
+        assert footprint["ops"] == round(footprint["float_macs"] + footprint["binary_macs"] / 64)
+    budget = sorted(c["footprint"]["ops"] for c in costs.values())[1]
+    paths = SearchPaths("tiny", root=str(tmp_path))
+    records = search_with(run_child, flow_config(B=1, MAX_OPS=budget), dataset, paths).run()
+    assert sorted(tuple(r["child"]) for r in records) == sorted(
+        c for c, cost in costs.items() if cost["footprint"]["ops"] <= budget
+    )
+    over = [r for r in _jsonl(paths.records) if r["status"] == "over_budget"]
+    assert [tuple(r["child"]) for r in over] == [c for c, cost in costs.items() if cost["footprint"]["ops"] > budget]
+    for r in over:  # a different kind of record: never trained, its costs as a trained child's
+        assert r["reward"] is None and "sr_no" not in r
+        assert (r["mul_ops"], r["footprint"]) == (costs[tuple(r["child"])]["mul_ops"], costs[tuple(r["child"])]["footprint"])
+    out = capsys.readouterr().out
+    assert f"b = 1: 1 candidates over MAX_OPS={budget} skipped" in out
+    assert re.search(r"reward 0\.5000, test 0\.5000, binary MACs \d+, 32-bit MACs \d+, OPs \d+, ", out)

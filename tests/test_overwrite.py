@@ -70,7 +70,8 @@ def test_overwrite_leaves_no_file_of_the_old_search_but_the_encoder_restore_cont
     assert _files(tmp_path) == before
 
     # Two children side by side (where children train does not define a search): each epoch line names its child.
-    second = _train(tmp_path, *TINY, "--B=1", "--OVERWRITE=True", "--RUNNER=processes", "--PARALLEL_CHILDREN=2",
+    others = [a for a in TINY if not a.startswith(("--RUNNER=", "--VERBOSE="))]  # a name given twice is refused
+    second = _train(tmp_path, *others, "--B=1", "--OVERWRITE=True", "--RUNNER=processes", "--PARALLEL_CHILDREN=2",
                     "--VERBOSE=2")
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
     assert "OVERWRITE: removed the" in second.stdout

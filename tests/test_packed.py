@@ -270,3 +270,17 @@ def test_cli_exports_and_refuses_an_unsupported_layer(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "float_conv" in err[0] and "Conv2D" in err[0]
     assert not out_path.exists() and [p for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+
+
+def test_a_missing_file_or_folder_is_named_not_mistaken_for_a_damaged_file(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError):
+        packed.PackedModel.load(str(tmp_path / "missing.bnn.npz"))
+    # The export writes into an existing folder only: a mistyped path creates nothing.
+    model = _child([0, "3x3 bconv", 0, "3x3 maxpool"], [3], dense=(10,))
+    with pytest.raises(FileNotFoundError, match="its folder .*nowhere does not exist"):
+        export(model, str(tmp_path / "nowhere" / "out.npz"))
+    model.save(tmp_path / "good.keras")
+    assert export_main([str(tmp_path / "good.keras"), str(tmp_path / "nowhere" / "out.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write ") and "does not exist" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.keras"]

@@ -295,7 +295,8 @@ def test_a_lost_ray_head_stops_the_search_with_one_line_and_processes_resume_it(
     kept = [json.loads(line) for line in records.read_text().splitlines()]
     assert kept and all(r["status"] == "ok" for r in kept)  # no child failed for the lost head
     # On this machine's worker processes, the search goes on from the records.
-    resumed = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args, "--RUNNER='processes'"],
+    on_this_machine = [a for a in args if not a.startswith("--RUNNER=")]  # a name given twice is refused
+    resumed = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *on_this_machine, "--RUNNER='processes'"],
                              cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=1200)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"Resuming: {len(kept)} children already trained." in resumed.stdout

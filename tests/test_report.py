@@ -67,7 +67,8 @@ def _ok_record(sr_no, stage, child, reward, mul_ops, predicted=None):
         "representation_string": SPACE.representation_string(child), "status": "ok",
         "reward": reward, "test_accuracy": reward - 0.01, "mul_ops": mul_ops,
         # Binary MACs below mul_ops: the first layer's MACs on the real-valued image are not binary.
-        "footprint": {"packed_kib": mul_ops / 10000, "float32_kib": mul_ops / 300, "binary_macs": mul_ops - 1000},
+        "footprint": {"packed_kib": mul_ops / 10000, "float32_kib": mul_ops / 300, "binary_macs": mul_ops - 1000,
+                      "float_macs": 1000, "ops": round(1000 + (mul_ops - 1000) / 64)},
     }
     if predicted is not None:
         record["predicted_reward"] = predicted
@@ -113,15 +114,16 @@ def test_report_regenerates_the_plots_and_summary_from_the_records(tmp_path):
     summary = (out / "summary.txt").read_text()
     assert result.stdout == summary + f"Plots written to {tmp_path / 'logs' / 'hand'}/\n"
     lines = summary.splitlines()
-    assert lines[0] == "7 children: 6 trained, 1 failed; 1 candidate over the op budget (MAX_MUL_OPS) skipped"
+    assert lines[0] == "7 children: 6 trained, 1 failed; 1 candidate over the op budget (MAX_MUL_OPS, MAX_OPS) skipped"
     # Stage 2: predictions 0.7, 0.6, 0.5 against rewards 0.90, 0.85, 0.50 (the failed child left out).
     assert lines[1] == "Encoder Spearman rank correlation at b = 2: 1.000"
     assert lines[2] == "Top 5 architectures:"
     rows = lines[4:9]
     assert [int(row.split()[0]) for row in rows] == [4, 5, 1, 2, 7]  # by reward; sr_no 3 (0.40) left out
     best = records[3]
-    assert lines[3].split()[3:5] == ["bin.", "MACs"]
-    assert rows[0].split()[:5] == ["4", "0.9000", "0.8900", "32712", "3.37"]  # binary MACs, not mul_ops
+    assert lines[3].split()[3:8] == ["bin.", "MACs", "32b", "MACs", "OPs"]
+    # Binary MACs, 32-bit MACs and OPs (1000 + 32712 / 64), not mul_ops.
+    assert rows[0].split()[:7] == ["4", "0.9000", "0.8900", "32712", "1000", "1511", "3.37"]
     assert rows[0].endswith(str(best["architecture"]))
     assert lines[9] == "Retrain the best:"
     assert lines[10] == (
@@ -146,9 +148,20 @@ def test_report_of_a_missing_search_exits_2_with_one_error_line(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_the_summary_calls_the_ridge_ridge_and_the_lstm_encoder():
+    records = _hand_records()
+    assert "\nRidge Spearman rank correlation at b = 2: 1.000\n" in report.summary_text(records, surrogate="ridge")
+    assert "\nEncoder Spearman rank correlation at b = 2: 1.000\n" in report.summary_text(records, surrogate="lstm")
+
+
 def test_pareto_front_on_a_hand_made_set():
     points = [(100, 0.5), (200, 0.4), (200, 0.6), (300, 0.6), (400, 0.9), (50, 0.1), (500, 0.8), (50, 0.05)]
-    records = [{"footprint": {"binary_macs": m}, "reward": r} for m, r in points]
+    # The cost is OPs: binary MACs alone would put the first (all float work) cheapest.
+    records = [{"footprint": {"binary_macs": 0, "ops": m}, "reward": r} for m, r in points]
+    records.append({"footprint": {"binary_macs": 0, "ops": 10**6}, "reward": 0.95})
     front = report.pareto_front(records)
-    assert [(report.binary_macs(r), r["reward"]) for r in front] == [(50, 0.1), (100, 0.5), (200, 0.6), (400, 0.9)]
+    assert [(report.ops(r), r["reward"]) for r in front] == [
+        (50, 0.1), (100, 0.5), (200, 0.6), (400, 0.9), (10**6, 0.95)
+    ]
     assert report.pareto_front([]) == []
+    assert report.cost_text(records[0]) == "binary MACs 0, 32-bit MACs -, OPs 100"

@@ -113,8 +113,9 @@ def test_the_derived_setting_lists_are_those_kept_by_hand_before():
         "MAX_MUL_OPS", "ENCODER_ENSEMBLE", "ENCODER_BATCHSIZE", "ENCODER_LR", "ENCODER_TARGETS",
         "SURROGATE",  # added since; earlier saved searches ran with 'lstm' (pnas.records.CONFIG_ADDED)
         "ENCODER_AUGMENT", "ENCODER_READOUT",  # added since; earlier: False, 'last'
+        "MAX_OPS",  # added since; earlier: None
     }
-    assert len(IDENTITY) == len(set(IDENTITY)) == 30
+    assert len(IDENTITY) == len(set(IDENTITY)) == 31
     assert set(RETRAIN_SETTINGS) == {
         "EXPERIMENT_NAME", "B", "operators", "INPUT_LOOKBACK_DEPTH", "INPUT_LOOKFORWARD_DEPTH", "NUM_CELLS",
         "NUM_CELL_FILTERS", "DENSE_LAYERS", "DROP_INPUT", "DROP_HIDDEN", "DROPOUT", "BATCHSIZE", "USE_EXPANSION",
@@ -123,6 +124,7 @@ def test_the_derived_setting_lists_are_those_kept_by_hand_before():
     none = type(None)
     assert TYPES == {
         "TRAIN_SIZE": (int, none), "INPUT_LOOKFORWARD_DEPTH": (int, none), "MAX_MUL_OPS": (int, float, none),
+        "MAX_OPS": (int, float, none),
         "BINARY_H": (str, int, float), "KERNEL_LR_MULTIPLIER": (str, int, float, none),
         "ENCODER_BATCHSIZE": (int, none), "RAY_ADDRESS": (str, none), "RAY_CPUS_PER_CHILD": (int, float),
         "RAY_GPUS_PER_CHILD": (int, float), "FINAL_TRAIN_SIZE": (int, none),
@@ -170,6 +172,13 @@ BAD = {
     "dropout": ("--DROPOUT=(True, 0.2, 1.5)", "DROPOUT must be (bool, input rate, hidden rate)"),
     "learning rates": ("--LR_END=0.1", "need 0 < LR_END <= LR_START"),
     "experiment name": ("--EXPERIMENT_NAME=a/b", "EXPERIMENT_NAME must be a plain file name"),
+    "given twice": ("--B=1|--B=2", "B is given twice (--B=1 and --B=2); give it once, e.g. --B=2"),
+    "verbose out of range": ("--VERBOSE=3", "VERBOSE must be 0 (silent), 1 (progress bar) or 2"),
+    "dropout rate": ("--DROP_INPUT=1.5", "DROP_INPUT is a dropout rate in [0, 1)"),
+    "negative regularization": ("--REGULARIZATION=-1", "REGULARIZATION must be >= 0"),
+    "near miss": ("--MAX_EPOCH=1", "unknown setting 'MAX_EPOCH'; did you mean --MAX_EPOCHS=1 "),
+    "other case": ("--b=2", "did you mean --B=2 "),
+    "float for an int": ("--TRAIN_SIZE=1e3", "write e.g. --TRAIN_SIZE=1000 (an int)"),
 }
 
 
@@ -182,6 +191,37 @@ def test_a_bad_setting_is_one_error_line_and_exit_2(case, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     assert expected in err[0]
+
+
+def test_a_near_miss_names_the_setting_meant_in_a_short_line(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--MAX_EPOCH=1"])
+    line = capsys.readouterr().err.strip()
+    assert len(line) < 400 and "MAX_EPOCHS" in line and "TRAIN_SIZE" not in line  # not every name
+    with pytest.raises(SystemExit):
+        train.parse_args(["--NOT_A_SETTING=1"])  # no near miss: every name
+    assert "TRAIN_SIZE" in capsys.readouterr().err
+
+
+def test_a_refused_run_prints_its_error_line_only_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for args in (["--B=1", "--B=2"], ["--VERBOSE=3"], ["--MAX_EPOCH=1"], ["--TRAIN_SIZE=1e3"]):
+        with pytest.raises(SystemExit) as info:
+            train.main(args)
+        assert info.value.code == 2
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1
+        assert os.listdir(tmp_path) == []
+
+
+def test_the_settings_printed_are_those_that_differ_from_train_pys():
+    _, s, _ = train.parse_args(["--B=2", "--VERBOSE=0", "--operators=['3x3 bconv']"])
+    assert train.settings_lines(s) == [
+        "Settings that differ from train.py's (python train.py --help lists the defaults):",
+        "  VERBOSE = 0", "  B = 2", "  operators = ['3x3 bconv']",
+    ]
+    _, s, _ = train.parse_args([f"--B={train.B}"])  # given, but train.py's value
+    assert train.settings_lines(s) == ["Settings: train.py's defaults (python train.py --help lists them)"]
 
 
 def test_overrides_are_typed_and_dropout_follows_its_rates():

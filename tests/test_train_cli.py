@@ -49,6 +49,12 @@ TINY = [
 SPACE = StateSpace(2, OPS)
 
 
+def _tiny_with(*args):
+    """TINY with `args` in place of the TINY overrides of the same names (a name given twice is refused)."""
+    names = {a.split("=", 1)[0] for a in args if a.startswith("--")}
+    return [a for a in TINY if a.split("=", 1)[0] not in names] + list(args)
+
+
 def _records(folder):
     with open(pathlib.Path(folder) / "architectures" / f"{NAME}.jsonl") as f:
         return [json.loads(line) for line in f]
@@ -210,6 +216,10 @@ BAD_INPUT = {
     "unwritable output": ([], _unwritable, "architectures"),
     # Nothing listens on the discard port: one line before anything is written (tests/test_ray_runner.py).
     "no Ray cluster": (["--RUNNER='ray'", "--RAY_ADDRESS='127.0.0.1:9'"], None, ("RAY_ADDRESS", "ray start --head")),
+    "a name twice": (["--B=1", "--B=2"], None, "B is given twice"),
+    "out of range": (["--VERBOSE=3"], None, "VERBOSE must be 0"),
+    "near miss": (["--MAX_EPOCH=1"], None, "did you mean --MAX_EPOCHS=1"),
+    "float for an int": (["--TRAIN_SIZE=1e3"], None, "--TRAIN_SIZE=1000"),
 }
 # The other settings errors are tested in this process (tests/test_settings.py).
 
@@ -223,8 +233,7 @@ def bad_input_runs(mnist_dir, tmp_path_factory):
         folder = tmp_path_factory.mktemp("bad")
         extra = setup(folder) if setup else {}
         before = sorted(os.listdir(folder))
-        # Last argument wins: the tiny settings first, the bad one after.
-        result = _train(folder, *TINY, *args, env=extra.get("env"))
+        result = _train(folder, *_tiny_with(*args), env=extra.get("env"))
         return case, (folder, before, result)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
@@ -243,6 +252,9 @@ def test_bad_input_exits_2_with_one_error_line_and_writes_nothing(bad_input_runs
         assert text in lines[0]
     assert "Traceback" not in result.stdout + result.stderr
     assert sorted(os.listdir(folder)) == before
+    assert "Settings" not in result.stdout  # printed once the input has passed every check
+    if case == "near miss":
+        assert len(lines[0]) < 400
 
 
 def test_a_corrupt_mnist_file_is_reported_on_stdout_before_the_error(bad_input_runs):
@@ -314,15 +326,39 @@ def test_other_settings_under_the_same_name_need_overwrite(reference, tmp_path):
     assert "already finished" in result.stdout
     assert _log(folder) == log
 
-    result = _train(folder, *TINY, "--MAX_EPOCHS=2")
+    result = _train(folder, *_tiny_with("--MAX_EPOCHS=2"))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "--OVERWRITE=True" in lines[0] and "MAX_EPOCHS" in lines[0]
     assert (folder / "architectures" / f"{NAME}.jsonl").read_text() == records
 
-    _ok(_train(folder, *TINY, "--MAX_EPOCHS=2", "--B=1", "--OVERWRITE=True"))
+    _ok(_train(folder, *_tiny_with("--MAX_EPOCHS=2", "--B=1", "--OVERWRITE=True")))
     new = _records(folder)
     assert [r["sr_no"] for r in new] == [1, 2, 3]
     assert all(len(r["val_accuracy"]) == 2 for r in new)
     assert _log(folder).count("Architectures ---- ") == 1  # B=1: one stage
+
+
+# ------------------------------------------------------------- retrain what the log says
+def test_a_string_of_the_log_retrains_the_logged_cell_under_the_search_s_name(mnist_dir, tmp_path):
+    """A B=1 search of 4 operators, then -ta True of a string of its .jsonl with no operators given."""
+    ops = ["3x3 bconv", "3x3 maxpool", "linear", "3x3 avgpool"]
+    small = ["--TRAIN_SIZE=500", "--NUM_CELLS=1", "--NUM_CELL_FILTERS=[4]", "--DENSE_LAYERS=[10]", "--VERBOSE=0",
+             "--EXPERIMENT_NAME=four"]
+    _ok(_train(tmp_path, f"--operators={ops!r}", "--B=1", "--MAX_EPOCHS=1", "--SURROGATE=ridge", "--RUNNER=inline",
+               "--TEST_CHILDREN=False", *small))
+    records = [json.loads(line) for line in (tmp_path / "architectures" / "four.jsonl").read_text().splitlines()]
+    logged = next(r for r in records if r["architecture"] == [0, "3x3 avgpool", 0, "3x3 avgpool"])
+    result = _ok(_train(tmp_path, "-ta", "True", "--B=1", f"--REPRESENTATION_STRING={logged['representation_string']}",
+                        "--NUM_EPOCHS=1", *small))
+    assert re.findall(r"^Training architecture (.*) for 1 epochs$", result.stdout, flags=re.M) == [
+        str(logged["architecture"])
+    ]
+    assert f"Retraining the cell as logged: operators={ops!r}" in result.stdout
+    # Other operators given: that string would train another cell; refused, naming the fix, nothing trained.
+    refused = _train(tmp_path, "-ta", "True", "--B=1", f"--REPRESENTATION_STRING={logged['representation_string']}",
+                     "--operators=['3x3 bconv', '3x3 maxpool']", "--NUM_EPOCHS=1", *small)
+    assert refused.returncode == 2 and "Training architecture" not in refused.stdout
+    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()]
+    assert f'--operators="{ops!r}"' in refused.stderr

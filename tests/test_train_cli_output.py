@@ -69,6 +69,11 @@ def test_search_prints_progress_for_every_child(cli_search):
     for k, best in enumerate(bests[1:], start=1):
         assert best == f"{max(r['reward'] for r in records[:k]):.4f}"
     assert [arch for *_, arch in progress] == [str(r["architecture"]) for r in records]
+    # Each child's line: its binary MACs, 32-bit MACs and OPs, as its record has them.
+    for r in records:
+        f = r["footprint"]
+        assert f["ops"] == round(f["float_macs"] + f["binary_macs"] / 64)
+        assert f"binary MACs {f['binary_macs']}, 32-bit MACs {f['float_macs']}, OPs {f['ops']}, " in search.stdout
     assert "Encoder Spearman rank correlation at b = 2: " in search.stdout
 
 
@@ -100,6 +105,8 @@ def test_the_printed_retrain_command_runs(cli_search):
     binary, floating = int(total[1]), int(total[2])
     assert (f"Binary MACs (binary inputs and weights, as Larq counts) {binary}, 32-bit MACs {floating}, "
             f"mul_ops {binary + floating}, ") in quiet.stdout
+    assert f"OPs {round(floating + binary / 64)} = 32-bit MACs {floating} + 1-bit MACs {binary} / 64" in quiet.stdout
+    assert len(re.findall(r"\dx smaller", quiet.stdout)) == 1  # one compression ratio: the packed file's
 
 
 def test_verbose_sets_the_keras_epoch_lines(cli_search):
