@@ -65,7 +65,7 @@ RAY_GPUS_PER_CHILD = 0  # RUNNER='ray': GPUs of each child's task (e.g. 1, or 0.
 RAY_MAX_RETRIES = 1  # RUNNER='ray': reruns of a child whose worker or node died, before it is failed
 FINAL_TOP = 4  # Final stage: after the last stage, retrain the search's FINAL_TOP best cells (0: none)
                # and pick the best of those; one short training is too noisy to pick by (docs/surrogate.md)
-FINAL_EPOCHS = 1  # ... each for FINAL_EPOCHS epochs
+FINAL_EPOCHS = None  # ... each for FINAL_EPOCHS epochs (None: MAX_EPOCHS)
 FINAL_TRAIN_SIZE = None  # ... on the first FINAL_TRAIN_SIZE training images (None: all 55,000)
 # ------------------------------------------
 

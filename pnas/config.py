@@ -230,12 +230,12 @@ class FinalConfig:
 
     Attributes:
         top: The search's best cells (by reward) retrained after its last stage (0: no final stage).
-        epochs: Epochs of each of those trainings.
+        epochs: Epochs of each of those trainings (None: the search's `MAX_EPOCHS`).
         train_size: Training images of each (the first ones; None: all 55,000).
     """
 
     top: int = setting("FINAL_TOP", 0)
-    epochs: int = setting("FINAL_EPOCHS", 1)
+    epochs: Optional[int] = setting("FINAL_EPOCHS", None)
     train_size: Optional[int] = setting("FINAL_TRAIN_SIZE", None)
 
     def as_dict(self):
@@ -288,7 +288,12 @@ class SearchConfig:
 
     def for_final(self):
         """This config with each child trained for the final stage's epochs (`FinalConfig`)."""
-        return self.replace(child=self.child.replace(epochs=self.final.epochs))
+        return self.replace(child=self.child.replace(epochs=self.final_epochs))
+
+    @property
+    def final_epochs(self):
+        """Epochs of a final-stage training: FINAL_EPOCHS, or the search's MAX_EPOCHS when it is None."""
+        return self.child.epochs if self.final.epochs is None else self.final.epochs
 
     @classmethod
     def from_settings(cls, s):

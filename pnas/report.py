@@ -169,7 +169,12 @@ def plot_all(records, out_dir):
         ax.step([ops(r) for r in front], [r["reward"] for r in front], where="post", color="red", lw=1)
         ax.scatter([ops(r) for r in front], [r["reward"] for r in front], s=40, facecolors="none",
                    edgecolors="red", label="Pareto front")
-    ax.set_xscale("log")
+    # A cell of pooling and identities alone can cost 0 OPs: a log axis then needs a linear part at 0.
+    costs = [ops(r) for r in trained if ops(r) is not None]
+    if costs and min(costs) <= 0:
+        ax.set_xscale("symlog", linthresh=1)
+    elif costs:
+        ax.set_xscale("log")
     ax.set_xlabel("OPs per image (32-bit MACs + binary MACs / 64)")
     ax.set_ylabel("reward")
     ax.set_title("Accuracy against cost")

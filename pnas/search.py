@@ -444,8 +444,9 @@ class Search:
             for sr_no, child in enumerate(beam, start=first) if child not in done
         ]
         size = "all" if final.train_size is None else f"{final.train_size:,}"
-        print(f"---- Final stage: the {len(beam)} best cells retrained, {final.epochs} epoch"
-              f"{'s' * (final.epochs != 1)} on {size} training images each ----")
+        epochs = self.config.final_epochs
+        print(f"---- Final stage: the {len(beam)} best cells retrained, {epochs} epoch"
+              f"{'s' * (epochs != 1)} on {size} training images each ----")
         if jobs:
             self.runner.close()  # its workers hold the search's dataset
             self.runner = make_runner(self.config.for_final(), self.final_dataset(), self.paths, self.train_fn)
@@ -461,7 +462,7 @@ class Search:
         pick = report.final_pick(self.state.final_records())
         if pick is not None:
             print(f"Final pick: #{pick['sr_no']} {pick['architecture']}, validation accuracy {pick['reward']:.4f} "
-                  f"after {final.epochs} epoch{'s' * (final.epochs != 1)} (search reward {pick['proxy_reward']:.4f})")
+                  f"after {epochs} epoch{'s' * (epochs != 1)} (search reward {pick['proxy_reward']:.4f})")
 
     def record_final(self, outcome, searched):
         """Records a final-stage training and prints its reward line."""

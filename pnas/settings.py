@@ -176,7 +176,7 @@ def _check_operators(s):
 
 def _check_counts(s):
     """The counts that must be positive."""
-    for name in ("B", "K_", "NUM_CELLS", "MAX_EPOCHS", "FINAL_EPOCHS", "BATCHSIZE", "NUM_EPOCHS", "RNN_TRAINING_EPOCHS",
+    for name in ("B", "K_", "NUM_CELLS", "MAX_EPOCHS", "BATCHSIZE", "NUM_EPOCHS", "RNN_TRAINING_EPOCHS",
                  "CONTROLLER_CELLS", "MAX_CONSECUTIVE_FAILURES", "ENCODER_ENSEMBLE"):
         if s[name] < 1:
             raise SettingsError(f"{name} must be >= 1, received {name}={s[name]}; write e.g. --{name}=1")
@@ -295,10 +295,11 @@ def _check_training(s):
             f"DROPOUT must be (bool, input rate, hidden rate) with rates in [0, 1), received {dropout}; "
             f"write e.g. {format_override('DROPOUT', (True, 0.2, 0.5))}"
         )
-    for name in ("TRAIN_SIZE", "FINAL_TRAIN_SIZE"):
+    for name in ("TRAIN_SIZE", "FINAL_TRAIN_SIZE", "FINAL_EPOCHS"):
         if s[name] is not None and (not isinstance(s[name], int) or s[name] < 1):
             raise SettingsError(
-                f"{name} must be None or an int >= 1, received {s[name]}; write e.g. --{name}=1000"
+                f"{name} must be None or an int >= 1, received {s[name]}; write e.g. "
+                f"--{name}={3 if name == 'FINAL_EPOCHS' else 1000}"
             )
     if s["FINAL_TOP"] < 0:
         raise SettingsError(

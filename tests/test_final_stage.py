@@ -90,7 +90,7 @@ def test_the_best_cells_are_retrained_with_seeds_of_their_own_and_the_best_of_th
     command = text.split("Retrain the final pick:\n")[1].splitlines()[0]
     assert command.endswith(f'--REPRESENTATION_STRING="{pick["representation_string"]}"')
     assert json.load(open(paths.state))["final"]["settings"] == {
-        "FINAL_TOP": 2, "FINAL_EPOCHS": 1, "FINAL_TRAIN_SIZE": None}
+        "FINAL_TOP": 2, "FINAL_EPOCHS": None, "FINAL_TRAIN_SIZE": None}
 
 
 def test_the_original_log_and_the_records_are_those_of_a_search_without_a_final_stage(tmp_path):
@@ -133,5 +133,5 @@ def test_a_final_stage_resumed_with_other_settings_is_refused_with_the_fix(tmp_p
     with pytest.raises(KeyboardInterrupt):
         search.run()
     other, _ = _search(tmp_path, Trainer(), FINAL_TOP=2, FINAL_EPOCHS=3)
-    with pytest.raises(SearchConfigError, match="resume it with --FINAL_TOP=2 --FINAL_EPOCHS=1 --FINAL_TRAIN_SIZE=None"):
+    with pytest.raises(SearchConfigError, match="resume it with --FINAL_TOP=2 --FINAL_EPOCHS=None --FINAL_TRAIN_SIZE=None"):
         other.run()

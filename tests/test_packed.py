@@ -284,3 +284,36 @@ def test_a_missing_file_or_folder_is_named_not_mistaken_for_a_damaged_file(tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: cannot write ") and "does not exist" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.keras"]
+
+
+def _write_idx(path, array):
+    """An unsigned-byte IDX file, as MNIST's are."""
+    array = np.asarray(array, np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def test_command_line_scores_a_packed_file_on_the_test_images_with_numpy_alone(tmp_path):
+    model = _child([0, "3x3 bconv", 0, "3x3 maxpool"], [5], dense=(10,))
+    path = tmp_path / "m.bnn.npz"
+    export(model, str(path))
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    images = pixels.astype(np.float32)[..., None] / np.float32(127.5) - np.float32(1)
+    predicted = packed.PackedModel.load(str(path)).predict(images).argmax(axis=1)
+    labels = predicted.copy()
+    labels[:10] = (labels[:10] + 1) % 10  # 30 of 40 right
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    _write_idx(mnist / "t10k-images-idx3-ubyte", pixels)
+    _write_idx(mnist / "t10k-labels-idx1-ubyte", labels)
+    # In a fresh interpreter that blocks TensorFlow and Keras: NumPy alone runs it.
+    code = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None; "
+            "from binarized.packed import main; sys.exit(main())")
+    result = subprocess.run([sys.executable, "-c", code, str(path), "--mnist", str(mnist)], cwd=ROOT,
+                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{path}: test accuracy 0.7500 (30/40), ")
+    missing = subprocess.run([sys.executable, "-m", "binarized.packed", str(path), "--mnist", str(tmp_path / "no")],
+                             cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no t10k-images-idx3-ubyte")

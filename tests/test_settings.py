@@ -127,7 +127,7 @@ def test_the_derived_setting_lists_are_those_kept_by_hand_before():
         "MAX_OPS": (int, float, none),
         "BINARY_H": (str, int, float), "KERNEL_LR_MULTIPLIER": (str, int, float, none),
         "ENCODER_BATCHSIZE": (int, none), "RAY_ADDRESS": (str, none), "RAY_CPUS_PER_CHILD": (int, float),
-        "RAY_GPUS_PER_CHILD": (int, float), "FINAL_TRAIN_SIZE": (int, none),
+        "RAY_GPUS_PER_CHILD": (int, float), "FINAL_TRAIN_SIZE": (int, none), "FINAL_EPOCHS": (int, none),
         # Derived from the config fields' annotations: every float setting takes an int too.
         "LR_START": (int, float), "LR_END": (int, float), "REGULARIZATION": (int, float), "ENCODER_LR": (int, float),
     }

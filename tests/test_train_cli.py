@@ -362,3 +362,25 @@ def test_a_string_of_the_log_retrains_the_logged_cell_under_the_search_s_name(mn
     assert refused.returncode == 2 and "Training architecture" not in refused.stdout
     assert refused.stderr.strip().splitlines() == [refused.stderr.strip()]
     assert f'--operators="{ops!r}"' in refused.stderr
+
+
+def test_a_b1_search_with_a_final_stage_trains_its_best_cells_again_and_names_the_pick(mnist_dir, tmp_path):
+    """The issue's check: a B=1 search of 3 cells with --FINAL_TOP=2 trains 5 children, then the retrain command."""
+    result = _ok(_train(tmp_path, *_tiny_with("--B=1", "--FINAL_TOP=2", "--FINAL_TRAIN_SIZE=400")))
+    out = result.stdout
+    searched = _records(tmp_path)
+    with open(tmp_path / "architectures" / f"{NAME}.final.jsonl") as f:
+        final = [json.loads(line) for line in f]
+    assert len(searched) == 3 and len(final) == 2 and all(r["status"] == "ok" for r in searched + final)
+    best_two = sorted(searched, key=lambda r: (-r["reward"], r["sr_no"]))[:2]
+    assert [r["child"] for r in final] == [r["child"] for r in best_two]
+    assert [r["sr_no"] for r in final] == [4, 5]
+    assert "---- Final stage: the 2 best cells retrained, 1 epoch on 400 training images each ----" in out
+    pick = max(final, key=lambda r: (r["reward"], r["proxy_reward"]))
+    assert f"Final pick: #{pick['sr_no']} {pick['architecture']}" in out
+    # The original's log holds the search's 3 children only.
+    assert _log(tmp_path).count("Sr. No:") == 3
+    lines = out.rstrip().splitlines()
+    command = lines[lines.index("Retrain the final pick:") + 1]
+    assert command.startswith("python train.py -ta True ") and "--B=1" in command
+    assert command.endswith(f'--REPRESENTATION_STRING="{pick["representation_string"]}"')
