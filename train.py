@@ -373,8 +373,16 @@ def print_finished(config, paths, records):
     print(f"Plots and this summary are in {paths.exp_log_dir}/")
 
 
-# Settings that do not change what a -ta training computes: a rerun that differs only in them resumes.
-RESUME_FREE = ("VERBOSE", "OVERWRITE", "EXPERIMENT_NAME")
+def training_key(settings):
+    """The settings a -ta training computes with (those that shape the child, and -ta's own).
+
+    A rerun that differs from the saved training in one of them is another training; in any other
+    setting (VERBOSE, the search's settings, a setting added to train.py since), it resumes.
+    """
+    from pnas.config import RETRAIN_SETTINGS
+
+    used = (set(RETRAIN_SETTINGS) - {"EXPERIMENT_NAME"}) | {"NUM_EPOCHS", "TRAIN_SIZE", "REPRESENTATION_STRING"}
+    return {name: settings[name] for name in SETTINGS if name in used}
 
 
 def resume_point(settings, paths):
@@ -384,7 +392,7 @@ def resume_point(settings, paths):
     """
     from pnas.checkpoint import CheckpointMismatch, TrainingCheckpoint
 
-    key = {name: value for name, value in settings.items() if name not in RESUME_FREE}
+    key = training_key(settings)
     checkpoint = TrainingCheckpoint(paths.resume, key)
     if settings["OVERWRITE"] and checkpoint.exists():
         checkpoint.remove()

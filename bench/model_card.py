@@ -84,10 +84,14 @@ def parse_log(path):
 def command(settings):
     """The `python train.py -ta True ...` command of these settings (the ones that differ from train.py's)."""
     import train
+    from pnas.config import RETRAIN_SETTINGS
     from pnas.settings import format_override
 
+    # What a -ta training reads: the settings that shape a child, and -ta's own.
+    used = set(RETRAIN_SETTINGS) | {"NUM_EPOCHS", "TRAIN_SIZE", "REPRESENTATION_STRING"}
     args = [format_override(name, settings[name]) for name in train.SETTINGS
-            if name in settings and name not in ("DROPOUT",) and json.loads(json.dumps(getattr(train, name), default=list))
+            if name in settings and name in used and name != "DROPOUT"
+            and json.loads(json.dumps(getattr(train, name), default=list))
             != json.loads(json.dumps(settings[name], default=list))]
     return "python train.py -ta True " + " ".join(args)
 

@@ -27,9 +27,11 @@ class TrainingCheckpoint:
 
     Args:
         path: The `.npz` file.
-        key: A JSON-serialisable description of the run (its settings). A
-            checkpoint saved under another key is refused (`CheckpointMismatch`):
-            it belongs to another training.
+        key: The settings of the run, {name: JSON-serialisable value}. A
+            checkpoint whose key gives another value to one of these names is
+            refused (`CheckpointMismatch`): it belongs to another training.
+            Names that only one of the two keys has are not compared, so a
+            file saved with more settings (or fewer) resumes.
     """
 
     def __init__(self, path, key):
@@ -49,8 +51,9 @@ class TrainingCheckpoint:
             return None
         with np.load(self.path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
-            if meta["key"] != self.key:
-                raise CheckpointMismatch(self.path, meta["key"], self.key)
+            shared = set(meta["key"]) & set(self.key)
+            if any(meta["key"][name] != self.key[name] for name in shared):
+                raise CheckpointMismatch(self.path, {k: meta["key"][k] for k in shared}, {k: self.key[k] for k in shared})
             arrays = {kind: [data[f"{kind}_{i}"] for i in range(meta["counts"][kind])] for kind in meta["counts"]}
         return dict(meta, **arrays)
 

@@ -104,3 +104,27 @@ def test_resume_file_of_other_settings_is_refused(tmp_path, mnist_dir):
     fresh = assert_ok(run_train(tmp_path, *TA, "--EXPERIMENT_NAME=other", "--SEED=1", "--OVERWRITE=True")).stdout
     assert "OVERWRITE: removed" in fresh and "Resuming" not in fresh
     assert sorted(epoch_metrics(fresh)) == [1, 2, 3]
+
+
+def test_a_checkpoint_compares_the_settings_both_keys_name_and_restores_every_variable(tmp_path):
+    import keras
+
+    from pnas.checkpoint import CheckpointMismatch, TrainingCheckpoint
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.BatchNormalization()])
+    model.compile(optimizer=keras.optimizers.Adam(amsgrad=True), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    model.optimizer.iterations.assign(7)
+    path = tmp_path / "resume.npz"
+    # Saved by a train.py with a setting that this one no longer has (OLD) and without one it has (NEW).
+    TrainingCheckpoint(path, {"SEED": 0, "NUM_EPOCHS": 3, "OLD": 1}).save(
+        2, model, 0.5, 1, model.get_weights(), {"loss": [0.3, 0.2]})
+    saved = TrainingCheckpoint(path, {"SEED": 0, "NUM_EPOCHS": 3, "NEW": "x"}).load()
+    assert saved["epochs_done"] == 2 and saved["best"] == 0.5 and saved["best_epoch"] == 1
+    assert saved["history"] == {"loss": [0.3, 0.2]}
+    assert len(saved["model"]) == len(model.variables) and len(saved["optimizer"]) == len(model.optimizer.variables)
+    assert int(saved["optimizer"][0]) == 7  # the step count, which the learning-rate schedule reads
+    for value, variable in zip(saved["model"], model.variables):
+        np.testing.assert_array_equal(value, variable.numpy())
+    with pytest.raises(CheckpointMismatch, match=r"NUM_EPOCHS=3 \(now 5\)"):
+        TrainingCheckpoint(path, {"SEED": 0, "NUM_EPOCHS": 5}).load()
