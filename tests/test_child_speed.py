@@ -86,19 +86,57 @@ def _weights(model):
 
 @pytest.mark.slow  # two Keras trainings
 def test_the_pipeline_trains_exactly_as_fit_on_arrays():
-    """The same batches, the same steps (no extra step at an epoch's end), the same weights."""
+    """The same batches, the same steps (no extra step at an epoch's end), the same weights.
+
+    In order: Keras' own array pipeline repeats its first order at every epoch under a
+    global seed, this one draws a new one (pnas/pipeline.py, and the test below).
+    """
     x, y = synthetic_dataset(n_train=100)[:2]  # 3 full batches of 32 and a partial one of 4
     weights = []
     for pipeline in (False, True):
         keras.backend.clear_session()
         model = _tiny_model()
         compile_child(model, 2, len(x), 32)
-        keras.utils.set_random_seed(5)
-        data = fit_arguments(x, y, 32) if pipeline else dict(x=x, y=y, batch_size=32)
+        data = fit_arguments(x, y, 32, shuffle=False) if pipeline else dict(x=x, y=y, batch_size=32, shuffle=False)
         model.fit(**data, epochs=2, verbose=0)
         assert int(model.optimizer.iterations) == 8
         weights.append(_weights(model))
     np.testing.assert_array_equal(weights[0], weights[1])
+
+
+def _orders_fit_sees(x, y, epochs, seed):
+    """The images in the order `fit` on the pipeline feeds them, per epoch, and the batch sizes."""
+    seen = []
+
+    class Record(keras.layers.Layer):
+        def call(self, inputs):
+            tf.py_function(lambda v: seen.append(v.numpy()[:, 0].copy()), [inputs], [])
+            return inputs
+
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(Record()(inputs)))
+    model.compile("sgd", "mse")
+    keras.utils.set_random_seed(seed)
+    model.fit(**fit_arguments(x, y, 32), epochs=epochs, verbose=0)
+    sizes = [len(batch) for batch in seen]
+    per_epoch = len(sizes) // epochs
+    return [np.concatenate(seen[e * per_epoch:(e + 1) * per_epoch]) for e in range(epochs)], sizes
+
+
+def test_fit_on_the_pipeline_sees_every_image_once_per_epoch_in_a_new_order():
+    x = np.arange(100, dtype=np.float32).reshape(100, 1)
+    y = -x
+    assert int(fit_arguments(x, y, 32)["x"].cardinality()) == 4
+    orders, sizes = _orders_fit_sees(x, y, 3, seed=5)
+    assert sizes == [32, 32, 32, 4] * 3
+    for order in orders:
+        np.testing.assert_array_equal(np.sort(order), x.ravel())
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+    again, _ = _orders_fit_sees(x, y, 3, seed=5)
+    np.testing.assert_array_equal(np.concatenate(again), np.concatenate(orders))
+    batches = list(evaluate_arguments(x, y, 32)["x"])
+    np.testing.assert_array_equal(np.concatenate([bx.numpy().ravel() for bx, _ in batches]), x.ravel())
+    np.testing.assert_array_equal(np.concatenate([by.numpy().ravel() for _, by in batches]), y.ravel())
 
 
 def test_the_pipeline_evaluates_as_evaluate_on_arrays():
