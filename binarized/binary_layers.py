@@ -20,6 +20,8 @@ from keras import ops
 
 from binarized.binary_ops import binarize, scale_gradient
 from binarized.geometry import output_size
+# Registers `binarized>FusedAdam`: a model trained with it loads wherever its binary layers do.
+from binarized.optimizers import FusedAdam  # noqa: F401
 
 _PACKAGE = "binarized"
 _PADDINGS = ("valid", "same")

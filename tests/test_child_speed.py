@@ -14,7 +14,8 @@ from conftest import fake_result, search_with, synthetic_dataset, tiny_config
 from binarized.binary_ops import _straight_through, _unit_mask, binary_tanh
 from pnas import report
 from pnas.config import OPERATORS, expected_cost
-from pnas.manager import compile_child, fuse_adam
+from binarized.optimizers import FusedAdam
+from pnas.manager import compile_child
 from pnas.model import model_fn
 from pnas.paths import ExperimentPaths
 from pnas.pipeline import evaluate_arguments, fit_arguments
@@ -168,33 +169,58 @@ def test_a_child_traces_its_train_step_once():
 @pytest.mark.parametrize("amsgrad", [True, False])
 def test_the_fused_adam_follows_keras_adam(amsgrad):
     rng = np.random.default_rng(0)
-    start = rng.normal(0, 1, (5, 3)).astype(np.float32)
-    grads = [rng.normal(0, 1, (5, 3)).astype(np.float32) for _ in range(20)]
-    results = []
-    for fused in (False, True):
-        variable = keras.Variable(start)
-        optimizer = keras.optimizers.Adam(1e-2, amsgrad=amsgrad)
-        if fused:
-            optimizer = fuse_adam(optimizer)
-        step = tf.function(lambda g: optimizer.apply([g], [variable]))
+    start = [rng.normal(0, 1, (5, 3)).astype(np.float32), rng.normal(0, 1, (4,)).astype(np.float32)]
+    grads = [[rng.normal(0, 1, w.shape).astype(np.float32) for w in start] for _ in range(20)]
+    schedule = keras.optimizers.schedules.ExponentialDecay(1e-2, decay_steps=19, decay_rate=0.1)
+    results, optimizers = [], []
+    for kind in (keras.optimizers.Adam, FusedAdam):
+        variables = [keras.Variable(w) for w in start]
+        optimizer = kind(schedule, amsgrad=amsgrad)
+        step = tf.function(lambda g: optimizer.apply(g, variables))
         for g in grads:
-            step(tf.constant(g))
-        results.append(variable.numpy())
-    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)
-    assert not np.array_equal(results[1], start)
+            step([tf.constant(x) for x in g])
+        results.append([v.numpy() for v in variables])
+        optimizers.append(optimizer)
+    for fused, plain, first in zip(results[1], results[0], start):
+        np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-6)
+        assert not np.array_equal(fused, first)
+    # The same slots in the same order, so that the state of one fits the other.
+    plain, fused = optimizers
+    assert [v.shape for v in fused.variables] == [v.shape for v in plain.variables]
+    for a, b in zip(fused.variables, plain.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+    config = fused.get_config()
+    assert {k: v for k, v in config.items() if k != "name"} == {k: v for k, v in plain.get_config().items() if k != "name"}
 
 
-@pytest.mark.slow  # a Keras training and a saved model
-def test_a_saved_child_loads_with_keras_alone(tmp_path):
-    """The fused update is the instance's; the saved optimizer is Keras' Adam."""
+@pytest.mark.slow  # a Keras training, a saved model and a fresh Python
+def test_a_saved_child_loads_without_pnas(tmp_path):
+    """The saved optimizer is the registered FusedAdam, with its state; the binary layers' import registers it."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, cli_env
+
     model = _tiny_model()
     compile_child(model, 1, 32, 32)
     x, y = synthetic_dataset(n_train=32)[:2]
-    model.fit(x, y, batch_size=32, verbose=0)
-    path = str(tmp_path / "child.keras")
+    model.fit(**fit_arguments(x, y, 32), verbose=0)
+    path = tmp_path / "child.keras"
     model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert type(loaded.optimizer) is keras.optimizers.Adam
+    np.save(tmp_path / "slots.npy", np.concatenate([v.numpy().ravel() for v in model.optimizer.variables]))
+    script = (
+        "import sys, keras, numpy as np\n"
+        "import binarized.binary_layers\n"
+        "model = keras.saving.load_model(sys.argv[1])\n"
+        "assert not [m for m in sys.modules if m == 'pnas' or m.startswith('pnas.')]\n"
+        "slots = np.concatenate([v.numpy().ravel() for v in model.optimizer.variables])\n"
+        "np.testing.assert_array_equal(slots, np.load(sys.argv[2]))\n"
+        "print(type(model.optimizer).__name__, int(model.optimizer.iterations))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "slots.npy")],
+                            cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["FusedAdam", "1"]
 
 
 def test_side_by_side_workers_start_a_stages_last_children_costliest_first():
