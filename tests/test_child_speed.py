@@ -166,6 +166,31 @@ def test_a_child_traces_its_train_step_once():
     assert len(traces) == 1
 
 
+@pytest.mark.slow  # a Keras training of two epochs
+def test_validation_and_test_share_one_traced_function(tmp_path):
+    """Every validation and the test pass run Keras' one test function: traced once, whatever the batch count."""
+    from pnas.manager import NetworkManager
+
+    traces = []
+
+    def counting_model_fn(*args, **kwargs):
+        model, mul_ops = model_fn(*args, **kwargs)
+        step = model.test_step
+
+        def counted(data):
+            traces.append(1)
+            return step(data)
+
+        model.test_step = counted
+        return model, mul_ops
+
+    dataset = synthetic_dataset(n_train=64, n_val=90, n_test=50)
+    manager = NetworkManager(dataset, str(tmp_path), epochs=2, batchsize=32, verbose=0, evaluate_test=True)
+    result = manager.train_child(counting_model_fn, [0, "3x3 bconv", 0, "3x3 maxpool"], 1, [4], [10])
+    assert len(result["val_accuracy"]) == 2 and result["test_accuracy"] is not None
+    assert len(traces) == 1
+
+
 @pytest.mark.parametrize("amsgrad", [True, False])
 def test_the_fused_adam_follows_keras_adam(amsgrad):
     rng = np.random.default_rng(0)
