@@ -20,6 +20,10 @@ from keras import ops
 
 from binarized.binary_ops import binarize, scale_gradient
 from binarized.geometry import output_size
+# Register `binarized>FusedBatchNormalization` and `binarized>FusedAdam`, which the search's
+# children use: a saved child loads wherever its binary layers do.
+from binarized.normalization import FusedBatchNormalization  # noqa: F401
+from binarized.optimizers import FusedAdam  # noqa: F401
 
 _PACKAGE = "binarized"
 _PADDINGS = ("valid", "same")

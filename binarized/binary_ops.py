@@ -91,14 +91,12 @@ def binary_tanh(x):
     Returns:
         Tensor of ±1 values, of the dtype of `x`.
     """
+    if keras.backend.backend() == "tensorflow":
+        return _tf_sign_with_ste(x)
     x = ops.convert_to_tensor(x)
-    # A variable (which `convert_to_tensor` passes through) takes the composed
-    # path: TensorFlow's custom gradients want variables read inside them named.
-    if not isinstance(x, keras.Variable):
-        if keras.backend.backend() == "tensorflow":
-            return _tf_sign_with_ste(x)
-        if keras.backend.backend() == "jax":
-            return _sign_with_ste(x)
+    # A variable (which `convert_to_tensor` passes through) takes the composed path.
+    if keras.backend.backend() == "jax" and not isinstance(x, keras.Variable):
+        return _sign_with_ste(x)
     hard = ops.where(ops.greater_equal(x, 0.0), 1.0, -1.0)
     return _straight_through(x, ops.cast(hard, x.dtype), _unit_mask(x))
 
@@ -144,6 +142,9 @@ def _tf_sign_with_ste(x):
     import tensorflow as tf
     from tensorflow.python.eager import record
 
+    # Any input (a tensor, a tf.Variable, a Keras variable) is read as a tensor first: the
+    # tape is told of tensors only, and a variable's gradient flows through its read.
+    x = tf.convert_to_tensor(x)
     with record.stop_recording():
         y = _sign(x)
     if tf.executing_eagerly():

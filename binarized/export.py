@@ -271,7 +271,7 @@ class _Export:
         if len(after) != 1:
             return None
         child = self.by_name[after[0]]
-        return child if kind is None or type(child).__name__ == kind else None
+        return child if kind is None or _kind(child) == kind else None
 
     def sign_after(self, bn):
         child = self.only_child(bn)
@@ -379,6 +379,16 @@ class _Export:
 
 
 # The handler of each layer type the engine runs (as `binarized.packed._NODE_TYPES` holds its node types).
+# binarized.normalization's layer is Keras' BatchNormalization computed by a fused kernel.
+_SAME_KIND = {"FusedBatchNormalization": "BatchNormalization"}
+
+
+def _kind(layer):
+    """The layer's class name; a subclass that computes its base's function is named as its base."""
+    name = type(layer).__name__
+    return _SAME_KIND.get(name, name)
+
+
 _HANDLERS = {
     "InputLayer": _Export.input,
     "BinaryConv2D": _Export.binary,

@@ -11,6 +11,7 @@ import numpy as np
 from keras import ops
 
 from binarized.binary_layers import DropoutNoScale
+from binarized.optimizers import FusedAdam
 from mnist.files import atomic_path
 from pnas import footprint
 from pnas.checkpoint import CheckpointMismatch, TrainingCheckpoint
@@ -179,64 +180,13 @@ def pm1_crossentropy(y_true, y_pred):
 LOSSES = {"squared_hinge": "squared_hinge", "crossentropy": pm1_crossentropy}
 
 
-def fuse_adam(optimizer):
-    """Makes a Keras `Adam` update each variable with one fused TensorFlow op; returns it.
-
-    Keras' `Adam.update_step` builds about 45 graph ops per variable (the
-    beta powers, the step size, the moments, amsgrad's maximum): 3,500 of a
-    three-block child's 8,000, a third of the time it takes to trace its
-    train step. TensorFlow's `ResourceApplyAdam[WithAmsgrad]` applies the same
-    formula in one op, and the step's scalars (the beta powers, the learning
-    rate) are made once per `apply` for all variables. The arithmetic differs
-    in float32 rounding only: the kernel forms `1 - beta_1` in float32, Keras
-    in float64. On other backends the optimizer is left as it is.
-
-    The optimizer stays an `Adam` (its update is replaced on the instance), so
-    a saved child loads with Keras alone.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return optimizer
-    import tensorflow as tf
-
-    shared = {}  # the scalars of the step being applied, by dtype: made once for all variables
-    apply = optimizer.apply
-
-    def apply_step(*args, **kwargs):
-        shared.clear()
-        try:
-            return apply(*args, **kwargs)
-        finally:
-            shared.clear()
-
-    def scalars(learning_rate, dtype):
-        if dtype not in shared:
-            step = ops.cast(optimizer.iterations + 1, dtype)
-            shared[dtype] = dict(
-                beta1_power=ops.power(ops.cast(optimizer.beta_1, dtype), step),
-                beta2_power=ops.power(ops.cast(optimizer.beta_2, dtype), step),
-                lr=ops.cast(learning_rate, dtype), beta1=ops.cast(optimizer.beta_1, dtype),
-                beta2=ops.cast(optimizer.beta_2, dtype), epsilon=ops.cast(optimizer.epsilon, dtype),
-            )
-        return shared[dtype]
-
-    def update_step(gradient, variable, learning_rate):
-        index = optimizer._get_variable_index(variable)
-        arguments = dict(
-            var=variable.handle, m=optimizer._momentums[index].handle, v=optimizer._velocities[index].handle,
-            grad=ops.cast(gradient, variable.dtype), **scalars(learning_rate, variable.dtype),
-        )
-        if optimizer.amsgrad:
-            tf.raw_ops.ResourceApplyAdamWithAmsgrad(vhat=optimizer._velocity_hats[index].handle, **arguments)
-        else:
-            tf.raw_ops.ResourceApplyAdam(**arguments)
-
-    optimizer.apply = apply_step
-    optimizer.update_step = update_step
-    return optimizer
-
-
 def compile_child(model, epochs, n_train, batchsize, initial_lr=1e-3, final_lr=1e-4, loss="squared_hinge"):
-    """Compiles a child: Adam (amsgrad, updated by fused ops: `fuse_adam`) with the decaying learning rate.
+    """Compiles a child: Adam (amsgrad) with the decaying learning rate.
+
+    The Adam is `binarized.optimizers.FusedAdam`: one fused TensorFlow op per
+    variable in place of Keras' 45, which shortens the trace of the train step
+    (docs/benchmarks.md). It is registered with the binary layers, so a saved
+    child loads wherever they do, without pnas.
 
     Args:
         loss: 'squared_hinge' (the original's, labels ±1) or 'crossentropy'.
@@ -244,7 +194,7 @@ def compile_child(model, epochs, n_train, batchsize, initial_lr=1e-3, final_lr=1
     if loss not in LOSSES:
         raise ValueError(f"`loss` must be one of {list(LOSSES)}, received loss={loss!r}")
     steps = math.ceil(n_train / batchsize)
-    optimizer = fuse_adam(keras.optimizers.Adam(lr_schedule(epochs, steps, initial_lr, final_lr), amsgrad=True))
+    optimizer = FusedAdam(lr_schedule(epochs, steps, initial_lr, final_lr), amsgrad=True)
     model.compile(optimizer=optimizer, loss=LOSSES[loss], metrics=["accuracy"])
     # Adam's slots (three per weight with amsgrad) created eagerly here take
     # milliseconds; created by `fit` inside the traced train step, each one is
@@ -376,8 +326,11 @@ class NetworkManager:
         keras.backend.clear_session(free_memory=True)
         # What survives that full collection stays for the process's life: the
         # modules, the data, and what TensorFlow and Keras keep of earlier
-        # children. Frozen, it is not scanned again: a worker's collection
-        # here takes 0.3 s at every child, not 0.3 s growing to 0.9 s by the fifth.
+        # children (about 33,000 Python objects per B=3 child, measured with
+        # Keras 3.15 / TensorFlow 2.21: their leak, which clearing the session
+        # does not free). Frozen, it is not scanned again: this collection stays
+        # at 0.2-0.7 s per B=3 child, where unfrozen it scanned 33,000 more
+        # objects at each child and took 0.8-3.2 s (7 children, a loaded machine).
         gc.freeze()
         model, mul_ops = model_fn(
             actions,

@@ -23,6 +23,7 @@ from binarized.binary_layers import (
     DropoutNoScale,
 )
 from binarized.binary_ops import binary_tanh
+from binarized.normalization import FusedBatchNormalization
 from pnas.config import BN_EPSILON, BN_MOMENTUM, OPERATORS  # noqa: F401  (defined without Keras)
 from pnas.footprint import BINARY_LAYERS, layer_macs
 
@@ -71,7 +72,7 @@ class _Layers:
         return keras.layers.Activation("tanh" if self.float_twin else binary_tanh, name=name)
 
     def bn(self, name):
-        return keras.layers.BatchNormalization(axis=-1, momentum=self.bn_momentum, epsilon=BN_EPSILON, name=name)
+        return FusedBatchNormalization(axis=-1, momentum=self.bn_momentum, epsilon=BN_EPSILON, name=name)
 
     def bn_sign(self, x, name):
         return self.sign(f"{name}_sign")(self.bn(f"{name}_bn")(x))

@@ -151,6 +151,42 @@ def test_gradient_is_multiplied_by_upstream_gradient():
     np.testing.assert_array_equal(grad, upstream * UNIT_MASK)
 
 
+# A tf.Variable, a Keras variable and a tensor: the same values and gradients, eager and traced.
+SIGN_INPUTS = np.concatenate([POINTS, [-1e-30, 1e-30, -0.0, 0.999, 1.001, -3.5]]).astype(np.float32)
+SIGN_UPSTREAM = np.arange(1, len(SIGN_INPUTS) + 1, dtype=np.float32)
+
+
+def _sign_value_and_gradient(kind, traced):
+    """binary_tanh of SIGN_INPUTS held as `kind`, and d sum(upstream * sign) / d input."""
+    if kind == "tf.Variable":
+        source = tf.Variable(SIGN_INPUTS)
+    elif kind == "keras.Variable":
+        source = keras.Variable(SIGN_INPUTS)
+    else:
+        source = tf.constant(SIGN_INPUTS)
+
+    def value_and_gradient():
+        with tf.GradientTape() as tape:
+            if kind == "tensor":
+                tape.watch(source)
+            y = binary_tanh(source)
+            loss = tf.reduce_sum(y * SIGN_UPSTREAM)
+        return y, tape.gradient(loss, source)
+
+    y, grad = (tf.function(value_and_gradient) if traced else value_and_gradient)()
+    assert grad is not None, f"no gradient reached the {kind}"
+    return keras.ops.convert_to_numpy(y), keras.ops.convert_to_numpy(grad)
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
+@pytest.mark.parametrize("kind", ["tf.Variable", "keras.Variable", "tensor"])
+def test_binary_tanh_of_variables_and_tensors_alike(kind, traced):
+    y, grad = _sign_value_and_gradient(kind, traced)
+    np.testing.assert_array_equal(y, np.where(SIGN_INPUTS >= 0, 1.0, -1.0))
+    np.testing.assert_array_equal(grad, SIGN_UPSTREAM * (np.abs(SIGN_INPUTS) <= 1))
+    assert y.dtype == np.float32
+
+
 # --- inside model.fit -------------------------------------------------------
 
 

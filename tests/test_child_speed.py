@@ -14,7 +14,8 @@ from conftest import fake_result, search_with, synthetic_dataset, tiny_config
 from binarized.binary_ops import _straight_through, _unit_mask, binary_tanh
 from pnas import report
 from pnas.config import OPERATORS, expected_cost
-from pnas.manager import compile_child, fuse_adam
+from binarized.optimizers import FusedAdam
+from pnas.manager import compile_child
 from pnas.model import model_fn
 from pnas.paths import ExperimentPaths
 from pnas.pipeline import evaluate_arguments, fit_arguments
@@ -86,19 +87,57 @@ def _weights(model):
 
 @pytest.mark.slow  # two Keras trainings
 def test_the_pipeline_trains_exactly_as_fit_on_arrays():
-    """The same batches, the same steps (no extra step at an epoch's end), the same weights."""
+    """The same batches, the same steps (no extra step at an epoch's end), the same weights.
+
+    In order: Keras' own array pipeline repeats its first order at every epoch under a
+    global seed, this one draws a new one (pnas/pipeline.py, and the test below).
+    """
     x, y = synthetic_dataset(n_train=100)[:2]  # 3 full batches of 32 and a partial one of 4
     weights = []
     for pipeline in (False, True):
         keras.backend.clear_session()
         model = _tiny_model()
         compile_child(model, 2, len(x), 32)
-        keras.utils.set_random_seed(5)
-        data = fit_arguments(x, y, 32) if pipeline else dict(x=x, y=y, batch_size=32)
+        data = fit_arguments(x, y, 32, shuffle=False) if pipeline else dict(x=x, y=y, batch_size=32, shuffle=False)
         model.fit(**data, epochs=2, verbose=0)
         assert int(model.optimizer.iterations) == 8
         weights.append(_weights(model))
     np.testing.assert_array_equal(weights[0], weights[1])
+
+
+def _orders_fit_sees(x, y, epochs, seed):
+    """The images in the order `fit` on the pipeline feeds them, per epoch, and the batch sizes."""
+    seen = []
+
+    class Record(keras.layers.Layer):
+        def call(self, inputs):
+            tf.py_function(lambda v: seen.append(v.numpy()[:, 0].copy()), [inputs], [])
+            return inputs
+
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(Record()(inputs)))
+    model.compile("sgd", "mse")
+    keras.utils.set_random_seed(seed)
+    model.fit(**fit_arguments(x, y, 32), epochs=epochs, verbose=0)
+    sizes = [len(batch) for batch in seen]
+    per_epoch = len(sizes) // epochs
+    return [np.concatenate(seen[e * per_epoch:(e + 1) * per_epoch]) for e in range(epochs)], sizes
+
+
+def test_fit_on_the_pipeline_sees_every_image_once_per_epoch_in_a_new_order():
+    x = np.arange(100, dtype=np.float32).reshape(100, 1)
+    y = -x
+    assert int(fit_arguments(x, y, 32)["x"].cardinality()) == 4
+    orders, sizes = _orders_fit_sees(x, y, 3, seed=5)
+    assert sizes == [32, 32, 32, 4] * 3
+    for order in orders:
+        np.testing.assert_array_equal(np.sort(order), x.ravel())
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+    again, _ = _orders_fit_sees(x, y, 3, seed=5)
+    np.testing.assert_array_equal(np.concatenate(again), np.concatenate(orders))
+    batches = list(evaluate_arguments(x, y, 32)["x"])
+    np.testing.assert_array_equal(np.concatenate([bx.numpy().ravel() for bx, _ in batches]), x.ravel())
+    np.testing.assert_array_equal(np.concatenate([by.numpy().ravel() for _, by in batches]), y.ravel())
 
 
 def test_the_pipeline_evaluates_as_evaluate_on_arrays():
@@ -127,36 +166,86 @@ def test_a_child_traces_its_train_step_once():
     assert len(traces) == 1
 
 
+@pytest.mark.slow  # a Keras training of two epochs
+def test_validation_and_test_share_one_traced_function(tmp_path):
+    """Every validation and the test pass run Keras' one test function: traced once, whatever the batch count."""
+    from pnas.manager import NetworkManager
+
+    traces = []
+
+    def counting_model_fn(*args, **kwargs):
+        model, mul_ops = model_fn(*args, **kwargs)
+        step = model.test_step
+
+        def counted(data):
+            traces.append(1)
+            return step(data)
+
+        model.test_step = counted
+        return model, mul_ops
+
+    dataset = synthetic_dataset(n_train=64, n_val=90, n_test=50)
+    manager = NetworkManager(dataset, str(tmp_path), epochs=2, batchsize=32, verbose=0, evaluate_test=True)
+    result = manager.train_child(counting_model_fn, [0, "3x3 bconv", 0, "3x3 maxpool"], 1, [4], [10])
+    assert len(result["val_accuracy"]) == 2 and result["test_accuracy"] is not None
+    assert len(traces) == 1
+
+
 @pytest.mark.parametrize("amsgrad", [True, False])
 def test_the_fused_adam_follows_keras_adam(amsgrad):
     rng = np.random.default_rng(0)
-    start = rng.normal(0, 1, (5, 3)).astype(np.float32)
-    grads = [rng.normal(0, 1, (5, 3)).astype(np.float32) for _ in range(20)]
-    results = []
-    for fused in (False, True):
-        variable = keras.Variable(start)
-        optimizer = keras.optimizers.Adam(1e-2, amsgrad=amsgrad)
-        if fused:
-            optimizer = fuse_adam(optimizer)
-        step = tf.function(lambda g: optimizer.apply([g], [variable]))
+    start = [rng.normal(0, 1, (5, 3)).astype(np.float32), rng.normal(0, 1, (4,)).astype(np.float32)]
+    grads = [[rng.normal(0, 1, w.shape).astype(np.float32) for w in start] for _ in range(20)]
+    schedule = keras.optimizers.schedules.ExponentialDecay(1e-2, decay_steps=19, decay_rate=0.1)
+    results, optimizers = [], []
+    for kind in (keras.optimizers.Adam, FusedAdam):
+        variables = [keras.Variable(w) for w in start]
+        optimizer = kind(schedule, amsgrad=amsgrad)
+        step = tf.function(lambda g: optimizer.apply(g, variables))
         for g in grads:
-            step(tf.constant(g))
-        results.append(variable.numpy())
-    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)
-    assert not np.array_equal(results[1], start)
+            step([tf.constant(x) for x in g])
+        results.append([v.numpy() for v in variables])
+        optimizers.append(optimizer)
+    for fused, plain, first in zip(results[1], results[0], start):
+        np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-6)
+        assert not np.array_equal(fused, first)
+    # The same slots in the same order, so that the state of one fits the other.
+    plain, fused = optimizers
+    assert [v.shape for v in fused.variables] == [v.shape for v in plain.variables]
+    for a, b in zip(fused.variables, plain.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+    config = fused.get_config()
+    assert {k: v for k, v in config.items() if k != "name"} == {k: v for k, v in plain.get_config().items() if k != "name"}
 
 
-@pytest.mark.slow  # a Keras training and a saved model
-def test_a_saved_child_loads_with_keras_alone(tmp_path):
-    """The fused update is the instance's; the saved optimizer is Keras' Adam."""
+@pytest.mark.slow  # a Keras training, a saved model and a fresh Python
+def test_a_saved_child_loads_without_pnas(tmp_path):
+    """The saved optimizer is the registered FusedAdam, with its state; the binary layers' import registers it."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, cli_env
+
     model = _tiny_model()
     compile_child(model, 1, 32, 32)
     x, y = synthetic_dataset(n_train=32)[:2]
-    model.fit(x, y, batch_size=32, verbose=0)
-    path = str(tmp_path / "child.keras")
+    model.fit(**fit_arguments(x, y, 32), verbose=0)
+    path = tmp_path / "child.keras"
     model.save(path)
-    loaded = keras.saving.load_model(path)
-    assert type(loaded.optimizer) is keras.optimizers.Adam
+    np.save(tmp_path / "slots.npy", np.concatenate([v.numpy().ravel() for v in model.optimizer.variables]))
+    script = (
+        "import sys, keras, numpy as np\n"
+        "import binarized.binary_layers\n"
+        "model = keras.saving.load_model(sys.argv[1])\n"
+        "assert not [m for m in sys.modules if m == 'pnas' or m.startswith('pnas.')]\n"
+        "slots = np.concatenate([v.numpy().ravel() for v in model.optimizer.variables])\n"
+        "np.testing.assert_array_equal(slots, np.load(sys.argv[2]))\n"
+        "print(type(model.optimizer).__name__, int(model.optimizer.iterations))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "slots.npy")],
+                            cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["FusedAdam", "1"]
 
 
 def test_side_by_side_workers_start_a_stages_last_children_costliest_first():

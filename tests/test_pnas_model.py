@@ -133,7 +133,10 @@ def test_calibrate_batchnorm_makes_inference_match_the_calibration_batch():
     assert [n.momentum for n in norms] == momenta
     assert [d.rate for d in drops] == rates
     # Inference now normalises every layer with the batch's own statistics, as training mode does
-    # (compared without dropout, which training mode would apply).
+    # (compared without dropout, which training mode would apply), up to the moving variance's
+    # Bessel factor n / (n - 1) (binarized.normalization): at most 64 / 63 here, for the dense layers.
     for layer in drops:
         layer.rate = 0.0
-    np.testing.assert_allclose(model(x, training=False), model(x, training=True), atol=1e-3)
+    inference, training = model(x, training=False).numpy(), model(x, training=True).numpy()
+    np.testing.assert_allclose(inference, training, rtol=0.01, atol=1e-3)
+    assert np.array_equal(inference.argmax(axis=1), training.argmax(axis=1))
