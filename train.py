@@ -63,7 +63,7 @@ RAY_ADDRESS = None  # RUNNER='ray': None starts a Ray on this machine; 'auto' or
 RAY_CPUS_PER_CHILD = 1  # RUNNER='ray': CPU cores of each child's task (its TensorFlow threads)
 RAY_GPUS_PER_CHILD = 0  # RUNNER='ray': GPUs of each child's task (e.g. 1, or 0.5 for two children per GPU)
 RAY_MAX_RETRIES = 1  # RUNNER='ray': reruns of a child whose worker or node died, before it is failed
-FINAL_TOP = 4  # Final stage: after the last stage, retrain the search's FINAL_TOP best cells (0: none)
+FINAL_TOP = 2  # Final stage: after the last stage, retrain the search's FINAL_TOP best cells (0: none)
                # and pick the best of those; one short training is too noisy to pick by (docs/surrogate.md)
 FINAL_EPOCHS = None  # ... each for FINAL_EPOCHS epochs (None: MAX_EPOCHS)
 FINAL_TRAIN_SIZE = None  # ... on the first FINAL_TRAIN_SIZE training images (None: all 55,000)
