@@ -1,0 +1,33 @@
+"""The shipped models: every file under models/ is named in docs/results.md, at most 100 KiB, and
+scores on MNIST's 10,000 test images, run by the NumPy engine, what docs/results.md says it does.
+"""
+
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+from binarized.packed import PackedModel, _read_idx
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MODELS = sorted((ROOT / "models").glob("*.bnn.npz"))
+RESULTS = (ROOT / "docs" / "results.md").read_text()
+
+
+def test_there_are_models_and_each_is_named_in_the_model_card():
+    assert MODELS, "models/ holds no .bnn.npz"
+    for path in MODELS:
+        assert f"models/{path.name}" in RESULTS
+        assert path.stat().st_size <= 100 * 1024
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", MODELS, ids=[p.name for p in MODELS])
+def test_each_model_scores_what_the_card_says(path, mnist_dir):
+    images = _read_idx(mnist_dir / "t10k-images-idx3-ubyte").astype(np.float32)[..., None] / np.float32(127.5) - 1
+    labels = _read_idx(mnist_dir / "t10k-labels-idx1-ubyte")
+    accuracy = float(np.mean(PackedModel.load(path).predict(images).argmax(axis=1) == labels))
+    section = RESULTS.split(f"### `models/{path.name}`")[1].split("###")[0]
+    stated = re.search(r"packed engine (0\.\d{4})", section).group(1)
+    assert f"{accuracy:.4f}" == stated
