@@ -324,3 +324,24 @@ def test_a_kill_loses_only_the_children_in_training_whatever_order_they_finished
     assert _outputs(paths) == _outputs(straight)
     state = json.loads(pathlib.Path(paths.state).read_text())
     assert [r["sr_no"] for r in state["children"]] == [1, 2, 3, 4, 5, 6]  # a complete stage: beam order
+
+
+# A search (B=2, 2 operators, K_=3, the ridge) killed while its 5th child trained, saved by the code
+# of commit 5d7412b, whose runners returned outcomes in beam order (made by
+# tests/fixtures/make_search_5d7412b.py in that commit's tree: `fake_result`, KeyboardInterrupt at #5).
+SAVED_5D7412B = pathlib.Path(__file__).parent / "fixtures" / "search_5d7412b"
+
+
+def test_a_search_saved_before_outcomes_came_as_they_finish_resumes(tmp_path):
+    shutil.copytree(SAVED_5D7412B, tmp_path / "saved")
+    paths = SearchPaths("fixture", root=str(tmp_path / "saved"))
+    saved = _read_records(paths)
+    assert [r["sr_no"] for r in saved] == [1, 2, 3, 4]
+    settings = _settings(B=2, K_=3, EXPERIMENT_NAME="fixture")
+    runner = _ShuffledRunner()
+    records = Search(settings, _dataset(), paths, runner=runner, plots=False).run()
+    assert runner.trained == [6, 5]  # the two children it had not recorded, and no other
+    assert records[:4] == saved
+    whole = SearchPaths("fixture", root=str(tmp_path / "whole"))
+    search_with(lambda search, child, sr_no: _fake_result(child), settings, _dataset(), whole, plots=False).run()
+    assert _outputs(paths) == _outputs(whole)
