@@ -54,7 +54,9 @@ class Search:
             the one `config.runner` names); the search closes it when done.
         state: The `pnas.records.SearchState` to run (default: the saved one,
             or a new one; with `config.overwrite` the old search's outputs are
-            first removed, `ExperimentPaths.discard`).
+            first removed, `ExperimentPaths.discard`). Resuming one removes the
+            temporary files that killed writes left (`ExperimentPaths.remove_leftover_temporaries`):
+            the caller makes sure no other process runs this experiment (train.py holds its lock).
         train_fn: Trains a child in place of a runner, in this process:
             `train_fn(job: ChildJob) -> result dict` (e.g. a lookup in a
             table of rewards, `pnas.space_table.table_train_fn`).
@@ -78,6 +80,10 @@ class Search:
                 paths.state, config.identity_dict(), overwrite=config.overwrite, records_path=paths.records,
             )
         self.state = state
+        if state.resumed:
+            # Writes killed before their os.replace (a kill, a crash) left their temporary files.
+            for path in paths.remove_leftover_temporaries():
+                logger.info("Removed %s, left by an interrupted write", path)
         self.runner = runner if runner is not None else make_runner(config, dataset, paths, train_fn)
         self.plots = plots
         self.final_encoder = final_encoder

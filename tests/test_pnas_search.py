@@ -345,3 +345,25 @@ def test_a_search_saved_before_outcomes_came_as_they_finish_resumes(tmp_path):
     whole = SearchPaths("fixture", root=str(tmp_path / "whole"))
     search_with(lambda search, child, sr_no: _fake_result(child), settings, _dataset(), whole, plots=False).run()
     assert _outputs(paths) == _outputs(whole)
+
+
+def test_a_resume_removes_the_temporary_files_of_killed_writes(tmp_path):
+    """Kills inside writes leave `<file>.tmp<pid>...` (mnist.files.atomic_path); a resume clears them."""
+    paths = SearchPaths("tiny", root=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        Search(_settings(), _dataset(), paths, runner=_ShuffledRunner(stop_after=4)).run()
+    dead = 2**22 + 12345  # above Linux's default pid_max: no process has it
+    leftovers = [
+        f"{paths.state}.tmp{dead}", f"{paths.records}.tmp{dead}", f"{paths.architectures}.tmp{dead}",
+        f"{paths.scores(2)}.tmp{dead}", f"{paths.weights('child1')}.tmp{dead}.weights.h5",
+        os.path.join(paths.exp_log_dir, "encoder", f"after_b1.ridge.json.tmp{dead}"),
+    ]
+    kept = [
+        f"{paths.state}.tmp{os.getppid()}",  # a live writer's (pytest's parent) write in progress
+        str(tmp_path / "architectures" / f"other.jsonl.tmp{dead}"),  # another experiment's
+    ]
+    for path in leftovers + kept:
+        pathlib.Path(path).write_text("partial")
+    Search(_settings(), _dataset(), paths, runner=_ShuffledRunner()).run()
+    assert [p for p in leftovers if os.path.exists(p)] == []
+    assert [p for p in kept if os.path.exists(p)] == kept
