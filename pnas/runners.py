@@ -282,7 +282,9 @@ class RayRunner(Runner):
         # the next task of that process another one: a GPU child gets a fresh process.
         max_calls = 1 if gpus else runner_config.children_per_process
         env = {
-            "PYTHONPATH": REPO_ROOT,  # the repository is at the same path on every node (docs/cluster.md)
+            # The repository is at the same path on every node (docs/cluster.md); the node's own
+            # PYTHONPATH follows it (Ray expands ${...} on the node).
+            "PYTHONPATH": REPO_ROOT + os.pathsep + "${PYTHONPATH}",
             **tensorflow_environment(),
             "TF_FORCE_GPU_ALLOW_GROWTH": "true",  # children sharing a GPU (RAY_GPUS_PER_CHILD < 1)
         }
