@@ -17,11 +17,15 @@ it fails that child, never the run.
 """
 
 import collections
+import io
 import logging
 import multiprocessing.connection
 import os
+import re
 import socket
+import sys
 import tempfile
+import threading
 
 from binarized.quiet import import_keras_quietly, tensorflow_environment
 from mnist.files import WriteFailed
@@ -221,6 +225,72 @@ def check_ray_address(address, timeout_s=5):
         raise _unavailable(address, f"nothing answers at {host}:{port}: {exc.strerror or exc}") from None
 
 
+# What Ray's driver prints for a worker that dies in a task (from its error channel, whatever
+# log_to_driver says), colours and all: "(raylet) A worker died or was killed while executing ...",
+# and, when the task has retries left, "(raylet) Task _train_on_ray failed. There are 1 retries
+# remaining, so the task will be retried. Error: ..." (several lines in one write).
+RAY_WORKER_DEATH = re.compile(
+    r"^(\x1b\[[0-9;]*m)*\(raylet(, ip=[^)]*)?\)(\x1b\[[0-9;]*m)* "
+    r"(A worker died or was killed|Task _train_on_ray failed\. There are (?P<retries>\d+) retries remaining)"
+)
+
+
+class WithoutRayWorkerDeaths(io.TextIOBase):
+    """A text stream that passes everything to `stream` but Ray's own lines on a worker's death.
+
+    The runner reports a dead worker itself, in one line: a death that Ray
+    retries as the warning "a Ray worker died in a child's task; Ray runs it
+    again", written here in place of Ray's retry message, and a death past the
+    retries with the child it ran (`RayRunner._outcome`). Ray's own lines say
+    the same at length, several per death. Ray prints them with
+    `print(line, file=sys.stdout)` from a thread of its own: the line, then
+    its newline, in two writes, which are dropped together (per thread). Every
+    other line of Ray's (e.g. a task that no node has the resources for) still
+    shows. Ray merges repeated lines ("[repeated 2x across cluster]"), so a
+    retried death can go without its warning.
+    """
+
+    def __init__(self, stream):
+        super().__init__()
+        self.stream = stream
+        self.dropped = 0
+        self._dropping = threading.local()
+
+    def write(self, text):
+        if getattr(self._dropping, "newline", False) and text == "\n":
+            self._dropping.newline = False
+            return len(text)
+        death = RAY_WORKER_DEATH.match(text)
+        if death:
+            self._dropping.newline = True
+            self.dropped += 1
+            if death.group("retries") is not None and "[repeated" not in text:
+                logger.warning("A Ray worker died in a child's task; Ray runs it again (%s retries left)",
+                               death.group("retries"))
+            return len(text)
+        return self.stream.write(text)
+
+    def flush(self):
+        self.stream.flush()
+
+    def writable(self):
+        return True
+
+    def __getattr__(self, name):  # encoding, fileno, isatty, ...: the wrapped stream's
+        return getattr(self.stream, name)
+
+
+def hide_ray_worker_deaths():
+    """Puts `WithoutRayWorkerDeaths` in front of `sys.stdout` (once); returns it.
+
+    It stays for the rest of the process: Ray's line can come after the
+    search has recorded the child, until `ray.shutdown`.
+    """
+    if not isinstance(sys.stdout, WithoutRayWorkerDeaths):
+        sys.stdout = WithoutRayWorkerDeaths(sys.stdout)
+    return sys.stdout
+
+
 def connect_ray(address):
     """Joins the Ray cluster at `address` ('auto', 'host:port'), or starts a local Ray (None).
 
@@ -270,6 +340,7 @@ class RayRunner(Runner):
 
     def __init__(self, dataset, child_config, manager_kwargs, runner_config):
         self.owns_ray = connect_ray(runner_config.ray_address)
+        self.stdout = hide_ray_worker_deaths()
         import ray
 
         self.ray = ray
