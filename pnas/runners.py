@@ -228,10 +228,13 @@ def check_ray_address(address, timeout_s=5):
 # What Ray's driver prints for a worker that dies in a task (from its error channel, whatever
 # log_to_driver says), colours and all: "(raylet) A worker died or was killed while executing ...",
 # and, when the task has retries left, "(raylet) Task _train_on_ray failed. There are 1 retries
-# remaining, so the task will be retried. Error: ..." (several lines in one write).
+# remaining, so the task will be retried. Error: ..." (several lines in one write). A node's
+# death: "(raylet) Raylet is terminated. ..." with the last 20 lines of its log, and "(raylet) The
+# node with node id: ... and address: 10.0.0.2 and node name: ... has been marked dead ...".
 RAY_WORKER_DEATH = re.compile(
     r"^(\x1b\[[0-9;]*m)*\(raylet(, ip=[^)]*)?\)(\x1b\[[0-9;]*m)* "
-    r"(A worker died or was killed|Task _train_on_ray failed\. There are (?P<retries>\d+) retries remaining)"
+    r"(A worker died or was killed|Task _train_on_ray failed\. There are (?P<retries>\d+) retries remaining"
+    r"|Raylet is terminated\.|The node with node id: \S+ and address: (?P<node>\S+) .*has been marked dead)"
 )
 
 
@@ -241,7 +244,8 @@ class WithoutRayWorkerDeaths(io.TextIOBase):
     The runner reports a dead worker itself, in one line: a death that Ray
     retries as the warning "a Ray worker died in a child's task; Ray runs it
     again", written here in place of Ray's retry message, and a death past the
-    retries with the child it ran (`RayRunner._outcome`). Ray's own lines say
+    retries with the child it ran (`RayRunner._outcome`); a node that dies as
+    "Lost the Ray node at ADDRESS". Ray's own lines say
     the same at length, several per death. Ray prints them with
     `print(line, file=sys.stdout)` from a thread of its own: the line, then
     its newline, in two writes, which are dropped together (per thread). Every
@@ -267,6 +271,9 @@ class WithoutRayWorkerDeaths(io.TextIOBase):
             if death.group("retries") is not None and "[repeated" not in text:
                 logger.warning("A Ray worker died in a child's task; Ray runs it again (%s retries left)",
                                death.group("retries"))
+            if death.group("node") is not None and "[repeated" not in text:
+                logger.warning("Lost the Ray node at %s; Ray runs its children again on the other nodes "
+                               "(RAY_MAX_RETRIES)", death.group("node"))
             return len(text)
         return self.stream.write(text)
 
