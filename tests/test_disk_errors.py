@@ -244,11 +244,14 @@ def test_a_full_disk_in_a_worker_or_a_ray_task_stops_the_search_with_one_line_th
         r"error: cannot write \S*child\d*\.weights\.h5: No space left on device \(ENOSPC\); "
         "free space or fix the disk, then rerun the same command to resume", lines[0]), lines[0]
     kept = _records(tmp_path)
-    assert [(r["sr_no"], r["status"]) for r in kept] == [(1, "ok"), (2, "ok")]  # no child failed for the disk
+    # The two children whose weights were written, and no child failed for the disk. (On Ray two
+    # train side by side: which two of the first three finished first varies.)
+    assert len(kept) == 2 and {r["sr_no"] for r in kept} <= {1, 2, 3}, kept
+    assert all(r["status"] == "ok" for r in kept)
     resumed = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=tmp_path,
                              env=cli_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Resuming: 2 children already trained." in resumed.stdout
     final = _records(tmp_path)
     assert [(r["sr_no"], r["status"]) for r in final] == [(i, "ok") for i in range(1, 6)]
-    assert final[:2] == kept
+    assert [r for r in final if r["sr_no"] in {k["sr_no"] for k in kept}] == kept
