@@ -373,8 +373,11 @@ class _Export:
         if len(outputs) != 1 or outputs[0] not in self.values or self.values[outputs[0]].node != last:
             raise UnsupportedLayerError(f"model '{self.model.name}' must have one output, computed by its last layer")
         sections, payload = self.builder.payload()
+        result = self.values[outputs[0]]
         header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "input_shape": list(self.input_shape),
-                  "sections": sections, "nodes": self.builder.nodes}
+                  "sections": sections, "nodes": self.builder.nodes,
+                  # What the last node gives per image: PackedModel.load checks it.
+                  "output": {"values": int(np.prod(result.shape)), "kind": result.kind}}
         return header, payload
 
 

@@ -765,6 +765,7 @@ def _check_shapes(nodes, input_shape):
     last = shapes[-1]
     if last[:2] != (1, 1):
         raise PackedFormatError(f"the last node {nodes[-1].name!r} gives {last[0]}x{last[1]} positions, not scores (1x1)")
+    return last
 
 
 class _Sections:
@@ -786,33 +787,64 @@ class _Sections:
         i_off, i_count = _span(i_ref[:2], "section 'ints'")
         i_dtype = i_ref[2]
         f_off, f_count = _span(secs.get("floats"), "section 'floats'")
-        for name, off, size in (("bits", b_off, 4 * b_count), ("ints", i_off, np.dtype(i_dtype).itemsize * i_count),
-                                ("floats", f_off, 4 * f_count)):
+        spans = (("bits", b_off, 4 * b_count), ("ints", i_off, np.dtype(i_dtype).itemsize * i_count),
+                 ("floats", f_off, 4 * f_count))
+        for name, off, size in spans:
             if off + size > payload.size:
                 raise PackedFormatError(
                     f"section {name!r} ({size} bytes at offset {off}) runs past the payload's {payload.size} bytes"
                 )
+        # The sections tile the payload: no byte of it outside them, none in two.
+        end = 0
+        for name, off, size in sorted(spans, key=lambda span: span[1]):
+            if off != end:
+                raise PackedFormatError(f"section {name!r} starts at byte {off} of the payload, where "
+                                        f"{'the one before it ends' if end else 'the payload starts'} ({end})")
+            end = off + size
+        if end != payload.size:
+            raise PackedFormatError(f"the payload holds {payload.size} bytes, its sections {end}: "
+                                    f"{payload.size - end} bytes that no node uses")
         self._bits = np.unpackbits(payload[b_off:b_off + 4 * b_count], bitorder="little").astype(bool)
         self._ints = payload[i_off:i_off + np.dtype(i_dtype).itemsize * i_count].view(i_dtype).astype(np.int32)
         self._floats = payload[f_off:f_off + 4 * f_count].view("<f4").astype(np.float32)
+        # Which values the nodes read: each section must be read whole (`check_all_used`).
+        self._used = {name: np.zeros(array.size, bool)
+                      for name, array in (("bits", self._bits), ("ints", self._ints), ("floats", self._floats))}
 
-    @staticmethod
-    def _slice(array, ref, what, count):
+    def _slice(self, section, array, ref, what, count):
         start, n = _span(ref, what)
         if count is not None and n != count:
             raise PackedFormatError(f"{what} holds {n} values where its shape needs {count}")
         if start + n > array.size:
             raise PackedFormatError(f"{what} ({n} values at {start}) runs past its section's {array.size}")
+        self._used[section][start:start + n] = True
         return array[start:start + n]
 
     def bits(self, ref, shape, what="bits"):
-        return self._slice(self._bits, ref, what, math.prod(shape)).reshape(shape)
+        return self._slice("bits", self._bits, ref, what, math.prod(shape)).reshape(shape)
 
     def ints(self, ref, count=None, what="ints"):
-        return self._slice(self._ints, ref, what, count)
+        return self._slice("ints", self._ints, ref, what, count)
 
     def floats(self, ref, count=None, what="floats"):
-        return self._slice(self._floats, ref, what, count)
+        return self._slice("floats", self._floats, ref, what, count)
+
+    def check_all_used(self):
+        """Raises PackedFormatError where the payload holds values that no node reads.
+
+        The bit stream's last word may end in padding (fewer than 32 bits after the last bit read).
+        """
+        for name, used in self._used.items():
+            read = used.size
+            if name == "bits":
+                read = int(np.flatnonzero(used)[-1]) + 1 if used.any() else 0
+                if used.size - read >= 32:
+                    raise PackedFormatError(f"section 'bits' holds {(used.size - read) // 32} words past its last "
+                                            "bit read, words that no node uses")
+            unread = np.flatnonzero(~used[:read])
+            if unread.size:
+                raise PackedFormatError(f"section {name!r} holds {unread.size} values that no node uses "
+                                        f"(the first at {int(unread[0])})")
 
 
 def _read_member(archive, name):
@@ -838,6 +870,21 @@ def _read_member(archive, name):
         if len(data) != shape[0] or f.read(1):
             raise ValueError(f"{name}.npy holds {len(data)} bytes, its header says {shape[0]}")
     return np.frombuffer(data, np.uint8).copy()
+
+
+def _check_output(header, node, shape, kind):
+    """The last node must give what the header's `output` declares: `{"values": per image, "kind": ...}`.
+
+    Files written before `output` was declared have none, and skip this check.
+    """
+    if "output" not in header:
+        return
+    output = _field(header, "output", dict, "the header")
+    values = _field(output, "values", int, "'output'")
+    declared = _field(output, "kind", str, "'output'")
+    if math.prod(shape) != values or kind != declared:
+        raise PackedFormatError(f"the last node {node.name!r} gives {math.prod(shape)} {kind} values per image, "
+                                f"the header declares {values} {declared}")
 
 
 class PackedFormatError(ValueError):
@@ -881,9 +928,11 @@ class PackedModel:
             _check_spec(index, spec)
             self.nodes.append(_NODE_TYPES[spec["op"]](spec, sections))
         self.names = [node.name for node in self.nodes]
-        _check_shapes(self.nodes, self.input_shape)
+        sections.check_all_used()
+        last = _check_shapes(self.nodes, self.input_shape)
         # The kinds of values (bits or real) that flow are known only by running: one blank image.
-        self.run(np.zeros((1,) + self.input_shape, np.float32))
+        out = self.run(np.zeros((1,) + self.input_shape, np.float32))
+        _check_output(header, self.nodes[-1], last, out.kind)
 
     @classmethod
     def load(cls, path):
@@ -900,8 +949,10 @@ class PackedModel:
                 payload = _read_member(archive, "payload")
         except FileNotFoundError:
             raise  # a missing file is not a damaged one
-        # A mangled zip fails in zipfile, zlib or the .npy parsing, by where the damage is.
-        except (KeyError, ValueError, EOFError, OSError, RecursionError, zipfile.BadZipFile, zlib.error) as exc:
+        # A mangled zip fails in zipfile, zlib or the .npy parsing, by where the damage is (zipfile
+        # raises RuntimeError for a member flagged encrypted, NotImplementedError for an unknown compression).
+        except (KeyError, ValueError, EOFError, OSError, RecursionError, RuntimeError, zipfile.BadZipFile,
+                zlib.error) as exc:
             raise PackedFormatError(f"{path} is not a packed binary network: {type(exc).__name__}: {exc}") from exc
         try:
             return cls(header, payload)

@@ -15,6 +15,17 @@ import re
 import shutil
 
 
+def _running(pid):
+    """Whether a process `pid` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class ExperimentPaths:
     """The output paths of the experiment `exp_name`, under `root`."""
 
@@ -100,6 +111,45 @@ class ExperimentPaths:
                 found += [os.path.join(folder, n) for n in sorted(os.listdir(folder))
                           if re.fullmatch(re.escape(os.path.basename(log)) + r"\.tmp\d+.*", n)]
         return found
+
+    # A temporary file of `mnist.files.atomic_path`: the target's name, ".tmp", the writer's pid, a suffix.
+    _TEMPORARY = re.compile(r".+\.tmp\d+.*")
+
+    def leftover_temporaries(self):
+        """The temporary files that writes killed before their `os.replace` left in this experiment's folders.
+
+        Under logs/NAME/, weights/NAME/ and scores/NAME/ (and their subfolders), and
+        architectures/NAME.txt.tmp*, NAME.jsonl.tmp*; another experiment's files are not its.
+        """
+        found = []
+        for top in (self.exp_log_dir, self.exp_weights_dir, self.scores_dir):
+            for folder, _, names in os.walk(top):
+                found += [os.path.join(folder, n) for n in sorted(names) if self._TEMPORARY.fullmatch(n)]
+        for log in (self.architectures, self.records):
+            folder = os.path.dirname(log)
+            if os.path.isdir(folder):
+                found += [os.path.join(folder, n) for n in sorted(os.listdir(folder))
+                          if re.fullmatch(re.escape(os.path.basename(log)) + r"\.tmp\d+.*", n)]
+        return found
+
+    def remove_leftover_temporaries(self):
+        """Removes `leftover_temporaries()` whose writer is no longer running; returns those removed.
+
+        A temporary file names its writer's pid: one of a live process other
+        than this one (e.g. `python train.py -ta` saving under weights/NAME/)
+        is a write in progress, and stays.
+        """
+        removed = []
+        for path in self.leftover_temporaries():
+            pid = int(re.search(r"\.tmp(\d+)", os.path.basename(path)).group(1))
+            if pid != os.getpid() and _running(pid):
+                continue
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+        return removed
 
     def discard(self):
         """Removes `search_outputs()`: OVERWRITE starts from a clean slate. Returns what it removed."""

@@ -1,8 +1,9 @@
 """Record: the child records, the search state, and the logs made from them.
 
-The search state is one JSON file, rewritten atomically after every child.
-The architectures log and the JSON-lines records are regenerated from it, so
-a search killed at any point resumes with no child trained twice and no log
+The search state is one JSON file, rewritten atomically after every child, as
+each child finishes (side by side, not in beam order). The architectures log
+and the JSON-lines records are regenerated from it, in beam order, so a search
+killed at any point resumes with no finished child trained again and no log
 line lost or duplicated. The JSON lines are the journal: a state file that
 is unreadable is rebuilt from them (`SearchState.load_or_create`).
 """
@@ -156,7 +157,9 @@ class StateFile:
         config: The settings that define the search (`SearchConfig.identity_dict()`).
         beams: Each stage's beam, children as lists of ints.
         predicted: Each ranked stage's predicted rewards of its beam.
-        children: The finished child records (`ChildRecord.to_json()`), in training order.
+        children: The finished child records (`ChildRecord.to_json()`): a stage's children in the
+            order they finished, until the stage is complete, then in beam order (by `sr_no`, which
+            the search gives in beam order). `SearchState.records()` reads them in beam order.
         over_budget: The candidates skipped for MAX_MUL_OPS (`ChildRecord.to_json()`).
         spearman: Each ranked stage's held-out rank correlation (None: undefined).
         finished: Whether the search ran to its end.
@@ -331,9 +334,17 @@ class SearchState:
         time["busy_seconds"] = round(time["busy_seconds"] + busy_seconds, 2)
 
     def add(self, record):
-        """Appends a finished child's `ChildRecord`; returns its JSON object."""
+        """Appends a finished child's `ChildRecord`; returns its JSON object.
+
+        The children of a stage are kept in the order they finished (what
+        `drop_trailing_failures` reads) until the stage is complete; then in beam
+        order, so that a finished search's state is that of a straight run.
+        """
         data = record.to_json()
         self.data.children.append(data)
+        beam = self.beam(data["stage"])
+        if beam is not None and len(self.records(stage=data["stage"])) >= len(beam):
+            self.data.children.sort(key=_beam_order)
         return data
 
     def add_over_budget(self, record):
@@ -348,10 +359,11 @@ class SearchState:
         self.data.over_budget = [r for r in self.data.over_budget if r["stage"] != stage]
 
     def drop_trailing_failures(self):
-        """Forgets the failed children after the last success, so a rerun retries them.
+        """Forgets the failed children recorded after the last success, so a rerun retries them.
 
-        A search stops after MAX_CONSECUTIVE_FAILURES failures in a row; once
-        the cause is fixed, rerunning trains those children again.
+        A search stops after MAX_CONSECUTIVE_FAILURES failures in a row (in the
+        order the children finished, which is the state's order within a stage
+        in training); once the cause is fixed, rerunning trains those children again.
         """
         children = self.data.children
         dropped = 0
@@ -361,6 +373,7 @@ class SearchState:
         return dropped
 
     def finished_children(self):
+        """{child: its record} of every child recorded, trained or failed."""
         return {tuple(r["child"]): r for r in self.data.children}
 
     # The final stage (`pnas.search.Search.run_final`).
@@ -388,7 +401,13 @@ class SearchState:
         return sorted(self.data.final["children"], key=lambda r: r["sr_no"])
 
     def records(self, stage=None):
-        return [r for r in self.data.children if stage is None or r["stage"] == stage]
+        """The child records (of `stage`), in beam order: stage by stage, each stage's by `sr_no`."""
+        return sorted((r for r in self.data.children if stage is None or r["stage"] == stage), key=_beam_order)
+
+
+def _beam_order(record):
+    """A child record's place in a straight run: the search numbers children in beam order."""
+    return record["sr_no"]
 
 
 # The original train.py's strings, character for character (its log was appended to as the search ran).
@@ -404,18 +423,22 @@ def format_architectures(state, state_space):
     reward as `str(float)`, its architecture and representation string; and
     once every child of the stage is recorded, the original's "EXPERIMENT
     FINISHED" line. The stage's trained and failed children come first, in
-    training order; then, once the stage is done, the candidates skipped for
-    MAX_MUL_OPS, in the order the search met them. Failed and skipped
-    children show reward 0.0. So the file only grows as the search runs, as
-    the original's did, and regenerating it from the state gives the same
-    bytes. Everything else (global index, status, test accuracy, footprint)
-    is in the JSON lines.
+    beam order, up to the first child not recorded yet (side by side, later
+    children may finish first: they are in the state and the JSON lines, and
+    join this log once the children before them have); then, once the stage
+    is done, the candidates skipped for MAX_MUL_OPS, in the order the search
+    met them. Failed and skipped children show reward 0.0. So the file only
+    grows as the search runs, as the original's did, and regenerating it
+    from the state gives the same bytes. Everything else (global index,
+    status, test accuracy, footprint) is in the JSON lines.
     """
     text = ARCHITECTURES_HEADER
     for b in state.stages():
         text += "---- B= " + str(b - 1) + " Architectures ---- \n"
         children = state.records(stage=b)
         complete = state.data.finished or len(children) >= len(state.beam(b))
+        if not complete:
+            children = _beam_prefix(children, state.beam(b))
         if complete:
             children = children + state.over_budget(stage=b)
         for t, record in enumerate(children):
@@ -429,6 +452,17 @@ def format_architectures(state, state_space):
         if complete:
             text += STAGE_FINISHED
     return text
+
+
+def _beam_prefix(records, beam):
+    """The `records` of the beam's first children, up to the first child with no record."""
+    by_child = {tuple(r["child"]): r for r in records}
+    prefix = []
+    for child in beam:
+        if child not in by_child:
+            break
+        prefix.append(by_child[child])
+    return prefix
 
 
 def write_logs(state, state_space, paths):

@@ -1,10 +1,10 @@
 """Running children: one interface, `run(jobs)`, three backends.
 
-A runner trains the children of a list of `ChildJob`s and yields one
-`Outcome` per job, in job order, as soon as it and every job before it are
-done. The search records each outcome as it comes, so a search killed at any
-point has recorded a prefix of its beam and resumes after it. Each job carries
-its seed, so every backend trains the same child with the same numbers:
+A runner trains the children of a list of `ChildJob`s (`pnas.jobs`) and yields
+one `Outcome` per job as soon as that job is done, in the order they finish.
+The search records each outcome as it comes, so a search killed at any point
+loses only the children in training, and resumes with the others. Each job
+carries its seed, so every backend trains the same child with the same numbers:
 
 - `InlineRunner`: in the search's own process, one child at a time.
 - `ProcessRunner`: in worker processes on this machine (`pnas.worker`), each
@@ -17,18 +17,26 @@ it fails that child, never the run.
 """
 
 import collections
-import dataclasses
+import io
 import logging
 import multiprocessing.connection
 import os
+import re
 import socket
+import sys
 import tempfile
-import traceback
-from typing import Optional
+import threading
 
-from binarized.quiet import tensorflow_environment
+from binarized.quiet import import_keras_quietly, tensorflow_environment
 from mnist.files import WriteFailed
 from pnas.config import expected_cost
+from pnas.jobs import ChildJob, Outcome, limit_threads, manager_train, raise_write_failed, run_job, write_failed_reply
+from pnas.worker import ChildWorker
+
+__all__ = [
+    "ChildJob", "InlineRunner", "KerasTrainer", "Outcome", "ProcessRunner", "RayRunner", "Runner", "RunnerLost",
+    "RunnerUnavailable", "make_runner", "run_job", "start_order",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,89 +51,14 @@ class RunnerLost(RunnerUnavailable):
     """The runner went away mid-search (e.g. the Ray head stopped); finished children are saved."""
 
 
-@dataclasses.dataclass(frozen=True)
-class ChildJob:
-    """One child to train.
-
-    Attributes:
-        sr_no: The child's number in the search (1, 2, ...).
-        stage: Its block count b.
-        child: Its encoding (tuple of ints).
-        actions: Its architecture, `[input1, 'op1', input2, 'op2', ...]`.
-        seed: The seed its training starts from.
-    """
-
-    sr_no: int
-    stage: int
-    child: tuple
-    actions: tuple
-    seed: int
-
-    @property
-    def log_name(self):
-        """The child's TensorBoard run name."""
-        return f"child_{self.sr_no:04d}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    """What running a job gave: a result dict, or an error and its traceback."""
-
-    job: ChildJob
-    result: Optional[dict] = None
-    error: Optional[str] = None
-    trace: Optional[str] = None
-
-    @property
-    def ok(self):
-        return self.error is None
-
-
-def run_job(job, train):
-    """The one way to run a child: seeds its job, trains it, and turns an exception into a failed outcome.
-
-    The inline runner calls it in the search's process, a worker process
-    (`pnas.worker`) and a Ray task in theirs, so that every backend trains the
-    same child with the same numbers and records a failing child alike.
-
-    Args:
-        job: The `ChildJob`.
-        train: `train(job) -> result dict`, e.g. `KerasTrainer` or `NetworkManager.train_child` bound to its
-            arguments.
-
-    Returns:
-        The job's `Outcome`: its result, or the error (`'Type: message'`) and its traceback.
-
-    Raises:
-        WriteFailed: a write of the child's files failed for lack of space or an I/O error.
-    """
-    import keras
-
-    try:
-        keras.utils.set_random_seed(job.seed)
-        return Outcome(job, train(job))
-    except WriteFailed:
-        raise  # a full disk is not the child's fault: the search stops, to resume later
-    except Exception as exc:  # a failing child fails alone: the search records it
-        logger.debug("Child %s failed", job.child, exc_info=exc)
-        return Outcome(job, error=f"{type(exc).__name__}: {exc}", trace="".join(traceback.format_exception(exc)))
-
-
-def manager_train(manager, train_kwargs):
-    """`train(job)` for `run_job`: `manager.train_child` of `model_fn` with `train_kwargs`."""
-    from pnas.model import model_fn
-
-    return lambda job: manager.train_child(model_fn, **train_kwargs)
-
-
 class Runner:
-    """The interface: `run(jobs, on_start)` yields an `Outcome` per job, in job order."""
+    """The interface: `run(jobs, on_start)` yields an `Outcome` per job, as each job finishes."""
 
     #: Children trained at the same time (the search numbers its output lines when > 1).
     parallel = 1
 
     def run(self, jobs, on_start=None):
-        """Trains `jobs`; yields their outcomes in job order.
+        """Trains `jobs`; yields each one's outcome as soon as it is done (in any order).
 
         Args:
             jobs: `ChildJob`s.
@@ -185,9 +118,10 @@ def start_order(jobs, parallel):
     jobs per worker start longest processing time first
     (`pnas.config.expected_cost`), so that the workers end the stage together
     rather than one waiting for the other's last, long child. The rest keep the
-    beam's order, so that outcomes, which are recorded in job order, come as
-    they finish; sorting the whole stage would hold every outcome back until
-    the beam's first, perhaps cheapest, child ended. One worker keeps the order.
+    beam's order: every outcome is recorded as it finishes, but the
+    architectures log shows a stage's children up to the first one not yet
+    finished (`pnas.records.format_architectures`), so children finishing
+    in beam order keep that log current. One worker keeps the order.
     """
     jobs = list(jobs)
     if parallel <= 1:
@@ -201,25 +135,21 @@ class ProcessRunner(Runner):
 
     Side by side, each worker runs its ops on its share of the CPU cores,
     and a stage's last jobs start costliest first (`start_order`).
-    Outcomes come in job order; a job's seed is its own, so the results
-    differ from one-by-one training only by the threads' arithmetic.
+    Each outcome comes as its worker answers; a job's seed is its own, so the
+    results differ from one-by-one training only by the threads' arithmetic.
+    A full disk in a worker (`WriteFailed`) is raised here, and stops the search.
     """
 
     def __init__(self, dataset, child_config, manager_kwargs, parallel=1, children_per_process=10):
-        from pnas.worker import ChildWorker
-
         self.child = child_config
         self.parallel = parallel
         threads = max(1, available_cores() // parallel) if parallel > 1 else None
         self.workers = [ChildWorker(dataset, manager_kwargs, children_per_process, threads) for _ in range(parallel)]
 
     def run(self, jobs, on_start=None):
-        jobs = list(jobs)
         todo = collections.deque(start_order(jobs, self.parallel))
-        running, finished = {}, {}  # worker -> job; sr_no -> Outcome
-        order = iter(jobs)
-        head = next(order, None)
-        while head is not None:
+        running = {}  # worker -> job
+        while todo or running:
             for slot, worker in enumerate(self.workers):
                 if todo and worker not in running:
                     job = todo.popleft()
@@ -233,11 +163,8 @@ class ProcessRunner(Runner):
                     running[worker] = job
             ready = multiprocessing.connection.wait([w.conn for w in running])
             for worker in [w for w in running if w.conn in ready]:
-                job = running.pop(worker)
-                finished[job.sr_no] = worker.result()
-            while head is not None and head.sr_no in finished:
-                yield finished.pop(head.sr_no)
-                head = next(order, None)
+                del running[worker]
+                yield worker.result()
 
     def close(self):
         for worker in self.workers:
@@ -254,11 +181,11 @@ def _train_on_ray(dataset, manager_kwargs, threads, job, train_kwargs):
 
     The child's own exceptions come back as failed outcomes, so that the
     search records them as it records a failing child of the other runners;
+    a full disk comes back as a `write_failed_reply`, which stops the search
+    as it does in the other runners (not retried, not the child's failure);
     a task that raises to Ray is a worker or node that died.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from pnas.worker import import_keras_quietly, limit_threads
-
     import_keras_quietly()
     from pnas.manager import NetworkManager
 
@@ -268,7 +195,10 @@ def _train_on_ray(dataset, manager_kwargs, threads, job, train_kwargs):
         # The weights of the child in training, on this node; nothing reads them back.
         _RAY_PROCESS["scratch"] = tempfile.mkdtemp(prefix="pnas_ray_")
     manager = NetworkManager(dataset, **dict(manager_kwargs, weights_dir=_RAY_PROCESS["scratch"]))
-    return run_job(job, manager_train(manager, train_kwargs))
+    try:
+        return run_job(job, manager_train(manager, train_kwargs))
+    except WriteFailed as exc:
+        return write_failed_reply(exc)
 
 
 def _unavailable(address, reason):
@@ -293,6 +223,79 @@ def check_ray_address(address, timeout_s=5):
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as exc:
         raise _unavailable(address, f"nothing answers at {host}:{port}: {exc.strerror or exc}") from None
+
+
+# What Ray's driver prints for a worker that dies in a task (from its error channel, whatever
+# log_to_driver says), colours and all: "(raylet) A worker died or was killed while executing ...",
+# and, when the task has retries left, "(raylet) Task _train_on_ray failed. There are 1 retries
+# remaining, so the task will be retried. Error: ..." (several lines in one write). A node's
+# death: "(raylet) Raylet is terminated. ..." with the last 20 lines of its log, and "(raylet) The
+# node with node id: ... and address: 10.0.0.2 and node name: ... has been marked dead ...".
+RAY_WORKER_DEATH = re.compile(
+    r"^(\x1b\[[0-9;]*m)*\(raylet(, ip=[^)]*)?\)(\x1b\[[0-9;]*m)* "
+    r"(A worker died or was killed|Task _train_on_ray failed\. There are (?P<retries>\d+) retries remaining"
+    r"|Raylet is terminated\.|The node with node id: \S+ and address: (?P<node>\S+) .*has been marked dead)"
+)
+
+
+class WithoutRayWorkerDeaths(io.TextIOBase):
+    """A text stream that passes everything to `stream` but Ray's own lines on a worker's death.
+
+    The runner reports a dead worker itself, in one line: a death that Ray
+    retries as the warning "a Ray worker died in a child's task; Ray runs it
+    again", written here in place of Ray's retry message, and a death past the
+    retries with the child it ran (`RayRunner._outcome`); a node that dies as
+    "Lost the Ray node at ADDRESS". Ray's own lines say
+    the same at length, several per death. Ray prints them with
+    `print(line, file=sys.stdout)` from a thread of its own: the line, then
+    its newline, in two writes, which are dropped together (per thread). Every
+    other line of Ray's (e.g. a task that no node has the resources for) still
+    shows. Ray merges repeated lines ("[repeated 2x across cluster]"), so a
+    retried death can go without its warning.
+    """
+
+    def __init__(self, stream):
+        super().__init__()
+        self.stream = stream
+        self.dropped = 0
+        self._dropping = threading.local()
+
+    def write(self, text):
+        if getattr(self._dropping, "newline", False) and text == "\n":
+            self._dropping.newline = False
+            return len(text)
+        death = RAY_WORKER_DEATH.match(text)
+        if death:
+            self._dropping.newline = True
+            self.dropped += 1
+            if death.group("retries") is not None and "[repeated" not in text:
+                logger.warning("A Ray worker died in a child's task; Ray runs it again (%s retries left)",
+                               death.group("retries"))
+            if death.group("node") is not None and "[repeated" not in text:
+                logger.warning("Lost the Ray node at %s; Ray runs its children again on the other nodes "
+                               "(RAY_MAX_RETRIES)", death.group("node"))
+            return len(text)
+        return self.stream.write(text)
+
+    def flush(self):
+        self.stream.flush()
+
+    def writable(self):
+        return True
+
+    def __getattr__(self, name):  # encoding, fileno, isatty, ...: the wrapped stream's
+        return getattr(self.stream, name)
+
+
+def hide_ray_worker_deaths():
+    """Puts `WithoutRayWorkerDeaths` in front of `sys.stdout` (once); returns it.
+
+    It stays for the rest of the process: Ray's line can come after the
+    search has recorded the child, until `ray.shutdown`.
+    """
+    if not isinstance(sys.stdout, WithoutRayWorkerDeaths):
+        sys.stdout = WithoutRayWorkerDeaths(sys.stdout)
+    return sys.stdout
 
 
 def connect_ray(address):
@@ -334,8 +337,8 @@ class RayRunner(Runner):
     `ray_cpus_per_child` CPUs and `ray_gpus_per_child` GPUs, runs its ops on
     that many threads, and its worker process is replaced after
     `children_per_process` tasks (`max_calls`; after every task on a GPU).
-    As many tasks run at once as the cluster has resources for; outcomes
-    come in job order.
+    As many tasks run at once as the cluster has resources for; each
+    outcome comes as its task ends.
 
     A worker or node that dies is retried `ray_max_retries` times, then its
     child is failed. Child weights and TensorBoard logs stay out: a task
@@ -344,6 +347,7 @@ class RayRunner(Runner):
 
     def __init__(self, dataset, child_config, manager_kwargs, runner_config):
         self.owns_ray = connect_ray(runner_config.ray_address)
+        self.stdout = hide_ray_worker_deaths()
         import ray
 
         self.ray = ray
@@ -356,7 +360,9 @@ class RayRunner(Runner):
         # the next task of that process another one: a GPU child gets a fresh process.
         max_calls = 1 if gpus else runner_config.children_per_process
         env = {
-            "PYTHONPATH": REPO_ROOT,  # the repository is at the same path on every node (docs/cluster.md)
+            # The repository is at the same path on every node (docs/cluster.md); the node's own
+            # PYTHONPATH follows it (Ray expands ${...} on the node).
+            "PYTHONPATH": REPO_ROOT + os.pathsep + "${PYTHONPATH}",
             **tensorflow_environment(),
             "TF_FORCE_GPU_ALLOW_GROWTH": "true",  # children sharing a GPU (RAY_GPUS_PER_CHILD < 1)
         }
@@ -395,7 +401,7 @@ class RayRunner(Runner):
 
     def _outcome(self, job, ref):
         try:
-            return self.ray.get(ref)
+            return raise_write_failed(self.ray.get(ref))
         except self.ray.exceptions.RayError as exc:  # the task's worker or node died, even after retries
             self.check_head()  # a child is not failed for the loss of the whole cluster
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -404,11 +410,9 @@ class RayRunner(Runner):
 
     def run(self, jobs, on_start=None):
         todo = collections.deque(jobs)
-        submitted = collections.deque()  # (job, ref), in job order
-        done = set()  # refs of finished tasks not yet yielded
+        running = {}  # ref -> job, in submission order
         try:
-            while todo or submitted:
-                running = [ref for _, ref in submitted if ref not in done]
+            while todo or running:
                 while todo and len(running) < self.parallel:
                     job = todo.popleft()
                     if on_start:
@@ -419,20 +423,14 @@ class RayRunner(Runner):
                             job.actions, "child", job.log_name, f"#{job.sr_no}" if self.parallel > 1 else None
                         ),
                     )
-                    submitted.append((job, ref))
-                    running.append(ref)
-                job, ref = submitted[0]
-                if ref in done or not running:
-                    submitted.popleft()
-                    done.discard(ref)
-                    yield self._outcome(job, ref)
-                    continue
-                ready, _ = self.ray.wait(running, num_returns=1, timeout=HEAD_TIMEOUT_S)
+                    running[ref] = job
+                ready, _ = self.ray.wait(list(running), num_returns=1, timeout=HEAD_TIMEOUT_S)
                 if not ready:
                     self.check_head()
-                done.update(ready)
+                for ref in ready:
+                    yield self._outcome(running.pop(ref), ref)
         finally:
-            for _, ref in submitted if not self.lost else ():  # the search stopped early: free the cluster
+            for ref in running if not self.lost else ():  # the search stopped early: free the cluster
                 self.ray.cancel(ref, force=True)
 
     def close(self):

@@ -2,10 +2,10 @@
 
 - Decide: the beam of each stage, all 1-block cells, then the encoder's top
   K of the expanded beam within the op budget (`Search.decide`).
-- Run: a `pnas.runners.Runner` trains the beam's children and yields their
-  outcomes in beam order; every backend gives child number n the same seed.
+- Run: a `pnas.runners.Runner` trains the beam's children and yields each
+  outcome as it finishes; every backend gives child number n the same seed.
 - Record: `pnas.records` appends each outcome to the search state as it
-  comes and regenerates the logs from it, atomically.
+  comes and regenerates the logs from it (in beam order), atomically.
 """
 
 import logging
@@ -54,7 +54,9 @@ class Search:
             the one `config.runner` names); the search closes it when done.
         state: The `pnas.records.SearchState` to run (default: the saved one,
             or a new one; with `config.overwrite` the old search's outputs are
-            first removed, `ExperimentPaths.discard`).
+            first removed, `ExperimentPaths.discard`). Resuming one removes the
+            temporary files that killed writes left (`ExperimentPaths.remove_leftover_temporaries`):
+            the caller makes sure no other process runs this experiment (train.py holds its lock).
         train_fn: Trains a child in place of a runner, in this process:
             `train_fn(job: ChildJob) -> result dict` (e.g. a lookup in a
             table of rewards, `pnas.space_table.table_train_fn`).
@@ -83,6 +85,10 @@ class Search:
                 paths.state, config.identity_dict(), overwrite=config.overwrite, records_path=paths.records,
             )
         self.state = state
+        if state.resumed:
+            # Writes killed before their os.replace (a kill, a crash) left their temporary files.
+            for path in paths.remove_leftover_temporaries():
+                logger.info("Removed %s, left by an interrupted write", path)
         self.runner = runner if runner is not None else make_runner(config, dataset, paths, train_fn)
         self.plots = plots
         self.final_encoder = final_encoder
@@ -219,13 +225,20 @@ class Search:
 
     # -------------------------------------------------------------------- run
     def jobs(self, b, beam):
-        """The `ChildJob`s of the beam's children not yet recorded, numbered on from the records."""
+        """The `ChildJob`s of the children of `beam` not yet recorded.
+
+        A child's number (and so its seed) is its place in stage b's beam,
+        counted on from the children of the earlier stages: the same in a
+        straight run and in a resumed one, whichever children of the stage
+        finished before a kill.
+        """
         done = self.state.finished_children()
-        first = len(self.state.records()) + 1
-        todo = [child for child in beam if child not in done]
+        first = len([r for r in self.state.records() if r["stage"] < b]) + 1
+        stage_beam = self.state.beam(b) or list(beam)
         return [
             ChildJob(sr_no, b, tuple(child), tuple(self.state_space.parse(child)), _seed(self.config.seed, 2, sr_no))
-            for sr_no, child in enumerate(todo, start=first)
+            for sr_no, child in ((first + stage_beam.index(tuple(child)), child) for child in beam)
+            if tuple(child) not in done
         ]
 
     # ----------------------------------------------------------------- record
@@ -344,7 +357,7 @@ class Search:
             self.runner.close()
 
     def run_stage(self, b, beam, total):
-        """Trains the beam's children not yet recorded, recording each in beam order."""
+        """Trains the beam's children not yet recorded, recording each as it finishes."""
         first_start = []
         # Side by side, children start costliest first, not in beam order: the line
         # counts the stage's children started so far (those of an earlier run included).

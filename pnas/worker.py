@@ -15,22 +15,13 @@ import os
 
 from binarized.quiet import import_keras_quietly
 from mnist.files import WriteFailed
-from pnas.runners import Outcome, manager_train, run_job
+from pnas.jobs import Outcome, limit_threads, manager_train, raise_write_failed, run_job, write_failed_reply
 
-
-def limit_threads(threads):
-    """Runs TensorFlow's ops on `threads` threads (other backends: no effect)."""
-    import keras
-
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+__all__ = ["ChildWorker", "import_keras_quietly", "limit_threads"]
 
 
 def _serve(conn, dataset, manager_kwargs, threads=None):
-    """The worker's loop: (`ChildJob`, train_child kwargs) in, its `Outcome` (`pnas.runners.run_job`) out."""
+    """The worker's loop: (`ChildJob`, train_child kwargs) in, its `Outcome` (`pnas.jobs.run_job`) out."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import_keras_quietly()
     if threads:
@@ -47,7 +38,7 @@ def _serve(conn, dataset, manager_kwargs, threads=None):
         try:
             conn.send(run_job(job, manager_train(manager, train_kwargs)))
         except WriteFailed as exc:  # the disk, not the child: the search must stop, not go on
-            conn.send(("write_failed", exc.errno, exc.strerror, exc.filename))
+            conn.send(write_failed_reply(exc))
 
 
 class ChildWorker:
@@ -116,9 +107,7 @@ class ChildWorker:
             self.close()
             return Outcome(job, error=f"WorkerDied: the child's training process ended with exit code {code}",
                            trace="")
-        if isinstance(reply, tuple) and reply[0] == "write_failed":
-            raise WriteFailed(*reply[1:])
-        return reply
+        return raise_write_failed(reply)
 
     def close(self):
         """Stops the worker (politely, then by force)."""

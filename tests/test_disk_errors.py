@@ -218,3 +218,40 @@ def test_train_py_stops_on_a_full_disk_with_one_line_and_exit_1_then_resumes(tmp
     final = _records(tmp_path)
     assert [(r["sr_no"], r["status"]) for r in final] == [(i, "ok") for i in range(1, 6)]
     assert final[:2] == kept
+
+
+# Worker processes and Ray tasks write the children's weights in processes of their own, which a
+# monkeypatch here does not reach: tests/full_disk_hook/sitecustomize.py fills the disk there.
+FULL_DISK_HOOK = REPO_ROOT / "tests" / "full_disk_hook"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runner", ["processes", "ray"])
+def test_a_full_disk_in_a_worker_or_a_ray_task_stops_the_search_with_one_line_then_resumes(tmp_path, runner):
+    """The third child's weights cannot be written where it trains: exit 1 naming the file, and a rerun resumes."""
+    args = [*TINY[:-1], f"--RUNNER={runner!r}", "--CHILDREN_PER_PROCESS=10", "--RAY_MAX_RETRIES=1"]
+    env = cli_env(PYTHONPATH=f"{REPO_ROOT}{os.pathsep}{FULL_DISK_HOOK}",
+                  PNAS_TEST_FULL_DISK_COUNTER=str(tmp_path / "writes"), PNAS_TEST_FULL_DISK_AT="3",
+                  RAY_AUTH_MODE="disabled")
+    full = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert full.returncode == 1, full.stdout[-3000:] + full.stderr[-3000:]
+    assert (tmp_path / "writes").read_text() == "xxx"  # the hook ran where the children trained, once a child
+    lines = [line for line in full.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, full.stderr
+    # A worker writes under the experiment's weights; a Ray task in a scratch folder on its node.
+    assert re.fullmatch(
+        r"error: cannot write \S*child\d*\.weights\.h5: No space left on device \(ENOSPC\); "
+        "free space or fix the disk, then rerun the same command to resume", lines[0]), lines[0]
+    kept = _records(tmp_path)
+    # The two children whose weights were written, and no child failed for the disk. (On Ray two
+    # train side by side: which two of the first three finished first varies.)
+    assert len(kept) == 2 and {r["sr_no"] for r in kept} <= {1, 2, 3}, kept
+    assert all(r["status"] == "ok" for r in kept)
+    resumed = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=tmp_path,
+                             env=cli_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Resuming: 2 children already trained." in resumed.stdout
+    final = _records(tmp_path)
+    assert [(r["sr_no"], r["status"]) for r in final] == [(i, "ok") for i in range(1, 6)]
+    assert [r for r in final if r["sr_no"] in {k["sr_no"] for k in kept}] == kept

@@ -1,4 +1,4 @@
-"""Mangled packed files (binarized/packed.py): 300 seeded mutations of a valid exported `.bnn.npz`.
+"""Mangled packed files (binarized/packed.py): 301 seeded mutations of a valid exported `.bnn.npz`.
 
 Each mutation ends in one of two ways: a `PackedFormatError` naming the file
 and the cause, or a model that loads and predicts an (N, 10) array. Never
@@ -19,9 +19,9 @@ import pytest  # noqa: E402
 
 from binarized.packed import PackedFormatError, PackedModel  # noqa: E402
 
-MUTATIONS = 300
+MUTATIONS = 301
 KINDS = ("flip file bytes", "truncate", "flip header bytes", "flip payload bytes", "change a header number",
-         "unknown version")
+         "unknown version", "drop the last node")
 # The valid file's load + predict peaks at ~0.6 MiB; a header may ask for more only within
 # MAX_ACTIVATION, and none of these mutations should come near this.
 PEAK_LIMIT = 64 << 20
@@ -88,6 +88,10 @@ def mutate(valid, kind, rng):
         flipped = np.frombuffer(_flip(payload.tobytes(), rng, n), np.uint8)
         return _npz(header_bytes, flipped), f"{n} bytes of the payload flipped"
     header = json.loads(header_bytes)
+    if kind == "drop the last node":
+        # The scores' node gone: the node before it would be the output, and its weights unread.
+        dropped = header["nodes"].pop()
+        return _npz(json.dumps(header).encode(), payload), f"the last node {dropped['name']!r} dropped"
     if kind == "unknown version":
         header["version"] = [2, 0, -1, 99, "1", None][int(rng.integers(0, 6))]
         return _npz(json.dumps(header).encode(), payload), f"version {header['version']!r}"
@@ -156,5 +160,48 @@ def test_mangled_files_are_refused_with_the_file_and_cause_or_still_predict(vali
     for kind in ("flip file bytes", "truncate", "flip header bytes", "change a header number", "unknown version"):
         assert outcomes[kind]["refused"] > 0, kind
     assert outcomes["unknown version"]["predicts"] == 0
+    assert outcomes["drop the last node"]["predicts"] == 0
     # Flipped payload bytes change weights and thresholds, not sizes: the model still runs.
     assert outcomes["flip payload bytes"]["predicts"] > 0
+
+
+def _parts(valid):
+    with np.load(io.BytesIO(valid)) as data:
+        return json.loads(bytes(data["header"])), np.array(data["payload"])
+
+
+def _refusal(tmp_path, header, payload):
+    path = tmp_path / "mutated.bnn.npz"
+    path.write_bytes(_npz(json.dumps(header).encode(), payload))
+    with pytest.raises(PackedFormatError) as info:
+        PackedModel.load(str(path))
+    return str(info.value)
+
+
+def test_a_header_without_its_last_node_is_refused(valid_file, tmp_path):
+    header, payload = _parts(valid_file)
+    assert header["output"] == {"values": 10, "kind": "float"}
+    dropped = header["nodes"].pop()
+    assert "no node uses" in _refusal(tmp_path, header, payload)
+    # With its weights gone from the payload too, the output declared is what is missed.
+    header, payload = _parts(valid_file)
+    header["output"]["values"] = 64
+    message = _refusal(tmp_path, header, payload)
+    assert f"the last node {dropped['name']!r} gives 10 float values per image, the header declares 64 float" in message
+
+
+def test_payload_bytes_that_no_node_uses_are_refused(valid_file, tmp_path):
+    header, payload = _parts(valid_file)
+    longer = np.concatenate([payload, np.zeros(4, np.uint8)])
+    assert "4 bytes that no node uses" in _refusal(tmp_path, header, longer)
+    # A section larger than its nodes read: one float too many.
+    header["sections"]["floats"][1] += 1
+    assert "section 'floats' holds 1 values that no node uses" in _refusal(tmp_path, header, longer)
+
+
+def test_a_file_written_before_the_output_was_declared_still_loads(valid_file, tmp_path):
+    header, payload = _parts(valid_file)
+    del header["output"]
+    path = tmp_path / "old.bnn.npz"
+    path.write_bytes(_npz(json.dumps(header).encode(), payload))
+    assert PackedModel.load(str(path)).predict(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 10)

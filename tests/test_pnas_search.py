@@ -250,3 +250,120 @@ def test_a_search_saved_by_earlier_code_resumes_at_its_last_child(tmp_path):
     assert [(r["sr_no"], r["child"], r["reward"], r.get("predicted_reward")) for r in records] == [
         (r["sr_no"], r["child"], r["reward"], r.get("predicted_reward")) for r in expected
     ]
+
+
+class _ShuffledRunner:
+    """A runner whose children finish in another order than the beam's: each stage's in reverse.
+
+    It trains nothing (`fake_result`); `stop_after` outcomes in all, it raises
+    KeyboardInterrupt, as a kill would stop the search between two outcomes.
+    """
+
+    parallel = 2
+
+    def __init__(self, stop_after=None):
+        self.stop_after = stop_after
+        self.trained = []
+
+    def run(self, jobs, on_start=None):
+        from pnas.runners import Outcome
+
+        jobs = list(jobs)
+        for job in jobs:
+            if on_start:
+                on_start(job)
+        for job in reversed(jobs):
+            if self.stop_after is not None and len(self.trained) == self.stop_after:
+                raise KeyboardInterrupt
+            self.trained.append(job.sr_no)
+            yield Outcome(job, _fake_result(job.child))
+
+    def close(self):
+        pass
+
+
+def _outputs(paths):
+    with open(paths.architectures, "rb") as f, open(paths.records, "rb") as g:
+        return f.read(), g.read()
+
+
+def test_children_recorded_as_they_finish_give_the_outputs_of_a_straight_run(tmp_path, capsys):
+    settings = _settings(K_=3)
+    straight = SearchPaths("tiny", root=str(tmp_path / "straight"))
+    search_with(lambda search, child, sr_no: _fake_result(child), settings, _dataset(), straight).run()
+    shuffled = SearchPaths("tiny", root=str(tmp_path / "shuffled"))
+    runner = _ShuffledRunner()
+    records = Search(settings, _dataset(), shuffled, runner=runner).run()
+    assert runner.trained == [3, 2, 1, 6, 5, 4]  # they finished in reverse order
+    assert [r["sr_no"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert _outputs(shuffled) == _outputs(straight)
+    # The reward lines come in the order the children finished, each naming its child.
+    out = capsys.readouterr().out
+    assert re.findall(r"^  #(\d+) reward", out, flags=re.M) == ["3", "2", "1", "6", "5", "4"]
+
+
+def test_a_kill_loses_only_the_children_in_training_whatever_order_they_finished(tmp_path):
+    settings = _settings(K_=3)
+    straight = SearchPaths("tiny", root=str(tmp_path / "straight"))
+    search_with(lambda search, child, sr_no: _fake_result(child), settings, _dataset(), straight).run()
+    paths = SearchPaths("tiny", root=str(tmp_path / "cut"))
+    runner = _ShuffledRunner(stop_after=5)  # stage 1's three, then #6 and #5 of stage 2
+    with pytest.raises(KeyboardInterrupt):
+        Search(settings, _dataset(), paths, runner=runner).run()
+    state = json.loads(pathlib.Path(paths.state).read_text())
+    assert [r["sr_no"] for r in state["children"]] == [1, 2, 3, 6, 5]  # stage 2 in the order it finished
+    assert [r["sr_no"] for r in _read_records(paths)] == [1, 2, 3, 5, 6]  # the JSON lines: beam order
+    text = pathlib.Path(paths.architectures).read_text()
+    # The log holds stage 2 up to its first child not recorded (#4): none of it yet.
+    assert text.endswith("---- B= 1 Architectures ---- \n")
+    assert _outputs(straight)[0].decode().startswith(text)
+    rerun = _ShuffledRunner()
+    records = Search(settings, _dataset(), paths, runner=rerun).run()
+    assert rerun.trained == [4]  # only the child in training when it was killed
+    assert [r["sr_no"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert _outputs(paths) == _outputs(straight)
+    state = json.loads(pathlib.Path(paths.state).read_text())
+    assert [r["sr_no"] for r in state["children"]] == [1, 2, 3, 4, 5, 6]  # a complete stage: beam order
+
+
+# A search (B=2, 2 operators, K_=3, the ridge) killed while its 5th child trained, saved by the code
+# of commit 5d7412b, whose runners returned outcomes in beam order (made by
+# tests/fixtures/make_search_5d7412b.py in that commit's tree: `fake_result`, KeyboardInterrupt at #5).
+SAVED_5D7412B = pathlib.Path(__file__).parent / "fixtures" / "search_5d7412b"
+
+
+def test_a_search_saved_before_outcomes_came_as_they_finish_resumes(tmp_path):
+    shutil.copytree(SAVED_5D7412B, tmp_path / "saved")
+    paths = SearchPaths("fixture", root=str(tmp_path / "saved"))
+    saved = _read_records(paths)
+    assert [r["sr_no"] for r in saved] == [1, 2, 3, 4]
+    settings = _settings(B=2, K_=3, EXPERIMENT_NAME="fixture")
+    runner = _ShuffledRunner()
+    records = Search(settings, _dataset(), paths, runner=runner, plots=False).run()
+    assert runner.trained == [6, 5]  # the two children it had not recorded, and no other
+    assert records[:4] == saved
+    whole = SearchPaths("fixture", root=str(tmp_path / "whole"))
+    search_with(lambda search, child, sr_no: _fake_result(child), settings, _dataset(), whole, plots=False).run()
+    assert _outputs(paths) == _outputs(whole)
+
+
+def test_a_resume_removes_the_temporary_files_of_killed_writes(tmp_path):
+    """Kills inside writes leave `<file>.tmp<pid>...` (mnist.files.atomic_path); a resume clears them."""
+    paths = SearchPaths("tiny", root=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        Search(_settings(), _dataset(), paths, runner=_ShuffledRunner(stop_after=4)).run()
+    dead = 2**22 + 12345  # above Linux's default pid_max: no process has it
+    leftovers = [
+        f"{paths.state}.tmp{dead}", f"{paths.records}.tmp{dead}", f"{paths.architectures}.tmp{dead}",
+        f"{paths.scores(2)}.tmp{dead}", f"{paths.weights('child1')}.tmp{dead}.weights.h5",
+        os.path.join(paths.exp_log_dir, "encoder", f"after_b1.ridge.json.tmp{dead}"),
+    ]
+    kept = [
+        f"{paths.state}.tmp{os.getppid()}",  # a live writer's (pytest's parent) write in progress
+        str(tmp_path / "architectures" / f"other.jsonl.tmp{dead}"),  # another experiment's
+    ]
+    for path in leftovers + kept:
+        pathlib.Path(path).write_text("partial")
+    Search(_settings(), _dataset(), paths, runner=_ShuffledRunner()).run()
+    assert [p for p in leftovers if os.path.exists(p)] == []
+    assert [p for p in kept if os.path.exists(p)] == kept
