@@ -24,6 +24,7 @@ ARGS = [
     "--B=2", "--K_=6", "--operators=['3x3 bconv', '3x3 maxpool', '3x3 avgpool']", "--PARALLEL_CHILDREN=2",
     "--TRAIN_SIZE=1000", "--MAX_EPOCHS=1", "--VERBOSE=2", "--TEST_CHILDREN=False", "--NUM_CELLS=1",
     "--NUM_CELL_FILTERS=[8]", "--DENSE_LAYERS=[10]", "--SURROGATE=ridge", "--EXPERIMENT_NAME=live",
+    "--FINAL_TOP=0",  # the final stage is tested in test_final_stage.py and test_train_cli.py
 ]
 STAGE_2 = "---- B= 2: 6 children ----"
 
