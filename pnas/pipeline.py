@@ -20,6 +20,7 @@ are passed as they are.
 """
 
 import keras
+import numpy as np
 
 
 def _dataset(x, y, batch_size, shuffle):
@@ -31,8 +32,12 @@ def _dataset(x, y, batch_size, shuffle):
     indices = tf.data.Dataset.range(len(x))
     if shuffle:
         # A new order at every iteration, i.e. every epoch of `fit` (which makes a new
-        # iterator per epoch), drawn from the global seed when one is set.
-        indices = indices.shuffle(len(x), reshuffle_each_iteration=True)
+        # iterator per epoch). Its seed is drawn from NumPy's global generator, which
+        # `keras.utils.set_random_seed` seeds: left to TensorFlow, the op's seed would come
+        # from a counter of the random ops the process made before, so the same seeded child
+        # would see other orders in a fresh worker and in a process that trained others.
+        seed = int(np.random.randint(2**31 - 1))
+        indices = indices.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     # The arrays enter once, as one element repeated, not as constants of the map's graph.
     arrays = tf.data.Dataset.from_tensors((tf.convert_to_tensor(x), tf.convert_to_tensor(y))).repeat()
 

@@ -229,7 +229,7 @@ FULL_DISK_HOOK = REPO_ROOT / "tests" / "full_disk_hook"
 @pytest.mark.parametrize("runner", ["processes", "ray"])
 def test_a_full_disk_in_a_worker_or_a_ray_task_stops_the_search_with_one_line_then_resumes(tmp_path, runner):
     """The third child's weights cannot be written where it trains: exit 1 naming the file, and a rerun resumes."""
-    args = [*TINY[:-1], f"--RUNNER={runner!r}", "--CHILDREN_PER_PROCESS=10", "--RAY_MAX_RETRIES=1"]
+    args = [*(a for a in TINY if not a.startswith("--RUNNER=")), f"--RUNNER={runner!r}", "--CHILDREN_PER_PROCESS=10", "--RAY_MAX_RETRIES=1"]
     env = cli_env(PYTHONPATH=f"{REPO_ROOT}{os.pathsep}{FULL_DISK_HOOK}",
                   PNAS_TEST_FULL_DISK_COUNTER=str(tmp_path / "writes"), PNAS_TEST_FULL_DISK_AT="3",
                   RAY_AUTH_MODE="disabled")
@@ -244,14 +244,16 @@ def test_a_full_disk_in_a_worker_or_a_ray_task_stops_the_search_with_one_line_th
         r"error: cannot write \S*child\d*\.weights\.h5: No space left on device \(ENOSPC\); "
         "free space or fix the disk, then rerun the same command to resume", lines[0]), lines[0]
     kept = _records(tmp_path)
-    # The two children whose weights were written, and no child failed for the disk. (On Ray two
-    # train side by side: which two of the first three finished first varies.)
-    assert len(kept) == 2 and {r["sr_no"] for r in kept} <= {1, 2, 3}, kept
+    # The children whose weights were written and whose outcome had come back, and no child failed
+    # for the disk. (On Ray two train side by side: which of the first three finished first varies,
+    # and the other, its weights written, may still be in flight when the full disk stops the search.)
+    assert 1 <= len(kept) <= 2 and {r["sr_no"] for r in kept} <= {1, 2, 3}, kept
+    assert runner == "ray" or len(kept) == 2
     assert all(r["status"] == "ok" for r in kept)
     resumed = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), *args], cwd=tmp_path,
                              env=cli_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "Resuming: 2 children already trained." in resumed.stdout
+    assert f"Resuming: {len(kept)} children already trained." in resumed.stdout
     final = _records(tmp_path)
     assert [(r["sr_no"], r["status"]) for r in final] == [(i, "ok") for i in range(1, 6)]
     assert [r for r in final if r["sr_no"] in {k["sr_no"] for k in kept}] == kept
