@@ -359,15 +359,7 @@ class NetworkManager:
             ChildTrainingError: the loss became NaN or infinite.
         """
         keep_best = _KeepBest(weights_path)
-        callbacks = [
-            _CalibratedValidation(self.x_train[:CALIBRATION_SIZE], self.x_val, self.y_val, self._eval_batch),
-            keras.callbacks.TerminateOnNaN(),
-            keep_best,
-        ]
-        if self.log_dir:
-            callbacks.append(
-                keras.callbacks.TensorBoard(os.path.join(self.log_dir, log_name), write_graph=False, profile_batch=0)
-            )
+        callbacks = self._callbacks(keep_best, log_name)
         history = model.fit(
             **fit_arguments(self.x_train, self.y_train, self.batchsize),
             epochs=self.epochs,
@@ -378,6 +370,20 @@ class NetworkManager:
         if not losses or not np.all(np.isfinite(losses)):
             raise ChildTrainingError(f"loss became {losses[-1] if losses else 'undefined'} (diverged)")
         return history, keep_best
+
+    def _callbacks(self, keep_best, log_name, *after_best):
+        """An epoch's callbacks: calibrate and validate, stop on NaN, keep the best, `after_best`, TensorBoard."""
+        callbacks = [
+            _CalibratedValidation(self.x_train[:CALIBRATION_SIZE], self.x_val, self.y_val, self._eval_batch),
+            keras.callbacks.TerminateOnNaN(),
+            keep_best,
+            *after_best,
+        ]
+        if self.log_dir:
+            callbacks.append(
+                keras.callbacks.TensorBoard(os.path.join(self.log_dir, log_name), write_graph=False, profile_batch=0)
+            )
+        return callbacks
 
     def fit_resumable(self, model, weights_path, log_name, checkpoint, seed, label=None):
         """`fit`, one epoch at a time, saving a `TrainingCheckpoint` after each and continuing from one.
@@ -404,17 +410,8 @@ class NetworkManager:
             keep_best.best, keep_best.best_epoch = saved["best"], saved["best_epoch"]
             keep_best.weights = saved["best_weights"] or None
             history, first = saved["history"], saved["epochs_done"]
-        callbacks = [
-            _CalibratedValidation(self.x_train[:CALIBRATION_SIZE], self.x_val, self.y_val, self._eval_batch),
-            keras.callbacks.TerminateOnNaN(),
-            keep_best,
-        ]
         saver = _SaveCheckpoint(checkpoint, keep_best, history)
-        callbacks.append(saver)
-        if self.log_dir:
-            callbacks.append(
-                keras.callbacks.TensorBoard(os.path.join(self.log_dir, log_name), write_graph=False, profile_batch=0)
-            )
+        callbacks = self._callbacks(keep_best, log_name, saver)
         if self.verbose == 2:
             callbacks.append(_EpochLine(label, self.epochs))
         for epoch in range(first, self.epochs):
