@@ -16,6 +16,11 @@ OPs follow Bi-Real Net (Liu et al. 2018): OPs = FLOPs + binary OPs / 64, with a 
 multiply-accumulate counted as one FLOP and an XNOR-popcount MAC as one binary OP.
 
     python bench/model_card.py --root /path/of/the/runs NAME=run.log [NAME=run.log ...] [--copy models/]
+
+The cards are kept in `--cards` (default bench/results/model_cards.json): a run given here
+replaces its card of the same name, and the Markdown and the plot show every card there, so
+a model trained on another machine, whose weights/ are gone, keeps its card. With no run
+given, it prints and plots the kept cards.
 """
 
 import argparse
@@ -49,6 +54,10 @@ ANCHORS = [
     dict(name="Larq tutorial CNN", accuracy=0.9751, binary_params=93088, float_params=702,
          macs=(11 * 11 * 64 * 9 * 32 + 3 * 3 * 64 * 9 * 64 + 576 * 64 + 640, 26 * 26 * 32 * 9),
          source="larq/docs tutorials/mnist.ipynb, 6 epochs"),
+    # The same network and recipe trained here with Larq 0.14 (bench/peer_larq.py --mnist-epochs 6), one run.
+    dict(name="Larq tutorial CNN, measured", accuracy=0.9610, binary_params=93088, float_params=702,
+         macs=(11 * 11 * 64 * 9 * 32 + 3 * 3 * 64 * 9 * 64 + 576 * 64 + 640, 26 * 26 * 32 * 9),
+         source="Larq 0.14 here, bench/peer_larq.py --mnist-epochs 6"),
 ]
 
 
@@ -77,7 +86,8 @@ def parse_log(path):
     resumed = re.findall(r"Resuming from .*", text)
     return dict(epochs=int(epochs[-1][1]) if epochs else None, best_val=float(best.group(1)) if best else None,
                 best_epoch=int(best.group(2)) if best else None,
-                seconds=int(seconds.group(1)) if seconds else sum(int(e[2]) for e in epochs),
+                # A resumed run's last line counts only its own epochs: sum every epoch line's instead.
+                seconds=int(seconds.group(1)) if seconds and not resumed else sum(int(e[2]) for e in epochs),
                 epoch_seconds=[int(e[2]) for e in epochs], resumed=resumed)
 
 
@@ -188,21 +198,35 @@ def plot(cards, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="NAME=LOG: an experiment of a -ta run and the file of its output")
+    parser.add_argument("runs", nargs="*", help="NAME=LOG: an experiment of a -ta run and the file of its output")
     parser.add_argument("--root", default=".", help="the folder holding the runs' weights/ and logs/")
     parser.add_argument("--copy", default=None, help="copy each packed file here as NAME.bnn.npz")
     parser.add_argument("--plot", default=os.path.join(ROOT, "docs", "results.png"))
-    parser.add_argument("--json", default=None, help="also write the cards as JSON here")
+    parser.add_argument("--cards", default=os.path.join(ROOT, "bench", "results", "model_cards.json"),
+                        help="the JSON file of the kept cards, updated with the runs given")
     args = parser.parse_args(argv)
-    cards = [card(args.root, *run.split("=", 1)) for run in args.runs]
+    for run in args.runs:
+        if "=" not in run:
+            parser.error(f"{run!r} is not NAME=LOG; give the experiment's name and the file of its output")
+    new = [card(args.root, *run.split("=", 1)) for run in args.runs]
+    kept = []
+    if os.path.exists(args.cards):
+        with open(args.cards) as f:
+            kept = json.load(f)
+    names = {c["name"] for c in new}
+    cards = [c for c in kept if c["name"] not in names] + new
+    if not cards:
+        parser.error(f"no run given and no cards kept in {args.cards}")
     print(markdown(cards))
     plot(cards, args.plot)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(cards, f, indent=1)
+    if new:
+        tmp = args.cards + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump([{k: v for k, v in c.items() if k != "packed_path"} for c in cards], f, indent=1)
+        os.replace(tmp, args.cards)
     if args.copy:
         os.makedirs(args.copy, exist_ok=True)
-        for c in cards:
+        for c in new:
             shutil.copyfile(c["packed_path"], os.path.join(args.copy, f"{c['name']}.bnn.npz"))
     return 0
 

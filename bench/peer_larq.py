@@ -27,6 +27,14 @@ images/s and their ratio are printed. Timings vary from run to run on a
 shared machine: compare medians of alternated runs only.
 
     python bench/peer_larq.py --larq-python V/bin/python [--images 25600] [--repeats 3]
+
+With `--mnist-epochs N` it trains each side instead as the tutorial does, once:
+MNIST's 60,000 training images scaled to [-1, 1], batch 64, N epochs (the
+tutorial's 6), and prints each one's accuracy on the 10,000 test images and
+its seconds. The IDX files are read from `--mnist DIR` (default
+`$MNIST_DATA_DIR` or `data/mnist`) by this script's own reader.
+
+    python bench/peer_larq.py --larq-python V/bin/python --mnist-epochs 6
 """
 
 import argparse
@@ -39,6 +47,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARAMETERS = 93_790  # of the tutorial's network
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def parse_args(argv=None):
@@ -52,6 +61,10 @@ def parse_args(argv=None):
     parser.add_argument("--keras-adam", action="store_true", help="binarized side: Keras 3's Adam, not FusedAdam")
     parser.add_argument("--keras-batchnorm", action="store_true",
                         help="binarized side: Keras 3's BatchNormalization, not FusedBatchNormalization")
+    parser.add_argument("--mnist-epochs", type=int, default=0,
+                        help="train on MNIST for this many epochs and print test accuracy (0: the speed bench)")
+    parser.add_argument("--mnist", default=os.environ.get("MNIST_DATA_DIR") or os.path.join(ROOT, "data", "mnist"),
+                        help="folder of MNIST's four uncompressed IDX files")
     parser.add_argument("--side", choices=["larq"], default=None, help=argparse.SUPPRESS)  # the Larq subprocess
     args = parser.parse_args(argv)
     for name in ("images", "batch", "repeats"):
@@ -59,6 +72,11 @@ def parse_args(argv=None):
             parser.error(f"--{name} must be at least 1, received {getattr(args, name)}")
     if args.warmup_batches < 1:
         parser.error(f"--warmup-batches must be at least 1, received {args.warmup_batches}")
+    if args.mnist_epochs < 0:
+        parser.error(f"--mnist-epochs must be 0 or more, received {args.mnist_epochs}")
+    if args.mnist_epochs and not all(os.path.isfile(os.path.join(args.mnist, name)) for name in IDX_FILES):
+        parser.error(f"--mnist {args.mnist} lacks MNIST's IDX files {list(IDX_FILES)}; "
+                     "get them with python -m mnist.download_mnist")
     if args.larq_python is not None and not os.access(args.larq_python, os.X_OK):
         parser.error(f"--larq-python {args.larq_python} is not an executable")
     return args
@@ -70,6 +88,31 @@ def data(images, seed=0):
 
     rng = np.random.default_rng(seed)
     return rng.uniform(-1, 1, (images, 28, 28, 1)).astype("float32"), rng.integers(0, 10, images).astype("int32")
+
+
+def mnist(folder):
+    """MNIST's train and test sets from the IDX files, images scaled to [-1, 1] as the tutorial does."""
+    import numpy as np
+
+    def read(name, header):
+        with open(os.path.join(folder, name), "rb") as f:
+            return np.frombuffer(f.read(), np.uint8, offset=header)
+
+    images = [read(name, 16).reshape(-1, 28, 28, 1).astype("float32") / 127.5 - 1 for name in IDX_FILES[0::2]]
+    labels = [read(name, 8).astype("int32") for name in IDX_FILES[1::2]]
+    return images[0], labels[0], images[1], labels[1]
+
+
+def test_accuracy(keras_module, model, optimizer, args):
+    """The tutorial's training on MNIST; returns its test accuracy and the seconds of its fit."""
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    if model.count_params() != PARAMETERS:
+        raise RuntimeError(f"the network has {model.count_params()} parameters, not the tutorial's {PARAMETERS}")
+    x, y, x_test, y_test = mnist(args.mnist)
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=64, epochs=args.mnist_epochs, verbose=0)
+    seconds = time.perf_counter() - start
+    return {"test_accuracy": float(model.evaluate(x_test, y_test, batch_size=1000, verbose=0)[1]), "seconds": seconds}
 
 
 def binarized_network(keras_batchnorm=False):
@@ -134,7 +177,11 @@ def images_per_second(keras_module, model, optimizer, args):
             times["end"] = time.perf_counter()
 
     model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0, callbacks=[Clock()])
-    return len(x) / (times["end"] - times["start"])
+    return {"images_per_second": len(x) / (times["end"] - times["start"])}
+
+
+def measure(keras_module, model, optimizer, args):
+    return (test_accuracy if args.mnist_epochs else images_per_second)(keras_module, model, optimizer, args)
 
 
 def run_binarized(args):
@@ -145,27 +192,27 @@ def run_binarized(args):
     keras.backend.clear_session(free_memory=True)
     keras.utils.set_random_seed(0)
     optimizer = keras.optimizers.Adam() if args.keras_adam else FusedAdam()
-    return images_per_second(keras, binarized_network(args.keras_batchnorm), optimizer, args)
+    return measure(keras, binarized_network(args.keras_batchnorm), optimizer, args)
 
 
 def run_larq(args):
-    """In the Larq environment: one run, its images/s printed as JSON."""
+    """In the Larq environment: one run, its figures printed as JSON."""
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(0)
-    rate = images_per_second(tf.keras, larq_network(), tf.keras.optimizers.Adam(), args)
-    print(json.dumps({"images_per_second": rate}), flush=True)
+    print(json.dumps(measure(tf.keras, larq_network(), tf.keras.optimizers.Adam(), args)), flush=True)
 
 
 def larq_subprocess(args):
     argv = [args.larq_python, os.path.abspath(__file__), "--side", "larq", "--images", str(args.images),
-            "--batch", str(args.batch), "--warmup-batches", str(args.warmup_batches)]
+            "--batch", str(args.batch), "--warmup-batches", str(args.warmup_batches),
+            "--mnist-epochs", str(args.mnist_epochs), "--mnist", args.mnist]
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(argv, env=env, capture_output=True, text=True)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
         sys.exit(f"error: the Larq run failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
-    return json.loads(lines[-1])["images_per_second"]
+    return json.loads(lines[-1])
 
 
 def main(args):
@@ -173,15 +220,25 @@ def main(args):
 
     adam = "Keras 3 Adam" if args.keras_adam else "FusedAdam"
     norm = "Keras BatchNormalization" if args.keras_batchnorm else "FusedBatchNormalization"
-    print(f"Larq's tutorial network ({PARAMETERS:,} parameters), {args.images:,} random images, batch {args.batch}, "
-          f"{os.cpu_count()} CPUs; binarized: keras {keras.__version__}, {adam}, {norm}; "
+    if args.mnist_epochs:
+        work = f"MNIST's 60,000 training images, batch 64, {args.mnist_epochs} epochs, once"
+    else:
+        work = f"{args.images:,} random images, batch {args.batch}"
+    print(f"Larq's tutorial network ({PARAMETERS:,} parameters), {work}, {os.cpu_count()} CPUs; binarized: keras {keras.__version__}, {adam}, {norm}; "
           f"larq: {args.larq_python or 'not run (no --larq-python)'}", flush=True)
+    if args.mnist_epochs:
+        for side, run in (("binarized", run_binarized), ("larq", larq_subprocess if args.larq_python else None)):
+            if run:
+                result = run(args)
+                print(f"{side}: test accuracy {result['test_accuracy']:.4f} after {args.mnist_epochs} epochs "
+                      f"({result['seconds']:.0f} s)", flush=True)
+        return
     rates = {"binarized": [], "larq": []}
     for r in range(args.repeats):
-        rates["binarized"].append(run_binarized(args))
+        rates["binarized"].append(run_binarized(args)["images_per_second"])
         line = f"run {r + 1}: binarized {rates['binarized'][-1]:,.0f} images/s"
         if args.larq_python:
-            rates["larq"].append(larq_subprocess(args))
+            rates["larq"].append(larq_subprocess(args)["images_per_second"])
             line += f", larq {rates['larq'][-1]:,.0f} images/s"
         print(line, flush=True)
     median = {side: statistics.median(values) for side, values in rates.items() if values}
