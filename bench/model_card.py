@@ -182,14 +182,14 @@ def plot(cards, path):
         for a in anchors:
             ax.scatter(a[key], 100 * a["accuracy"], marker="s", color="grey")
             ax.annotate(a["name"], (a[key], 100 * a["accuracy"]), fontsize=7, xytext=(4, -8), textcoords="offset points")
-        for c in cards:
+        for i, c in enumerate(cards):  # each model a colour of its own, named in the legend
             x = c["file_kib"] if key == "kib" else c["ops"]
-            ax.scatter(x, 100 * c["engine_accuracy"], marker="o", color="C0")
-            ax.annotate(c["name"], (x, 100 * c["engine_accuracy"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            ax.scatter(x, 100 * c["engine_accuracy"], marker="o", color=f"C{i % 10}", label=c["name"], zorder=3)
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("MNIST test accuracy (%)")
         ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right", title="this package", title_fontsize=7)
     axes[0].set_title("accuracy against size")
     axes[1].set_title("accuracy against OPs (FLOPs + binary OPs / 64)")
     fig.tight_layout()
