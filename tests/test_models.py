@@ -1,5 +1,6 @@
 """The shipped models: every file under models/ is named in docs/results.md, at most 100 KiB, and
-scores on MNIST's 10,000 test images, run by the NumPy engine, what docs/results.md says it does.
+scores on MNIST's 10,000 test images, run by the NumPy engine, what docs/results.md says it does;
+each has its card kept in bench/results/model_cards.json.
 """
 
 import pathlib
@@ -38,3 +39,30 @@ def test_each_model_scores_what_the_card_says(path, mnist_dir):
     section = RESULTS.split(f"### `models/{path.name}`")[1].split("###")[0]
     stated = re.search(r"packed engine (0\.\d{4})", section).group(1)
     assert f"{accuracy:.4f}" == stated
+
+
+def test_every_shipped_model_has_a_kept_card_that_the_model_card_prints(tmp_path, capsys):
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import model_card
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    cards_path = ROOT / "bench" / "results" / "model_cards.json"
+    cards = {c["name"]: c for c in json.loads(cards_path.read_text())}
+    for path in MODELS:
+        name = path.name.removesuffix(".bnn.npz")
+        section = RESULTS.split(f"### `models/{path.name}`")[1].split("###")[0]
+        assert f"packed engine {cards[name]['engine_accuracy']:.4f}" in section
+    # With no run given it prints and plots the kept cards, and leaves the file as it was.
+    before = cards_path.read_bytes()
+    assert model_card.main(["--cards", str(cards_path), "--plot", str(tmp_path / "plot.png")]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"### `models/{path.name}`" in printed for path in MODELS)
+    assert (tmp_path / "plot.png").stat().st_size > 0
+    assert cards_path.read_bytes() == before
+    with pytest.raises(SystemExit):
+        model_card.main(["run.log", "--cards", str(cards_path), "--plot", str(tmp_path / "plot.png")])
+    assert "is not NAME=LOG" in capsys.readouterr().err
