@@ -36,6 +36,8 @@ sys.path.insert(0, ROOT)
 # The published binary networks on MNIST's test set, with sizes computed from their architectures
 # (docs/results.md shows the arithmetic). packed_kib: 1-bit weights / 8 + 4 bytes per 32-bit
 # parameter (BatchNorm as two vectors a channel, as Larq counts); macs: (binary, float) per image.
+LARQ_TUTORIAL = dict(binary_params=93088, float_params=702,
+                     macs=(11 * 11 * 64 * 9 * 32 + 3 * 3 * 64 * 9 * 64 + 576 * 64 + 640, 26 * 26 * 32 * 9))
 ANCHORS = [
     # BNN (Hubara, Courbariaux et al. 2016), the MLP of 3 x 4096 binary units (Theano, 0.96 % error).
     dict(name="BNN MLP 3x4096", accuracy=0.9904, binary_params=784 * 4096 + 2 * 4096 * 4096 + 4096 * 10,
@@ -51,12 +53,9 @@ ANCHORS = [
          float_params=2 * (3 * 1024 + 10), macs=(0, 784 * 1024 + 2 * 1024 * 1024 + 1024 * 10),
          source="arXiv:1511.00363, Table 2 (1.29 % error)"),
     # Larq's MNIST tutorial CNN: 3 binary convolutions, 2 binary dense layers (93,790 parameters).
-    dict(name="Larq tutorial CNN", accuracy=0.9751, binary_params=93088, float_params=702,
-         macs=(11 * 11 * 64 * 9 * 32 + 3 * 3 * 64 * 9 * 64 + 576 * 64 + 640, 26 * 26 * 32 * 9),
-         source="larq/docs tutorials/mnist.ipynb, 6 epochs"),
+    dict(LARQ_TUTORIAL, name="Larq tutorial CNN", accuracy=0.9751, source="larq/docs tutorials/mnist.ipynb, 6 epochs"),
     # The same network and recipe trained here with Larq 0.14 (bench/peer_larq.py --mnist-epochs 6), one run.
-    dict(name="Larq tutorial CNN, measured", accuracy=0.9610, binary_params=93088, float_params=702,
-         macs=(11 * 11 * 64 * 9 * 32 + 3 * 3 * 64 * 9 * 64 + 576 * 64 + 640, 26 * 26 * 32 * 9),
+    dict(LARQ_TUTORIAL, name="Larq tutorial CNN, measured", accuracy=0.9610,
          source="Larq 0.14 here, bench/peer_larq.py --mnist-epochs 6"),
 ]
 

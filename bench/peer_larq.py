@@ -224,14 +224,15 @@ def main(args):
         work = f"MNIST's 60,000 training images, batch 64, {args.mnist_epochs} epochs, once"
     else:
         work = f"{args.images:,} random images, batch {args.batch}"
-    print(f"Larq's tutorial network ({PARAMETERS:,} parameters), {work}, {os.cpu_count()} CPUs; binarized: keras {keras.__version__}, {adam}, {norm}; "
+    print(f"Larq's tutorial network ({PARAMETERS:,} parameters), {work}, {os.cpu_count()} CPUs; "
+          f"binarized: keras {keras.__version__}, {adam}, {norm}; "
           f"larq: {args.larq_python or 'not run (no --larq-python)'}", flush=True)
     if args.mnist_epochs:
-        for side, run in (("binarized", run_binarized), ("larq", larq_subprocess if args.larq_python else None)):
-            if run:
-                result = run(args)
-                print(f"{side}: test accuracy {result['test_accuracy']:.4f} after {args.mnist_epochs} epochs "
-                      f"({result['seconds']:.0f} s)", flush=True)
+        sides = [("binarized", run_binarized)] + ([("larq", larq_subprocess)] if args.larq_python else [])
+        for side, run in sides:
+            result = run(args)
+            print(f"{side}: test accuracy {result['test_accuracy']:.4f} after {args.mnist_epochs} epochs "
+                  f"({result['seconds']:.0f} s)", flush=True)
         return
     rates = {"binarized": [], "larq": []}
     for r in range(args.repeats):

@@ -21,6 +21,11 @@ def _idx(path, header):
     return np.frombuffer(path.read_bytes(), np.uint8, offset=header)
 
 
+def _section(path):
+    """The card of a model in docs/results.md."""
+    return RESULTS.split(f"### `models/{path.name}`")[1].split("###")[0]
+
+
 def test_there_are_models_and_each_is_named_in_the_model_card():
     assert MODELS, "models/ holds no .bnn.npz"
     for path in MODELS:
@@ -36,8 +41,7 @@ def test_each_model_scores_what_the_card_says(path, mnist_dir):
     labels = _idx(mnist_dir / "t10k-labels-idx1-ubyte", 8)
     assert labels.shape == (10_000,)
     accuracy = float(np.mean(PackedModel.load(path).predict(images).argmax(axis=1) == labels))
-    section = RESULTS.split(f"### `models/{path.name}`")[1].split("###")[0]
-    stated = re.search(r"packed engine (0\.\d{4})", section).group(1)
+    stated = re.search(r"packed engine (0\.\d{4})", _section(path)).group(1)
     assert f"{accuracy:.4f}" == stated
 
 
@@ -54,8 +58,7 @@ def test_every_shipped_model_has_a_kept_card_that_the_model_card_prints(tmp_path
     cards = {c["name"]: c for c in json.loads(cards_path.read_text())}
     for path in MODELS:
         name = path.name.removesuffix(".bnn.npz")
-        section = RESULTS.split(f"### `models/{path.name}`")[1].split("###")[0]
-        assert f"packed engine {cards[name]['engine_accuracy']:.4f}" in section
+        assert f"packed engine {cards[name]['engine_accuracy']:.4f}" in _section(path)
     # With no run given it prints and plots the kept cards, and leaves the file as it was.
     before = cards_path.read_bytes()
     assert model_card.main(["--cards", str(cards_path), "--plot", str(tmp_path / "plot.png")]) == 0
