@@ -26,6 +26,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 
 from binarized.quiet import import_keras_quietly, tensorflow_environment
 from mnist.files import WriteFailed
@@ -233,49 +234,79 @@ def check_ray_address(address, timeout_s=5):
 # node with node id: ... and address: 10.0.0.2 and node name: ... has been marked dead ...".
 RAY_WORKER_DEATH = re.compile(
     r"^(\x1b\[[0-9;]*m)*\(raylet(, ip=[^)]*)?\)(\x1b\[[0-9;]*m)* "
-    r"(A worker died or was killed|Task _train_on_ray failed\. There are (?P<retries>\d+) retries remaining"
-    r"|Raylet is terminated\.|The node with node id: \S+ and address: (?P<node>\S+) .*has been marked dead)"
+    r"(?P<what>A worker died or was killed|Task _train_on_ray failed\. There are (?P<retries>\d+) retries remaining"
+    r"|Raylet is terminated\.|The node with node id: (?P<node_id>\S+) and address: (?P<node>\S+) .*has been marked dead)"
 )
+LOST_NODE = "Lost the Ray node at %s; Ray runs its children again on the other nodes (RAY_MAX_RETRIES)"
 
 
 class WithoutRayWorkerDeaths(io.TextIOBase):
     """A text stream that passes everything to `stream` but Ray's own lines on a worker's death.
 
-    The runner reports a dead worker itself, in one line: a death that Ray
-    retries as the warning "a Ray worker died in a child's task; Ray runs it
-    again", written here in place of Ray's retry message, and a death past the
-    retries with the child it ran (`RayRunner._outcome`); a node that dies as
-    "Lost the Ray node at ADDRESS". Ray's own lines say
-    the same at length, several per death. Ray prints them with
-    `print(line, file=sys.stdout)` from a thread of its own: the line, then
-    its newline, in two writes, which are dropped together (per thread). Every
-    other line of Ray's (e.g. a task that no node has the resources for) still
-    shows. Ray merges repeated lines ("[repeated 2x across cluster]"), so a
-    retried death can go without its warning.
+    The runner reports a dead worker itself, in one line: a node that died as
+    "Lost the Ray node at ADDRESS" (`node_lost`, once per node), a death that
+    Ray retries as the warning "a Ray worker died in a child's task; Ray runs
+    it again", and a death past the retries with the child it ran
+    (`RayRunner._outcome`). Ray's own lines say the same at length, several
+    per death. Ray prints them with `print(line, file=sys.stdout)` from a
+    thread of its own: the line, then its newline, in two writes, which are
+    dropped together (per thread). Every other line of Ray's (e.g. a task
+    that no node has the resources for) still shows. Ray merges repeated
+    lines ("[repeated 2x across cluster]"), so a retried death can go
+    without its warning.
+
+    Ray's line for a dead node comes only once its head has missed the
+    node's heartbeats (seconds later), and not at all once this process has
+    left Ray. So a worker's death calls `find_lost_nodes` (set by the
+    runner), which asks each node at once: a node found gone is reported
+    then. Its children's deaths are that loss's: Ray's lines on them come
+    within seconds, so no worker-died warning follows a lost node for
+    `NODE_LOSS_S`.
     """
+
+    NODE_LOSS_S = 60
 
     def __init__(self, stream):
         super().__init__()
         self.stream = stream
         self.dropped = 0
+        self.find_lost_nodes = None  # () -> None, warns of lost nodes; set while a RayRunner runs
         self._dropping = threading.local()
+        self._lost = set()  # the node ids reported
+        self._last_loss = None  # time.monotonic() of the last
+        self._lock = threading.Lock()
+
+    def node_lost(self, node_id, address):
+        """Warns of a lost node, once per `node_id` (from whichever thread sees it first)."""
+        with self._lock:
+            if node_id in self._lost:
+                return False
+            self._lost.add(node_id)
+            self._last_loss = time.monotonic()
+        logger.warning(LOST_NODE, address)
+        return True
 
     def write(self, text):
         if getattr(self._dropping, "newline", False) and text == "\n":
             self._dropping.newline = False
             return len(text)
         death = RAY_WORKER_DEATH.match(text)
-        if death:
-            self._dropping.newline = True
-            self.dropped += 1
-            if death.group("retries") is not None and "[repeated" not in text:
+        if not death:
+            return self.stream.write(text)
+        self._dropping.newline = True
+        self.dropped += 1
+        if "[repeated" in text:
+            return len(text)
+        if death.group("node") is not None:
+            self.node_lost(death.group("node_id"), death.group("node"))
+        else:  # a worker's death or a raylet's: its node's, perhaps
+            if self.find_lost_nodes:
+                self.find_lost_nodes()
+            recent_loss = self._last_loss is not None and time.monotonic() - self._last_loss < self.NODE_LOSS_S
+            if death.group("retries") is not None and not recent_loss:
                 logger.warning("A Ray worker died in a child's task; Ray runs it again (%s retries left)",
                                death.group("retries"))
-            if death.group("node") is not None and "[repeated" not in text:
-                logger.warning("Lost the Ray node at %s; Ray runs its children again on the other nodes "
-                               "(RAY_MAX_RETRIES)", death.group("node"))
-            return len(text)
-        return self.stream.write(text)
+        return len(text)
 
     def flush(self):
         self.stream.flush()
@@ -375,6 +406,10 @@ class RayRunner(Runner):
         )(_train_on_ray)
         self.gcs_address = ray.get_runtime_context().gcs_address
         self.lost = False
+        self._nodes_lock = threading.Lock()
+        self.nodes = {}  # node id -> (address, raylet port), of the nodes alive when last asked
+        self.update_nodes()
+        self.stdout.find_lost_nodes = self.find_lost_nodes
         resources = ray.cluster_resources()
         slots = [resources.get("CPU", 1) / cpus] if cpus else []
         if gpus:
@@ -398,6 +433,33 @@ class RayRunner(Runner):
                 f"({exc.strerror or exc}); every finished child is saved: restart the cluster and rerun "
                 "the same command, or rerun with --RUNNER='processes' to resume on this machine"
             ) from None
+
+    def update_nodes(self):
+        """Reads the cluster's nodes from its head; warns of a node it has marked dead since."""
+        alive = {
+            n["NodeID"]: (n["NodeManagerAddress"], n["NodeManagerPort"]) for n in self.ray.nodes() if n["Alive"]
+        }
+        with self._nodes_lock:
+            gone = {node: self.nodes[node] for node in set(self.nodes) - set(alive)}
+            self.nodes = alive
+        for node, (address, _) in gone.items():
+            self.stdout.node_lost(node, address)
+
+    def find_lost_nodes(self):
+        """Asks each node's raylet whether it answers; warns of those that do not (a node's loss
+        shows at once, while the head takes seconds to mark it dead). Returns whether one was lost."""
+        with self._nodes_lock:
+            nodes = dict(self.nodes)
+        found = False
+        for node, (address, port) in nodes.items():
+            try:
+                socket.create_connection((address, port), timeout=HEAD_TIMEOUT_S).close()
+            except OSError:
+                with self._nodes_lock:
+                    self.nodes.pop(node, None)
+                self.stdout.node_lost(node, address)
+                found = True
+        return found
 
     def _outcome(self, job, ref):
         try:
@@ -427,6 +489,7 @@ class RayRunner(Runner):
                 ready, _ = self.ray.wait(list(running), num_returns=1, timeout=HEAD_TIMEOUT_S)
                 if not ready:
                     self.check_head()
+                    self.update_nodes()
                 for ref in ready:
                     yield self._outcome(running.pop(ref), ref)
         finally:
@@ -434,6 +497,7 @@ class RayRunner(Runner):
                 self.ray.cancel(ref, force=True)
 
     def close(self):
+        self.stdout.find_lost_nodes = None
         # With the head lost, ray.shutdown would wait for it.
         if self.owns_ray and self.ray.is_initialized() and not self.lost:
             self.ray.shutdown()

@@ -162,7 +162,10 @@ def test_a_ray_search_killed_with_sigkill_resumes_without_retraining(local_ray, 
     final = [json.loads(line) for line in records.read_text().splitlines()]
     assert [r["sr_no"] for r in final] == [1, 2, 3]
     assert len({tuple(r["child"]) for r in final}) == 3
-    assert final[:killed_after] == first  # the records before the kill were kept, not retrained
+    # The records before the kill were kept, not retrained. Side by side, children finish in any
+    # order (#3 before #2 on a loaded machine); the stage's end writes them in the beam's.
+    kept = {r["sr_no"] for r in first}
+    assert [r for r in final if r["sr_no"] in kept] == sorted(first, key=lambda r: r["sr_no"])
     # Only the children after the kill were trained: one progress line each.
     assert result.stdout.count("[b ") == 3 - killed_after
     assert "Traceback" not in result.stdout + result.stderr
