@@ -61,19 +61,29 @@ class ChildWorker:
         self.conn = None
         self.trained = 0
         self.job = None  # the job submitted and not yet answered
+        self.spare = None  # (process, conn) of the next worker, started while this one trains its last child
 
     @property
     def pid(self):
         return None if self.process is None else self.process.pid
 
-    def _start(self):
+    def _spawn(self):
         context = multiprocessing.get_context("spawn")
-        self.conn, theirs = context.Pipe()
-        self.process = context.Process(
+        conn, theirs = context.Pipe()
+        process = context.Process(
             target=_serve, args=(theirs, self.dataset, self.manager_kwargs, self.threads), daemon=True
         )
-        self.process.start()
+        process.start()
         theirs.close()
+        return process, conn
+
+    def _start(self):
+        """Makes the spare, or a new process, the worker."""
+        spare, self.spare = self.spare, None
+        if spare is not None and not spare[0].is_alive():
+            _kill(*spare)
+            spare = None
+        self.process, self.conn = spare or self._spawn()
         self.trained = 0
 
     def train(self, job, train_kwargs):
@@ -87,7 +97,7 @@ class ChildWorker:
     def submit(self, job, train_kwargs):
         """Starts training one child; `result()` waits for it."""
         if self.process is None or self.trained >= self.max_children or not self.process.is_alive():
-            self.close()
+            self._close_worker()
             self._start()
         self.trained += 1
         self.job = job
@@ -95,6 +105,9 @@ class ChildWorker:
             self.conn.send((job, train_kwargs))
         except (ConnectionError, BrokenPipeError):
             pass  # result() reports the dead worker
+        if self.trained >= self.max_children and self.spare is None:
+            # Its replacement imports TensorFlow (seconds) while this child trains.
+            self.spare = self._spawn()
 
     def result(self):
         """The `Outcome` of the job of the last `submit` (see `train`)."""
@@ -104,13 +117,19 @@ class ChildWorker:
         except (EOFError, ConnectionError, BrokenPipeError, OSError):
             self.process.join(timeout=5)
             code = self.process.exitcode
-            self.close()
+            self._close_worker()
             return Outcome(job, error=f"WorkerDied: the child's training process ended with exit code {code}",
                            trace="")
         return raise_write_failed(reply)
 
     def close(self):
-        """Stops the worker (politely, then by force)."""
+        """Stops the worker (politely, then by force), and its spare."""
+        self._close_worker()
+        if self.spare is not None:
+            _kill(*self.spare)  # it holds nothing yet
+            self.spare = None
+
+    def _close_worker(self):
         if self.process is None:
             return
         try:
@@ -124,3 +143,10 @@ class ChildWorker:
             self.process.join()
         self.conn.close()
         self.process = self.conn = self.job = None
+
+
+def _kill(process, conn):
+    if process.is_alive():
+        process.kill()
+    process.join()
+    conn.close()

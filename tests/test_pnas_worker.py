@@ -40,13 +40,17 @@ def _kwargs(tmp_path):
 def test_worker_trains_children_and_is_replaced_after_max_children(tmp_path):
     worker = ChildWorker(_dataset(), _kwargs(tmp_path), max_children=2)
     try:
-        pids, results = [], []
+        pids, results, spares = [], [], []
         for seed in range(3):
             outcome = _train(worker, seed)
             assert outcome.ok and outcome.job.seed == seed, outcome.error
             results.append(outcome.result)
             pids.append(worker.pid)
+            spares.append(worker.spare and worker.spare[0])
         assert pids[0] == pids[1] != pids[2]
+        # The replacement started with the worker's last child, and took over at the next.
+        assert spares[0] is None and spares[1].pid == pids[2]
+        assert spares[2] is None  # the new worker's first child of 2
         for result in results:
             assert 0.0 <= result["reward"] <= 1.0
             assert result["mul_ops"] > 0 and len(result["val_accuracy"]) == 1
@@ -56,9 +60,12 @@ def test_worker_trains_children_and_is_replaced_after_max_children(tmp_path):
             assert _train(again, 0).result["val_accuracy"] == results[0]["val_accuracy"]
         finally:
             again.close()
+        _train(worker, 3)  # the new worker's last child: its spare starts, and close stops it
+        spare = worker.spare[0]
+        assert spare.is_alive()
     finally:
         worker.close()
-    assert worker.process is None
+    assert worker.process is None and worker.spare is None and not spare.is_alive()
 
 
 def test_a_failing_child_is_reported_with_its_error_and_the_worker_goes_on(tmp_path):
