@@ -12,15 +12,21 @@ the log (epoch lines, best validation accuracy, seconds), then prints, as Markdo
 - one table of these models and the published binary networks (`ANCHORS`), and the plot
   docs/results.png: test accuracy against the file's KiB and against OPs.
 
+A card may hold its model's float twin (`float_twin`, written by bench/float_twin.py: the same
+cells with float layers and tanh, every parameter 32-bit and every MAC a FLOP): the card then
+says what it reached, the table lists it after its model and the plot draws it hollow, in its
+model's colour.
+
 OPs follow Bi-Real Net (Liu et al. 2018): OPs = FLOPs + binary OPs / 64, with a float
 multiply-accumulate counted as one FLOP and an XNOR-popcount MAC as one binary OP.
 
     python bench/model_card.py --root /path/of/the/runs NAME=run.log [NAME=run.log ...] [--copy models/]
 
 The cards are kept in `--cards` (default bench/results/model_cards.json): a run given here
-replaces its card of the same name, and the Markdown and the plot show every card there, so
-a model trained on another machine, whose weights/ are gone, keeps its card. With no run
-given, it prints and plots the kept cards.
+replaces its card of the same name (keeping its float twin where the architecture and its
+settings are the same), and the Markdown and the plot show every card there, so a model
+trained on another machine, whose weights/ are gone, keeps its card. With no run given, it
+prints and plots the kept cards; --plot names another file than docs/results.png.
 """
 
 import argparse
@@ -139,6 +145,31 @@ def card(root, name, log_path):
     )
 
 
+# A card's settings that shape its float twin: all but the epochs (the twin records its own).
+TWIN_SETTINGS = ("B", "operators", "NUM_CELL_FILTERS", "DENSE_LAYERS", "USE_EXPANSION", "SEED")
+
+
+def keep_float_twin(new, old):
+    """`new` with the float twin of `old`, the card it replaces, where both are the same architecture."""
+    if "float_twin" not in old or old["representation_string"] != new["representation_string"]:
+        return new
+    if any(old["settings"].get(k) != new["settings"].get(k) for k in TWIN_SETTINGS):
+        return new
+    return dict(new, float_twin=old["float_twin"])
+
+
+def twin_line(c):
+    """The card's line about its float twin."""
+    t = c["float_twin"]
+    subset = f" on the first {t['train_size']:,} training images" if t.get("train_size") else ""
+    took = f"{t['seconds'] / 60:.0f} min" if t["seconds"] >= 60 else f"{t['seconds']} s"
+    epochs = f"{t['epochs']} epoch{'s' if t['epochs'] != 1 else ''}"
+    return (f"- float twin (the same cells with float layers and tanh, `python bench/float_twin.py {c['name']}`): "
+            f"test accuracy {t['test_accuracy']:.4f} after {epochs}{subset} (best validation {t['best_val']:.4f}, "
+            f"epoch {t['best_epoch']}; {took}), {t['float_params']:,} 32-bit parameters ({t['kib']:.2f} KiB), "
+            f"{t['macs']:,} float MACs: {t['ops'] / 1e6:.3f} M OPs")
+
+
 def markdown(cards):
     lines = []
     for c in cards:
@@ -156,13 +187,19 @@ def markdown(cards):
             f"{100 * c['agreement']:.2f} % of the 10,000 test images)",
             f"- {c['file_kib']:.2f} KiB file ({c['packed_kib']:.2f} KiB as Larq counts it); {c['binary_params']:,} binary "
             f"and {c['float_params']:,} 32-bit parameters",
-            f"- {c['binary_macs']:,} binary and {c['float_macs']:,} float MACs per image: {c['ops'] / 1e6:.3f} M OPs", "",
+            f"- {c['binary_macs']:,} binary and {c['float_macs']:,} float MACs per image: {c['ops'] / 1e6:.3f} M OPs",
+            *([twin_line(c)] if "float_twin" in c else []), "",
         ]
     lines += ["| model | test accuracy | KiB | binary params | binary MACs | float MACs | OPs |",
               "|---|---|---|---|---|---|---|"]
     for c in cards:
         lines.append(f"| `{c['name']}` (this package) | {100 * c['engine_accuracy']:.2f} % | {c['file_kib']:.1f} | "
                      f"{c['binary_params']:,} | {c['binary_macs']:,} | {c['float_macs']:,} | {c['ops'] / 1e6:.3f} M |")
+        if "float_twin" in c:  # the table has no column of 32-bit parameters: the twin's are all 32-bit
+            t = c["float_twin"]
+            lines.append(f"| `{c['name']}` float twin (this package) | {100 * t['test_accuracy']:.2f} % | "
+                         f"{t['kib']:.1f} | 0 ({t['float_params']:,} 32-bit) | 0 | {t['macs']:,} | "
+                         f"{t['ops'] / 1e6:.3f} M |")
     for a in anchor_rows():
         lines.append(f"| {a['name']} ({a['source']}) | {100 * a['accuracy']:.2f} % | {a['kib']:.1f} | "
                      f"{a['binary_params']:,} | {a['binary_macs']:,} | {a['float_macs']:,} | {a['ops'] / 1e6:.3f} M |")
@@ -184,10 +221,19 @@ def plot(cards, path):
         for i, c in enumerate(cards):  # each model a colour of its own, named in the legend
             x = c["file_kib"] if key == "kib" else c["ops"]
             ax.scatter(x, 100 * c["engine_accuracy"], marker="o", color=f"C{i % 10}", label=c["name"], zorder=3)
+            if "float_twin" in c:  # hollow, joined to its model by a dotted line
+                t = c["float_twin"]
+                ax.plot([x, t[key]], [100 * c["engine_accuracy"], 100 * t["test_accuracy"]], ls=":", lw=0.8,
+                        color=f"C{i % 10}", zorder=2)
+                ax.scatter(t[key], 100 * t["test_accuracy"], marker="o", facecolors="none",
+                           edgecolors=f"C{i % 10}", zorder=3)
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("MNIST test accuracy (%)")
         ax.grid(alpha=0.3)
+    if any("float_twin" in c for c in cards):  # one legend entry stands for every twin
+        axes[0].scatter([], [], marker="o", facecolors="none", edgecolors="black",
+                        label="float twin (hollow,\nits model's colour)")
     axes[0].legend(fontsize=7, loc="lower right", title="this package", title_fontsize=7)
     axes[0].set_title("accuracy against size")
     axes[1].set_title("accuracy against OPs (FLOPs + binary OPs / 64)")
@@ -200,7 +246,8 @@ def main(argv=None):
     parser.add_argument("runs", nargs="*", help="NAME=LOG: an experiment of a -ta run and the file of its output")
     parser.add_argument("--root", default=".", help="the folder holding the runs' weights/ and logs/")
     parser.add_argument("--copy", default=None, help="copy each packed file here as NAME.bnn.npz")
-    parser.add_argument("--plot", default=os.path.join(ROOT, "docs", "results.png"))
+    parser.add_argument("--plot", default=os.path.join(ROOT, "docs", "results.png"),
+                        help="the plot's file (default docs/results.png)")
     parser.add_argument("--cards", default=os.path.join(ROOT, "bench", "results", "model_cards.json"),
                         help="the JSON file of the kept cards, updated with the runs given")
     args = parser.parse_args(argv)
@@ -212,6 +259,8 @@ def main(argv=None):
     if os.path.exists(args.cards):
         with open(args.cards) as f:
             kept = json.load(f)
+    old = {c["name"]: c for c in kept}
+    new = [keep_float_twin(c, old[c["name"]]) if c["name"] in old else c for c in new]
     names = {c["name"] for c in new}
     cards = [c for c in kept if c["name"] not in names] + new
     if not cards:

@@ -37,6 +37,21 @@ def check_operators(operators):
         )
 
 
+def _without_batchnorm_tanh_fusion():
+    """Turns off TensorFlow's graph remapper, for this process.
+
+    With oneDNN on (`binarized.quiet`'s default on x86), the remapper fuses an
+    inference `FusedBatchNormV3` with the Tanh after it into a kernel that
+    TensorFlow 2.21 has not implemented: the float twin's first `evaluate`
+    fails with "Fusion is not implemented: [FusedBatchNorm,Tanh]". oneDNN's
+    own kernels stay on. A binary child's sign after BatchNorm is no Tanh,
+    so it never meets this.
+    """
+    import tensorflow as tf
+
+    tf.config.optimizer.set_experimental_options({"remapping": False})
+
+
 class _Layers:
     """The layer constructors of a binary child, or of its float twin.
 
@@ -48,6 +63,8 @@ class _Layers:
         self.float_twin = float_twin
         self.kwargs = {} if float_twin else dict(binary_kwargs or {})
         self.bn_momentum = bn_momentum
+        if float_twin and keras.backend.backend() == "tensorflow":
+            _without_batchnorm_tanh_fusion()
 
     def conv(self, filters, size, **kwargs):
         if self.float_twin:

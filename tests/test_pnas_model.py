@@ -37,6 +37,17 @@ def test_every_operator_builds_and_trains_one_step(op):
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(model(x, training=False))))
 
 
+def test_the_float_twin_evaluates_in_a_graph():
+    """BatchNorm then tanh: with oneDNN, TensorFlow 2.21's remapper fused them into a kernel it lacks
+    ("Fusion is not implemented: [FusedBatchNorm,Tanh]") at the twin's first `predict`."""
+    keras.utils.set_random_seed(0)
+    model, _ = model_fn([0, "5x5 sep-bconv", 0, "1x7-7x1 bconv"], num_cells=2, num_cell_filters=[4, 6],
+                        dense_layers=[10], float_twin=True)
+    x, _ = synthetic_batch(8)
+    predicted = model.predict(x, verbose=0)
+    np.testing.assert_allclose(predicted, keras.ops.convert_to_numpy(model(x, training=False)), atol=1e-5)
+
+
 def test_unknown_operator_raises_listing_the_valid_ones():
     with pytest.raises(ValueError) as info:
         model_fn([0, "9x9 magic", 0, "3x3 bconv"], num_cells=1, num_cell_filters=[4], dense_layers=[10])
