@@ -486,6 +486,10 @@ def main(argv=None):
     # Library warnings (e.g. a corrupt MNIST file being replaced) join the
     # progress on stdout: stderr is kept for the one-line errors.
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stdout)
+    # Worker processes print their epoch lines to the same stdout: each of ours goes out whole, where
+    # a pipe's block buffer would split one mid-line and let a worker's line land inside it.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
     argv = sys.argv[1:] if argv is None else argv
     refuse_if_in_use(argv)  # in a second, not after the ~10 s of importing Keras
     train_arch, settings, overridden = parse_args(argv)
