@@ -164,7 +164,10 @@ def twin_line(c):
     subset = f" on the first {t['train_size']:,} training images" if t.get("train_size") else ""
     took = f"{t['seconds'] / 60:.0f} min" if t["seconds"] >= 60 else f"{t['seconds']} s"
     epochs = f"{t['epochs']} epoch{'s' if t['epochs'] != 1 else ''}"
-    return (f"- float twin (the same cells with float layers and tanh, `python bench/float_twin.py {c['name']}`): "
+    flags = f" --epochs {t['epochs']}" if t["epochs"] != c["settings"]["NUM_EPOCHS"] else ""
+    flags += f" --train-size {t['train_size']}" if t.get("train_size") else ""
+    return (f"- float twin (the same cells with float layers and tanh, "
+            f"`python bench/float_twin.py {c['name']}{flags}`): "
             f"test accuracy {t['test_accuracy']:.4f} after {epochs}{subset} (best validation {t['best_val']:.4f}, "
             f"epoch {t['best_epoch']}; {took}), {t['float_params']:,} 32-bit parameters ({t['kib']:.2f} KiB), "
             f"{t['macs']:,} float MACs: {t['ops'] / 1e6:.3f} M OPs")
