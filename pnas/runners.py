@@ -280,11 +280,10 @@ class WithoutRayWorkerDeaths(io.TextIOBase):
         """Warns of a lost node, once per `node_id` (from whichever thread sees it first)."""
         with self._lock:
             if node_id in self._lost:
-                return False
+                return
             self._lost.add(node_id)
             self._last_loss = time.monotonic()
         logger.warning(LOST_NODE, address)
-        return True
 
     def write(self, text):
         if getattr(self._dropping, "newline", False) and text == "\n":
@@ -447,10 +446,9 @@ class RayRunner(Runner):
 
     def find_lost_nodes(self):
         """Asks each node's raylet whether it answers; warns of those that do not (a node's loss
-        shows at once, while the head takes seconds to mark it dead). Returns whether one was lost."""
+        shows at once, while the head takes seconds to mark it dead)."""
         with self._nodes_lock:
             nodes = dict(self.nodes)
-        found = False
         for node, (address, port) in nodes.items():
             try:
                 socket.create_connection((address, port), timeout=HEAD_TIMEOUT_S).close()
@@ -458,8 +456,6 @@ class RayRunner(Runner):
                 with self._nodes_lock:
                     self.nodes.pop(node, None)
                 self.stdout.node_lost(node, address)
-                found = True
-        return found
 
     def _outcome(self, job, ref):
         try:

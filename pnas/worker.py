@@ -138,14 +138,12 @@ class ChildWorker:
                 self.process.join(timeout=10)
         except (BrokenPipeError, ConnectionError, OSError):
             pass
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-        self.conn.close()
+        _kill(self.process, self.conn)
         self.process = self.conn = self.job = None
 
 
 def _kill(process, conn):
+    """Ends `process` by force if it still runs, and closes its pipe."""
     if process.is_alive():
         process.kill()
     process.join()
