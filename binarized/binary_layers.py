@@ -18,7 +18,7 @@ import math
 import keras
 from keras import ops
 
-from binarized.binary_ops import binarize, scale_gradient
+from binarized.binary_ops import binary_kernel
 from binarized.geometry import output_size
 # Register `binarized>FusedBatchNormalization` and `binarized>FusedAdam`, which the search's
 # children use: a saved child loads wherever its binary layers do.
@@ -155,9 +155,7 @@ class _BinaryKernelLayer(keras.layers.Layer):
     @staticmethod
     def _binary(kernel, h, multiplier):
         """The ±h kernel used in the forward pass."""
-        if multiplier is not None and multiplier != 1.0:
-            kernel = scale_gradient(kernel, multiplier)
-        return binarize(kernel, h)
+        return binary_kernel(kernel, h, multiplier)
 
     def get_config(self):
         config = super().get_config()

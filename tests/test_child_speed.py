@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import fake_result, search_with, synthetic_dataset, tiny_config
-from binarized.binary_ops import _straight_through, _unit_mask, binary_tanh
+from binarized.binary_ops import _straight_through, _unit_mask, binarize, binary_kernel, binary_tanh, scale_gradient
 from pnas import report
 from pnas.config import OPERATORS, expected_cost
 from binarized.optimizers import FusedAdam
@@ -73,6 +73,44 @@ def test_the_sign_keeps_no_graph_alive_and_differentiates_from_outside_a_functio
         tape.watch(x)
         y = forward(x)
     np.testing.assert_array_equal(tape.gradient(y, x).numpy(), expected)
+
+
+def _composed_kernel(w, h, multiplier):
+    """binary_kernel as the composition it replaced in the binary layers."""
+    return binarize(w if multiplier is None else scale_gradient(w, multiplier), h)
+
+
+@pytest.mark.parametrize("mode", ["eager", "tape in a function", "function from outside"])
+@pytest.mark.parametrize("kind", ["tensor", "tf.Variable", "keras.Variable"])
+@pytest.mark.parametrize("h, multiplier", [(1.0, None), (0.0833, 12.0), (0.3, 0.5)])
+def test_the_one_op_kernel_matches_the_composed_form_bit_for_bit(mode, kind, h, multiplier):
+    values = np.concatenate([SPECIAL, np.random.default_rng(0).normal(0, 2 * h, 500).astype(np.float32)])
+    upstream = tf.constant(np.random.default_rng(1).normal(0, 1, values.shape).astype(np.float32))
+    make = {"tensor": tf.constant, "tf.Variable": tf.Variable, "keras.Variable": keras.Variable}[kind]
+
+    def value_and_grad(fn):
+        w = make(values)
+
+        def forward(w):
+            return fn(w, h, multiplier)
+
+        if mode == "function from outside":  # the function's gradient comes from the registry
+            forward = tf.function(forward)
+        step = lambda: _tape(forward, w, upstream)
+        return tf.function(step)() if mode == "tape in a function" else step()
+
+    new, old = value_and_grad(binary_kernel), value_and_grad(_composed_kernel)
+    for a, b in zip(new, old):
+        np.testing.assert_array_equal(a.numpy().view(np.uint32), b.numpy().view(np.uint32))
+    assert np.isin(new[0].numpy()[np.isfinite(values)], np.float32([h, -h])).all()
+
+
+def _tape(forward, w, upstream):
+    with tf.GradientTape() as tape:
+        if isinstance(w, tf.Tensor):
+            tape.watch(w)
+        y = forward(w)
+    return y, tape.gradient(y, w, output_gradients=upstream)
 
 
 def _tiny_model(seed=0):
