@@ -2,7 +2,8 @@
 
 Each binary layer keeps real-valued latent weights, initialised uniform in
 [-H, H] and clipped to [-H, H] after every update, and convolves with
-`binarize(kernel, H)`, i.e. ±H (Hubara et al. 2016, arXiv:1602.02830).
+`binarize(kernel, H)`, i.e. ±H (Hubara et al. 2016, arXiv:1602.02830), computed by
+`binary_kernel` together with the learning-rate multiplier below.
 Activations are not binarized here: as in the original design, a separate
 `keras.layers.Activation(binary_tanh)` follows the BatchNorm after each layer.
 

@@ -130,7 +130,7 @@ class ChildConfig:
     kernel_lr_multiplier: Union[str, int, float, None] = setting(
         "KERNEL_LR_MULTIPLIER", "Glorot", identity=True, retrain=True
     )
-    evaluate_test: bool = setting("TEST_CHILDREN", True)
+    evaluate_test: bool = setting("TEST_CHILDREN", False)
     verbose: int = setting("VERBOSE", 2)
 
     def replace(self, **changes):

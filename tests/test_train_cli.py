@@ -45,6 +45,7 @@ TINY = [
     "--VERBOSE=0",
     f"--EXPERIMENT_NAME={NAME}",
     "--FINAL_TOP=0",
+    "--TEST_CHILDREN=True",  # the test pass and its record are checked too
 ]
 SPACE = StateSpace(2, OPS)
 
@@ -347,7 +348,7 @@ def test_a_string_of_the_log_retrains_the_logged_cell_under_the_search_s_name(mn
     small = ["--TRAIN_SIZE=500", "--NUM_CELLS=1", "--NUM_CELL_FILTERS=[4]", "--DENSE_LAYERS=[10]", "--VERBOSE=0",
              "--EXPERIMENT_NAME=four"]
     _ok(_train(tmp_path, f"--operators={ops!r}", "--B=1", "--MAX_EPOCHS=1", "--SURROGATE=ridge", "--RUNNER=inline",
-               "--TEST_CHILDREN=False", *small))
+               *small))
     records = [json.loads(line) for line in (tmp_path / "architectures" / "four.jsonl").read_text().splitlines()]
     logged = next(r for r in records if r["architecture"] == [0, "3x3 avgpool", 0, "3x3 avgpool"])
     result = _ok(_train(tmp_path, "-ta", "True", "--B=1", f"--REPRESENTATION_STRING={logged['representation_string']}",
