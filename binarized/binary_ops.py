@@ -103,8 +103,8 @@ def binary_tanh(x):
 
 # `binary_tanh` as one op with its own gradient: the same values and gradients, bit for bit.
 # Composed from `_straight_through` it is ten elementwise ops forward and more backward, on
-# every activation of a child; this is a select and an exact zero forward and a mask times
-# the gradient backward, which also makes a child's train step quicker to trace.
+# every activation of a child; this is three elementwise ops forward and a mask times the
+# gradient backward, which also makes a child's train step quicker to trace.
 
 
 def _sign(x):
@@ -148,19 +148,31 @@ def _tf_sign_with_ste(x):
     x = tf.convert_to_tensor(x)
     with record.stop_recording():
         y = _sign(x)
+    return _tf_with_gradient(y, x, [], _TF_GRADIENT, "BinaryTanh", lambda upstream: upstream * _unit_mask(x))
+
+
+def _tf_with_gradient(y, x, extra, gradient_name, op_name, backward):
+    """`y`, computed from `x` with the tape stopped, given its gradient to `x`.
+
+    In a graph, `y` passes through IdentityN([y, x, *extra]), whose gradient
+    is the one registered under `gradient_name` (for `tf.gradients` and a
+    tf.function differentiated from outside); on a GradientTape, also inside
+    a tf.function (Keras' train step), the gradient is `backward(upstream)`.
+    """
+    import tensorflow as tf
+    from tensorflow.python.eager import record
+
     if tf.executing_eagerly():
         y = tf.identity(y)
     else:
-        # For symbolic gradients (`tf.gradients`, a tf.function differentiated from outside).
-        with tf.compat.v1.get_default_graph().gradient_override_map({"IdentityN": _TF_GRADIENT}):
-            y, _ = tf.identity_n([y, x])
-    # For a GradientTape, also inside a tf.function (Keras' train step).
-    record.record_operation("BinaryTanh", [y], [x], lambda upstream: [upstream * _unit_mask(x)])
+        with tf.compat.v1.get_default_graph().gradient_override_map({"IdentityN": gradient_name}):
+            y = tf.identity_n([y, x, *extra])[0]
+    record.record_operation(op_name, [y], [x], lambda upstream: [backward(upstream)])
     return y
 
 
 def _tf_sign_gradient(op, upstream, *_):
-    # The op is IdentityN([sign, x]): no gradient through the sign's select, the STE's to x.
+    # The op is IdentityN([sign, x]): no gradient through the sign, the STE's to x.
     return [None, upstream * _unit_mask(op.inputs[1])]
 
 
@@ -195,16 +207,10 @@ def _tf_binarize(W, h, multiplier):
     with record.stop_recording():
         t = x / h
         y = h * _sign(t)
-    if tf.executing_eagerly():
-        y = tf.identity(y)
-    else:
-        extra = [h] if m is None else [h, m]
-        with tf.compat.v1.get_default_graph().gradient_override_map({"IdentityN": _TF_KERNEL_GRADIENT}):
-            y = tf.identity_n([y, x, *extra])[0]
-    record.record_operation(
-        "BinaryKernel", [y], [x], lambda upstream: [_kernel_gradient(upstream, t, h, m)]
+    extra = [h] if m is None else [h, m]
+    return _tf_with_gradient(
+        y, x, extra, _TF_KERNEL_GRADIENT, "BinaryKernel", lambda upstream: _kernel_gradient(upstream, t, h, m)
     )
-    return y
 
 
 def _tf_kernel_gradient(op, upstream, *_):
